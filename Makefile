@@ -1,0 +1,61 @@
+# ocean-c2d developer commands. `make help` lists them.
+# The two commands a newcomer needs (README): `make run` and `make test`. Both set up everything
+# they use: the Python virtualenv, and the Go-built cluster binaries (cached outside the repo).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KUBECONFIG_LOCAL = $(shell e2e/cluster/cluster.sh kubeconfig)
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create the virtualenv and install the package with its dev tools
+
+.PHONY: toolchain
+toolchain: ## build the cluster binaries (etcd, kube-*, kubectl, kwok, helm) that are not cached yet
+	toolchain/build.sh
+
+.PHONY: cluster-up
+cluster-up: toolchain ## start the local cluster (no-op when it runs); prints where its kubeconfig is
+	e2e/cluster/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local cluster and delete its state
+	e2e/cluster/cluster.sh down
+
+.PHONY: run
+run: venv cluster-up ## the main job: set up, start the local cluster, show its nodes
+	PATH="$$(toolchain/build.sh --path):$$PATH" kubectl --kubeconfig "$(KUBECONFIG_LOCAL)" get nodes -o wide
+	@echo "The cluster keeps running: export KUBECONFIG=$(KUBECONFIG_LOCAL); stop it with 'make cluster-down'."
+
+.PHONY: lint
+lint: venv ## ruff (lint + format check), mypy, shellcheck when installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	if command -v shellcheck >/dev/null; then shellcheck toolchain/*.sh e2e/cluster/*.sh .ci/run; fi
+
+.PHONY: unit
+unit: venv ## unit tests only (no cluster)
+	$(BIN)/pytest unit_tests $(PYTEST_ARGS)
+
+.PHONY: e2e
+e2e: venv toolchain ## e2e tests only, on the cluster KUBECONFIG names or the local one
+	$(BIN)/pytest e2e $(PYTEST_ARGS)
+
+.PHONY: test
+test: venv toolchain lint ## every check and test: lint, unit and e2e in one pytest run
+	$(BIN)/pytest unit_tests e2e -rfEs $(PYTEST_ARGS)
