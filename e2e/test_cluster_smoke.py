@@ -9,7 +9,7 @@ from typing import Any
 import kr8s
 import kr8s.asyncio
 import pytest
-from kr8s.asyncio.objects import ConfigMap, Job, Node, Pod, new_class
+from kr8s.asyncio.objects import ConfigMap, Job, Node, PersistentVolumeClaim, Pod, new_class
 
 from e2e.waiting import wait_for, wait_for_deletion
 
@@ -38,7 +38,7 @@ def job_manifest(name: str, annotations: dict[str, str], **pod_spec: Any) -> dic
 def condition(obj: Any, kind: str) -> bool:
     return any(
         c.get("type") == kind and c.get("status") == "True"
-        for c in obj.raw.get("status", {}).get("conditions", [])
+        for c in (obj.raw.get("status") or {}).get("conditions") or []
     )
 
 
@@ -274,3 +274,27 @@ async def test_crd_schema_rejects_an_invalid_object(
     await valid.refresh()
     # A structural schema prunes fields it does not know.
     assert valid.raw["spec"] == {"size": 2}
+
+
+async def test_claim_is_provisioned_and_its_pod_completes(api: kr8s.asyncio.Api, namespace: str) -> None:
+    claim = await PersistentVolumeClaim(
+        {
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+        namespace=namespace,
+        api=api,
+    )
+    await claim.create()
+    await wait_for(claim, lambda c: c.raw.get("status", {}).get("phase") == "Bound", timeout=60)
+    assert claim.raw["spec"]["storageClassName"]  # the cluster's default class was applied
+    assert claim.raw["spec"]["volumeName"]
+
+    manifest = job_manifest("with-volume", {SIM + "run-for": "1s"})
+    pod_spec = manifest["spec"]["template"]["spec"]
+    pod_spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+    pod_spec["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    job = await Job(manifest, namespace=namespace, api=api)
+    await job.create()
+    await wait_for(job, lambda j: condition(j, "Complete") or condition(j, "Failed"), timeout=90)
+    assert condition(job, "Complete"), job.raw["status"]

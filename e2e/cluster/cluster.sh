@@ -68,12 +68,13 @@ up() {
       --kube-scheduler-binary "$(command -v kube-scheduler)" \
       --kwok-controller-binary "$(command -v kwok)" \
       --kube-authorization --kube-admission \
+      --extra-args kube-controller-manager=enable-hostpath-provisioner=true \
       --config "$state/kwok-config.yaml" \
       --kubeconfig "$kubeconfig" \
       --wait 3m >&2
     log "control plane up in $((SECONDS - start))s"
   fi
-  kubectl --kubeconfig "$kubeconfig" apply -f "$here/nodes.yaml" >&2
+  kubectl --kubeconfig "$kubeconfig" apply -f "$here/nodes.yaml" -f "$here/storage.yaml" >&2
   kubectl --kubeconfig "$kubeconfig" wait --for=condition=Ready node --all --timeout=120s >&2
   log "ready; export KUBECONFIG=$kubeconfig"
 }
