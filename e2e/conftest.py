@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -73,7 +74,8 @@ async def api(kubeconfig: str) -> kr8s.asyncio.Api:
 @pytest.fixture
 async def namespace(api: kr8s.asyncio.Api, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """A fresh namespace for one test, deleted (with everything in it) after the test."""
-    test_name = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    # Parametrized test names hold [ ] and other characters a namespace name cannot.
+    test_name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
     name = f"e2e-{test_name}-{uuid.uuid4().hex[:6]}"
     ns = await Namespace(
         {"metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "ocean-c2d-e2e"}}}, api=api

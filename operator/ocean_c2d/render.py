@@ -1,0 +1,169 @@
+"""Child manifests from jinja2 templates (pure once the templates are loaded).
+
+Templates live in templates/ (`*.yaml.j2`). Operators may point TEMPLATES_DIR at their own folder: a file
+there replaces the built-in file of the same name, and can extend it (`{% extends "builtin/<name>" %}`)
+to change one block only. Rendering is strict: a missing variable is an error, never an empty string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import yaml
+
+from ocean_c2d.model import API_VERSION, Environment, Workflow
+
+if TYPE_CHECKING:
+    from ocean_c2d.reconcile import PlanSettings
+
+SPEC_HASH_ANNOTATION = "ocean-c2d/spec-hash"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "ocean-c2d"}
+BASE_TEMPLATES = ("workflow-configmap", "job-secret", "data-pvc", "network-policy")
+JOB_TEMPLATES = {
+    "configure": "configure-job",
+    "algorithm": "algorithm-job",
+    "filter": "filter-job",
+    "publish": "publish-job",
+}
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "templates"
+
+
+class TemplateError(RuntimeError):
+    """A template could not be rendered into a Kubernetes object (names the template)."""
+
+
+def spec_hash(manifest: dict[str, Any]) -> str:
+    """A short hash of everything in `manifest` but its own hash annotation: drift detection."""
+    annotations = manifest.get("metadata", {}).get("annotations", {})
+    if SPEC_HASH_ANNOTATION in annotations:
+        return str(annotations[SPEC_HASH_ANNOTATION])
+    return _compute_hash(manifest)
+
+
+def _compute_hash(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def strip_did(did: str) -> str:
+    return did.removeprefix("did:op:")
+
+
+def algorithm_resources(environment: Environment) -> dict[str, str]:
+    """requests == limits for the algorithm: cpu, memory, ephemeral storage, and GPUs when nGPU > 0."""
+    resources = {
+        "cpu": str(environment.n_cpu),
+        "memory": f"{environment.ram_gb:g}Gi",
+        "ephemeral-storage": f"{environment.disk_gb:g}Gi",
+    }
+    if environment.n_gpu > 0:
+        resources["nvidia.com/gpu"] = str(environment.n_gpu)
+    return resources
+
+
+class Templates:
+    """The loaded templates. Construct once at start-up (reads files); rendering does no I/O."""
+
+    def __init__(self, directory: Path | None = None, builtin: Path = BUILTIN_DIR) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if directory is not None:
+            loaders.append(jinja2.FileSystemLoader(directory))
+        loaders.append(jinja2.FileSystemLoader(builtin))
+        self._env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(
+                [jinja2.PrefixLoader({"builtin": jinja2.FileSystemLoader(builtin)}), *loaders]
+            ),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+        )
+        # JSON is valid YAML: every string a template inserts goes through `json`, so no value can break
+        # the document's structure (a quote or a newline in an entrypoint, say).
+        self._env.filters["json"] = lambda value: json.dumps(value)
+        names = [f"{n}.yaml.j2" for n in (*BASE_TEMPLATES, *JOB_TEMPLATES.values())]
+        try:
+            self._templates = {name.removesuffix(".yaml.j2"): self._env.get_template(name) for name in names}
+        except jinja2.TemplateError as error:
+            raise TemplateError(f"cannot load templates: {error}") from error
+
+    def context(
+        self, workflow: Workflow, environment: Environment, settings: PlanSettings, job_secret: str
+    ) -> dict[str, Any]:
+        """Everything a template may use, computed once per reconcile."""
+        spec = workflow.spec
+        document = {
+            "jobId": workflow.name,
+            "owner": spec.owner,
+            "agreementId": spec.agreement_id,
+            "chainId": spec.chain_id,
+            "environment": environment.name,
+            "stages": [
+                {
+                    "index": 0,
+                    "input": [dict(i, index=n) for n, i in enumerate(spec.inputs)],
+                    "algorithm": spec.algorithm,
+                    "output": {"metadataUri": spec.metadata_uri} if spec.metadata_uri else {},
+                    "compute": {
+                        "maxtime": min(
+                            spec.max_duration or environment.max_job_duration, environment.max_job_duration
+                        ),
+                        "storageExpiry": environment.storage_expiry,
+                    },
+                }
+            ],
+        }
+        return {
+            "name": workflow.name,
+            "namespace": workflow.namespace,
+            "labels": {**MANAGED_BY, "app.kubernetes.io/name": "ocean-c2d", "workflow": workflow.name},
+            "owner_reference": {
+                "apiVersion": API_VERSION,
+                "kind": "Workflow",
+                "name": workflow.name,
+                "uid": workflow.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            },
+            "spec": spec,
+            "container": spec.container,
+            "dids": [strip_did(d) for d in spec.input_dids],
+            "algorithm_did": strip_did(spec.algorithm_did or ""),
+            "environment": environment,
+            "algorithm_resources": algorithm_resources(environment),
+            "job_secret": job_secret,
+            "workflow_document": document,
+            "filter_image": settings.filtering_container,
+            **settings.template_values,
+        }
+
+    def render(self, template: str, context: dict[str, Any]) -> dict[str, Any] | None:
+        """One manifest, with its spec hash annotation; None when the template renders nothing."""
+        try:
+            text = self._templates[template].render(context)
+            manifest = yaml.safe_load(text)
+        except (jinja2.TemplateError, yaml.YAMLError) as error:
+            raise TemplateError(f"template {template}.yaml.j2: {error}") from error
+        if manifest is None:
+            return None
+        if not isinstance(manifest, dict) or "kind" not in manifest or "metadata" not in manifest:
+            raise TemplateError(f"template {template}.yaml.j2 did not render a Kubernetes object")
+        annotations = manifest["metadata"].setdefault("annotations", {})
+        annotations.pop(SPEC_HASH_ANNOTATION, None)
+        annotations[SPEC_HASH_ANNOTATION] = _compute_hash(manifest)
+        return manifest
+
+    def render_base(self, context: dict[str, Any]) -> list[dict[str, Any]]:
+        """The children every admitted Workflow has: ConfigMap, Secret, PVC, NetworkPolicy."""
+        rendered = (self.render(name, context) for name in BASE_TEMPLATES)
+        return [manifest for manifest in rendered if manifest is not None]
+
+    def render_job(self, stage: str, context: dict[str, Any], deadline_seconds: int) -> dict[str, Any]:
+        manifest = self.render(
+            JOB_TEMPLATES[stage], {**context, "stage": stage, "deadline": deadline_seconds}
+        )
+        if manifest is None:
+            raise TemplateError(f"template {JOB_TEMPLATES[stage]}.yaml.j2 rendered nothing")
+        return manifest

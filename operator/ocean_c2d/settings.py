@@ -1,0 +1,417 @@
+"""Every environment variable the operator reads, validated once at start-up.
+
+The names are the original Ocean operator-engine's (so existing deployments keep working) plus ours.
+`load_settings` takes the environment as an argument and reports *every* problem in one `SettingsError`,
+so an operator fixes a broken deployment in one round instead of one crash-loop per variable.
+
+Pure: nothing here reads os.environ, logs or prints; the caller decides what to do with the result
+(e.g. warn loudly when `operator_key_generated` is set).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import urlsplit
+
+from ocean_c2d.signing import OperatorKey
+
+PACKAGE = "ocean-c2d"
+
+# The original operator-engine defined its single compute environment by the mere presence of any of these.
+DEFAULT_ENVIRONMENT_VARIABLES: tuple[str, ...] = (
+    "nCPU",
+    "cpuType",
+    "nGPU",
+    "gpuRam",
+    "gpuType",
+    "ramGB",
+    "diskGB",
+    "priceMinute",
+    "description",
+    "maxJobs",
+    "maxJobDuration",
+    "STORAGE_EXPIRY",
+)
+
+PULL_POLICIES: tuple[str, ...] = ("Always", "IfNotPresent", "Never")
+IPFS_TYPES: tuple[str, ...] = ("CLIENT", "CLUSTER")
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUTHY = frozenset({"1", "true", "yes"})
+# Kubernetes names (environments become labels, namespaces are labels): RFC 1123 label, at most 63 chars.
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+class SettingsError(ValueError):
+    """One or more invalid variables; `problems` holds one "NAME: what is wrong" line per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class DefaultEnvironment:
+    """The original's one compute environment, kept so old deployments need no new configuration."""
+
+    cpu_count: int  # nCPU
+    cpu_type: str  # cpuType
+    gpu_count: int  # nGPU
+    gpu_ram_gb: float  # gpuRam
+    gpu_type: str  # gpuType
+    ram_gb: float  # ramGB
+    disk_gb: float  # diskGB
+    price_per_minute: float  # priceMinute
+    description: str  # description
+    max_jobs: int  # maxJobs
+    max_job_duration_seconds: int  # maxJobDuration
+    storage_expiry_hours: int  # STORAGE_EXPIRY; 0 = never expire
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """Passed through to the publish step; credentials stay out of repr so they never reach a log."""
+
+    ipfs_output: str | None
+    ipfs_output_prefix: str | None
+    ipfs_api_key: str | None = field(repr=False)
+    ipfs_api_client: str | None
+    ipfs_type: str | None  # None, "CLIENT" or "CLUSTER"
+    ipfs_expiry_time_seconds: int | None
+    aws_access_key_id: str | None = field(repr=False)
+    aws_secret_access_key: str | None = field(repr=False)
+    aws_region: str | None
+    aws_bucket_output: str | None
+    aws_endpoint_url: str | None  # ours: an S3-compatible endpoint (MinIO, Ceph, ...)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator takes from its environment; build it with `load_settings`."""
+
+    operator_key: OperatorKey
+    # True when dev mode made up a throwaway key: signatures then verify against nobody's address.
+    operator_key_generated: bool
+    default_environment: DefaultEnvironment | None
+    default_environment_name: str
+
+    storage_class: str  # "" = the cluster's default class (the original hard-wired gp2, i.e. AWS)
+    service_account: str
+    node_selector: str | None
+    pull_secret: str | None
+    pull_policy: str
+    filtering_container: str | None
+    image: str  # OCEAN_C2D_IMAGE: our own image, the default for the configure and publish steps
+    pod_configuration_container: str
+    pod_publish_container: str
+    templates_dir: str | None  # None = the templates shipped in the package
+
+    notify_start_url: str | None
+    notify_stop_url: str | None
+    notify_timeout_seconds: float
+    notify_max_attempts: int
+
+    publish: PublishSettings
+
+    debug_no_cleanup: bool
+    workflow_ttl_seconds: int | None  # None = keep finished Workflows
+    configure_timeout_seconds: int
+    filter_timeout_seconds: int
+    publish_timeout_seconds: int
+    resync_seconds: int
+
+    watch_namespace: str | None  # None = the operator's own namespace; "*" = all namespaces
+    log_level: str | None  # upper-case
+    log_cfg: str | None  # the original only used it when LOG_LEVEL is unset; the caller keeps that rule
+    metrics_port: int
+    health_port: int
+
+
+# --- parse helpers: each appends "NAME: problem" to `errors` and returns a fallback instead of raising ---
+
+
+def _str(environ: Mapping[str, str], name: str) -> str | None:
+    """The stripped value, or None when unset; an empty value means "not set" (Helm renders unset as "")."""
+    value = environ.get(name)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _text(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = _str(environ, name)
+    return default if value is None else value
+
+
+def _describe_int(minimum: int, maximum: int | None) -> str:
+    if maximum is not None:
+        return f"an integer from {minimum} to {maximum}"
+    if minimum == 0:
+        return "a non-negative integer"
+    if minimum == 1:
+        return "a positive integer"
+    return f"an integer >= {minimum}"
+
+
+def _optional_int(
+    environ: Mapping[str, str], name: str, errors: list[str], *, minimum: int, maximum: int | None = None
+) -> int | None:
+    raw = _str(environ, name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        errors.append(f"{name}: expected {_describe_int(minimum, maximum)}, got {raw!r}")
+        return None
+    return value
+
+
+def _int(
+    environ: Mapping[str, str],
+    name: str,
+    errors: list[str],
+    *,
+    default: int,
+    minimum: int,
+    maximum: int | None = None,
+) -> int:
+    value = _optional_int(environ, name, errors, minimum=minimum, maximum=maximum)
+    return default if value is None else value
+
+
+def _float(
+    environ: Mapping[str, str], name: str, errors: list[str], *, default: float, positive: bool
+) -> float:
+    """A finite number, > 0 when `positive` else >= 0 ("nan" and "inf" parse as floats but mean nothing)."""
+    raw = _str(environ, name)
+    if raw is None:
+        return default
+    try:
+        value: float | None = float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        expected = "a positive number" if positive else "a non-negative number"
+        errors.append(f"{name}: expected {expected}, got {raw!r}")
+        return default
+    return value
+
+
+def _choice(
+    environ: Mapping[str, str],
+    name: str,
+    errors: list[str],
+    choices: tuple[str, ...],
+    *,
+    ignore_case: bool = False,
+) -> str | None:
+    """One of `choices` (returned in their spelling), or None when unset."""
+    raw = _str(environ, name)
+    if raw is None:
+        return None
+    for choice in choices:
+        if raw == choice or (ignore_case and raw.upper() == choice.upper()):
+            return choice
+    errors.append(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return None
+
+
+def _url(environ: Mapping[str, str], name: str, errors: list[str]) -> str | None:
+    """An http(s) URL with a host, or None; caught here rather than at the first job's notification."""
+    raw = _str(environ, name)
+    if raw is None:
+        return None
+    try:
+        parts = urlsplit(raw)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError:
+        valid = False
+    if not valid:
+        errors.append(f"{name}: expected an http:// or https:// URL with a host, got {raw!r}")
+        return None
+    return raw
+
+
+def _label(environ: Mapping[str, str], name: str, errors: list[str], *, default: str) -> str:
+    raw = _str(environ, name)
+    if raw is None:
+        return default
+    if not _DNS1123_LABEL.fullmatch(raw):
+        errors.append(
+            f"{name}: expected a DNS-1123 label (lower-case letters, digits and '-', "
+            f"at most 63 characters, starting and ending with a letter or digit), got {raw!r}"
+        )
+        return default
+    return raw
+
+
+def _parse_key(value: str) -> OperatorKey | None:
+    """The key, or None. Catches everything: eth_keys rejects out-of-range keys with its own
+    ValidationError (not a ValueError) whose text quotes the key, so no exception text may escape."""
+    try:
+        return OperatorKey.from_hex(value)
+    except Exception:
+        return None
+
+
+def _generate_key() -> OperatorKey:
+    # A random 32-byte string is outside 1..n-1 with probability ~2**-128, but retrying costs nothing.
+    while True:
+        key = _parse_key(secrets.token_bytes(32).hex())
+        if key is not None:
+            return key
+
+
+def _operator_key(environ: Mapping[str, str], errors: list[str]) -> tuple[OperatorKey | None, bool]:
+    raw = _str(environ, "OPERATOR_PRIVATE_KEY")
+    if raw is not None:
+        key = _parse_key(raw)
+        if key is None:
+            # Never echo the value: this message ends up in logs and events.
+            errors.append(
+                "OPERATOR_PRIVATE_KEY: expected 64 hex digits (optionally 0x-prefixed) of a valid key"
+            )
+        return key, False
+    if (_str(environ, "OCEAN_C2D_DEV_MODE") or "").lower() in _TRUTHY:
+        return _generate_key(), True
+    errors.append(
+        "OPERATOR_PRIVATE_KEY: required (set OCEAN_C2D_DEV_MODE=1 to use a throwaway key for testing)"
+    )
+    return None, False
+
+
+def _default_image() -> str:
+    try:
+        return f"{PACKAGE}:{version(PACKAGE)}"
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return f"{PACKAGE}:latest"
+
+
+def _default_environment(environ: Mapping[str, str], errors: list[str]) -> DefaultEnvironment | None:
+    env = DefaultEnvironment(
+        cpu_count=_int(environ, "nCPU", errors, default=1, minimum=1),
+        cpu_type=_text(environ, "cpuType", ""),
+        gpu_count=_int(environ, "nGPU", errors, default=0, minimum=0),
+        gpu_ram_gb=_float(environ, "gpuRam", errors, default=0.0, positive=False),
+        gpu_type=_text(environ, "gpuType", ""),
+        ram_gb=_float(environ, "ramGB", errors, default=1.0, positive=True),
+        disk_gb=_float(environ, "diskGB", errors, default=1.0, positive=True),
+        price_per_minute=_float(environ, "priceMinute", errors, default=0.0, positive=False),
+        description=_text(environ, "description", ""),
+        max_jobs=_int(environ, "maxJobs", errors, default=10, minimum=1),
+        # The original defaulted to 60 s, which kills almost any real algorithm; an hour is a sane default.
+        max_job_duration_seconds=_int(environ, "maxJobDuration", errors, default=3600, minimum=1),
+        storage_expiry_hours=_int(environ, "STORAGE_EXPIRY", errors, default=0, minimum=0),
+    )
+    # Parsed regardless so that bad values are reported, but only "present" (non-empty) ones define it.
+    if all(_str(environ, name) is None for name in DEFAULT_ENVIRONMENT_VARIABLES):
+        return None
+    return env
+
+
+def _publish(environ: Mapping[str, str], errors: list[str]) -> PublishSettings:
+    return PublishSettings(
+        ipfs_output=_str(environ, "IPFS_OUTPUT"),
+        ipfs_output_prefix=_str(environ, "IPFS_OUTPUT_PREFIX"),
+        ipfs_api_key=_str(environ, "IPFS_API_KEY"),
+        ipfs_api_client=_str(environ, "IPFS_API_CLIENT"),
+        ipfs_type=_choice(environ, "IPFS_TYPE", errors, IPFS_TYPES),
+        ipfs_expiry_time_seconds=_optional_int(environ, "IPFS_EXPIRY_TIME", errors, minimum=0),
+        aws_access_key_id=_str(environ, "AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=_str(environ, "AWS_SECRET_ACCESS_KEY"),
+        aws_region=_str(environ, "AWS_REGION"),
+        aws_bucket_output=_str(environ, "AWS_BUCKET_OUTPUT"),
+        aws_endpoint_url=_str(environ, "AWS_ENDPOINT_URL"),
+    )
+
+
+def _watch_namespace(environ: Mapping[str, str], errors: list[str]) -> str | None:
+    """None (the operator's own namespace), "*" (all namespaces) or a namespace name."""
+    raw = _str(environ, "WATCH_NAMESPACE")
+    if raw is None or raw == "*":
+        return raw
+    if not _DNS1123_LABEL.fullmatch(raw):
+        errors.append(f"WATCH_NAMESPACE: expected a namespace name or '*', got {raw!r}")
+        return None
+    return raw
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Parse and validate `environ` (normally os.environ); raise one SettingsError listing every problem."""
+    errors: list[str] = []
+    operator_key, key_generated = _operator_key(environ, errors)
+    default_environment = _default_environment(environ, errors)
+    default_environment_name = _label(environ, "DEFAULT_ENVIRONMENT_NAME", errors, default="default")
+    storage_class = _text(environ, "STORAGE_CLASS", "")
+    service_account = _text(environ, "SERVICE_ACCOUNT", "default")
+    node_selector = _str(environ, "NODE_SELECTOR")
+    pull_secret = _str(environ, "PULL_SECRET")
+    pull_policy = _choice(environ, "PULL_POLICY", errors, PULL_POLICIES) or "IfNotPresent"
+    filtering_container = _str(environ, "FILTERING_CONTAINER")
+    image = _str(environ, "OCEAN_C2D_IMAGE") or _default_image()
+    pod_configuration_container = _text(environ, "POD_CONFIGURATION_CONTAINER", image)
+    pod_publish_container = _text(environ, "POD_PUBLISH_CONTAINER", image)
+    templates_dir = _str(environ, "TEMPLATES_DIR")
+    notify_start_url = _url(environ, "NOTIFY_START_URL", errors)
+    notify_stop_url = _url(environ, "NOTIFY_STOP_URL", errors)
+    notify_timeout_seconds = _float(environ, "NOTIFY_TIMEOUT_SECONDS", errors, default=10.0, positive=True)
+    notify_max_attempts = _int(environ, "NOTIFY_MAX_ATTEMPTS", errors, default=5, minimum=1)
+    publish = _publish(environ, errors)
+    # As in the original: any non-empty value, even "0" or "false", keeps the job's resources.
+    debug_no_cleanup = bool(environ.get("DEBUG_NO_CLEANUP"))
+    workflow_ttl_seconds = _optional_int(environ, "WORKFLOW_TTL_SECONDS", errors, minimum=0)
+    configure_timeout_seconds = _int(environ, "CONFIGURE_TIMEOUT_SECONDS", errors, default=3600, minimum=1)
+    filter_timeout_seconds = _int(environ, "FILTER_TIMEOUT_SECONDS", errors, default=1800, minimum=1)
+    publish_timeout_seconds = _int(environ, "PUBLISH_TIMEOUT_SECONDS", errors, default=3600, minimum=1)
+    # The slow safety timer that catches missed events; below 10 s it would hammer the API server.
+    resync_seconds = _int(environ, "RESYNC_SECONDS", errors, default=600, minimum=10)
+    watch_namespace = _watch_namespace(environ, errors)
+    log_level = _choice(environ, "LOG_LEVEL", errors, LOG_LEVELS, ignore_case=True)
+    log_cfg = _str(environ, "LOG_CFG")
+    metrics_port = _int(environ, "METRICS_PORT", errors, default=8000, minimum=1, maximum=65535)
+    health_port = _int(environ, "HEALTH_PORT", errors, default=8080, minimum=1, maximum=65535)
+    if metrics_port == health_port:
+        errors.append(f"HEALTH_PORT: must differ from METRICS_PORT (both are {health_port})")
+
+    if errors or operator_key is None:  # a missing or bad key always adds an error
+        raise SettingsError(errors)
+    return Settings(
+        operator_key=operator_key,
+        operator_key_generated=key_generated,
+        default_environment=default_environment,
+        default_environment_name=default_environment_name,
+        storage_class=storage_class,
+        service_account=service_account,
+        node_selector=node_selector,
+        pull_secret=pull_secret,
+        pull_policy=pull_policy,
+        filtering_container=filtering_container,
+        image=image,
+        pod_configuration_container=pod_configuration_container,
+        pod_publish_container=pod_publish_container,
+        templates_dir=templates_dir,
+        notify_start_url=notify_start_url,
+        notify_stop_url=notify_stop_url,
+        notify_timeout_seconds=notify_timeout_seconds,
+        notify_max_attempts=notify_max_attempts,
+        publish=publish,
+        debug_no_cleanup=debug_no_cleanup,
+        workflow_ttl_seconds=workflow_ttl_seconds,
+        configure_timeout_seconds=configure_timeout_seconds,
+        filter_timeout_seconds=filter_timeout_seconds,
+        publish_timeout_seconds=publish_timeout_seconds,
+        resync_seconds=resync_seconds,
+        watch_namespace=watch_namespace,
+        log_level=log_level,
+        log_cfg=log_cfg,
+        metrics_port=metrics_port,
+        health_port=health_port,
+    )

@@ -1,0 +1,92 @@
+"""Ethereum signatures the Ocean stack expects from the operator (pure: no I/O).
+
+- Notifications (NOTIFY_START_URL / NOTIFY_STOP_URL) carry an EIP-191 personal signature over the
+  *text* json.dumps(secret) + json.dumps(DID list) + json.dumps(jobId) + json.dumps(algoDID), exactly as
+  the original operator-engine signed them, so existing receivers verify them unchanged.
+- Provider downloads are signed over keccak256(did + nonce), with the 32-byte EIP-191 prefix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from eth_keys.datatypes import PrivateKey, Signature
+from eth_utils.crypto import keccak
+
+
+@dataclass(frozen=True)
+class OperatorKey:
+    """The operator's signing key. `repr` never shows the secret part."""
+
+    private_key: PrivateKey
+
+    @classmethod
+    def from_hex(cls, value: str) -> OperatorKey:
+        raw = bytes.fromhex(value.removeprefix("0x"))
+        if len(raw) != 32:
+            raise ValueError("a private key is 32 bytes (64 hex digits)")
+        try:
+            return cls(PrivateKey(raw))
+        except Exception:
+            # eth-keys' own error quotes the key as a number: never let it reach a log line.
+            raise ValueError(
+                "not a valid secp256k1 private key (zero, or not below the curve order)"
+            ) from None
+
+    @property
+    def address(self) -> str:
+        return str(self.private_key.public_key.to_checksum_address())
+
+    def __repr__(self) -> str:
+        return f"OperatorKey(address={self.address})"
+
+
+def personal_message_hash(message: bytes) -> bytes:
+    """keccak256 of the EIP-191 version 0x45 envelope: "\\x19Ethereum Signed Message:\\n<len>" + message."""
+    digest: bytes = keccak(b"\x19Ethereum Signed Message:\n" + str(len(message)).encode() + message)
+    return digest
+
+
+def sign_personal(key: OperatorKey, message: bytes) -> str:
+    """65-byte r||s||v signature (v in {27, 28}) as 0x-prefixed hex, as eth_account/web3 produce it."""
+    signature = key.private_key.sign_msg_hash(personal_message_hash(message))
+    r, s, v = int(signature.r), int(signature.s), int(signature.v)
+    return "0x" + r.to_bytes(32, "big").hex() + s.to_bytes(32, "big").hex() + f"{v + 27:02x}"
+
+
+def recover_personal(message: bytes, signature_hex: str) -> str:
+    """The checksum address that produced `signature_hex` over `message` (EIP-191 personal sign)."""
+    raw = bytes.fromhex(signature_hex.removeprefix("0x"))
+    if len(raw) != 65:
+        raise ValueError("a signature is 65 bytes")
+    v = raw[64] - 27 if raw[64] >= 27 else raw[64]
+    signature = Signature(raw[:64] + bytes([v]))
+    public_key = signature.recover_public_key_from_msg_hash(personal_message_hash(message))
+    address: str = public_key.to_checksum_address()
+    return address
+
+
+def notification_message(secret: str, dids: list[str], job_id: str, algo_did: str | None) -> str:
+    """The text the original signed: four json.dumps with default separators, concatenated."""
+    return json.dumps(secret) + json.dumps(dids) + json.dumps(job_id) + json.dumps(algo_did)
+
+
+def notification_payload(
+    key: OperatorKey, secret: str, dids: list[str], job_id: str, algo_did: str | None
+) -> dict[str, Any]:
+    """The original's notify body: {algoDID, jobId, secret, DID, signature}."""
+    message = notification_message(secret, dids, job_id, algo_did)
+    return {
+        "algoDID": algo_did,
+        "jobId": job_id,
+        "secret": secret,
+        "DID": dids,
+        "signature": sign_personal(key, message.encode()),
+    }
+
+
+def download_signature(key: OperatorKey, did: str, nonce: str) -> str:
+    """Provider's download signature: personal sign over the 32-byte keccak256(utf8(did + nonce))."""
+    return sign_personal(key, keccak((did + nonce).encode()))

@@ -1,0 +1,560 @@
+"""Every transition of the pure reconcile, driven through a small simulated world.
+
+`World` applies a Plan the way the operator's I/O shell does (status written, children created, unwanted
+children deleted) and lets a test finish stage Jobs the way the cluster would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ocean_c2d.model import Environment, FilterPolicy, JobState, Observed, StageJob, Workflow
+from ocean_c2d.reconcile import Admission, Plan, PlanSettings, plan
+from ocean_c2d.render import Templates, spec_hash
+from ocean_c2d.status import Stage
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+DID = "did:op:" + "b" * 64
+TEMPLATES = Templates()
+TEMPLATE_VALUES: dict[str, Any] = {
+    "service_account": "default",
+    "pull_secret": None,
+    "node_selector_scope": None,
+    "pull_policy": "IfNotPresent",
+    "configure_image": "ocean-c2d:test",
+    "publish_image": "ocean-c2d:test",
+    "credentials_secret": "ocean-c2d-credentials",
+    "storage_class": "",
+    "publish_env": {},
+}
+SETTINGS = PlanSettings(template_values=TEMPLATE_VALUES)
+ENVIRONMENT = Environment(name="cpu", max_jobs=2, max_job_duration=600)
+ADMIT = Admission(may_start=True)
+
+
+def workflow_object(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "oceanprotocol.com/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "name": "job1",
+            "namespace": "c2d",
+            "uid": "uid-1",
+            "generation": 1,
+            "creationTimestamp": "2026-01-01T11:59:00Z",
+        },
+        "spec": {
+            "environment": "cpu",
+            "owner": "0x" + "a" * 40,
+            "inputs": [{"did": DID, "serviceId": "svc", "transferTxId": "0x01"}],
+            "algorithm": {
+                "rawCode": "print(42)",
+                "container": {"image": "python", "tag": "3.11", "entrypoint": "python $ALGO"},
+            },
+            **spec,
+        },
+    }
+
+
+class World:
+    def __init__(
+        self,
+        obj: dict[str, Any] | None = None,
+        environment: Environment | None = ENVIRONMENT,
+        settings: PlanSettings = SETTINGS,
+    ) -> None:
+        self.obj = obj or workflow_object()
+        self.environment = environment
+        self.settings = settings
+        self.jobs: dict[str, StageJob] = {}
+        self.others: dict[tuple[str, str], str] = {}
+        self.created_jobs: list[str] = []
+        self.now = T0
+
+    @property
+    def workflow(self) -> Workflow:
+        return Workflow.from_object(self.obj)
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.obj.get("status") or {})
+
+    def observed(self) -> Observed:
+        return Observed(jobs=dict(self.jobs), others=frozenset(self.others), hashes=dict(self.others))
+
+    def plan(self, admission: Admission = ADMIT) -> Plan:
+        return plan(
+            self.workflow,
+            self.environment,
+            self.observed(),
+            admission,
+            self.settings,
+            TEMPLATES,
+            "job-secret",
+            self.now,
+        )
+
+    def reconcile(self, admission: Admission = ADMIT) -> Plan:
+        result = self.plan(admission)
+        for manifest in result.desired:
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            if kind == "Job":
+                stage = manifest["metadata"]["labels"]["component"]
+                if stage not in self.jobs:
+                    self.created_jobs.append(name)
+                    self.jobs[stage] = StageJob(name=name, state=JobState.PENDING, started=self.now)
+                self.last_job_manifest = manifest
+            else:
+                self.others[(kind, name)] = spec_hash(manifest)
+        for kind, name in result.unwanted:
+            if kind == "Job":
+                self.jobs = {s: j for s, j in self.jobs.items() if j.name != name}
+            else:
+                self.others.pop((kind, name), None)
+        if result.status is not None:
+            self.obj["status"] = result.status
+        return result
+
+    def finish(self, stage: str, state: JobState = JobState.SUCCEEDED, **details: Any) -> None:
+        if state is JobState.SUCCEEDED:
+            details.setdefault("exit_code", 0)
+        self.now += timedelta(seconds=30)
+        self.jobs[stage] = dataclasses.replace(self.jobs[stage], state=state, finished=self.now, **details)
+
+    def stop(self) -> None:
+        self.obj["spec"]["stop"] = True
+        self.obj["metadata"]["generation"] += 1
+
+    def run_to_end(self, **outcomes: dict[str, Any]) -> None:
+        """Reconcile, finishing each stage as `outcomes` says (default: success), until Finished."""
+        for _ in range(10):
+            self.reconcile()
+            if self.status.get("stage") == Stage.FINISHED.value:
+                return
+            stage = next(s for s, j in self.jobs.items() if j.state is JobState.PENDING)
+            self.finish(stage, **outcomes.get(stage, {}))
+        raise AssertionError(f"did not finish: {self.status}")
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def test_queued_while_the_environment_is_full() -> None:
+    world = World()
+    result = world.reconcile(Admission(may_start=False, position=3))
+
+    assert result.desired == ()
+    assert world.status["stage"] == "Queued"
+    assert (world.status["statusCode"], world.status["statusText"]) == (1, "Warming up")
+    assert world.status["queuePosition"] == 3
+    assert "position 3" in world.status["message"]
+    assert condition(world.status, "Admitted")["status"] == "False"
+    assert result.notify == ()
+
+
+def test_admission_creates_the_base_children_and_the_configure_job() -> None:
+    world = World()
+    result = world.reconcile()
+
+    kinds = sorted((m["kind"], m["metadata"]["name"]) for m in result.desired)
+    assert kinds == [
+        ("ConfigMap", "job1"),
+        ("Job", "job1-configure-job"),
+        ("NetworkPolicy", "job1-algorithm-isolation"),
+        ("PersistentVolumeClaim", "job1-data"),
+        ("Secret", "job1-secret"),
+    ]
+    for manifest in result.desired:
+        [owner] = manifest["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("Workflow", "uid-1", True)
+        assert manifest["metadata"]["labels"]["workflow"] == "job1"
+    assert world.status["statusCode"] == 20
+    assert world.status["stage"] == "Configuring"
+    assert world.status["stages"]["configure"]["jobName"] == "job1-configure-job"
+    assert world.status["notifications"]["start"]["state"] == "Pending"
+    assert result.notify == ("start",)
+    assert condition(world.status, "Admitted")["status"] == "True"
+    assert condition(world.status, "Succeeded")["status"] == "Unknown"
+
+
+@pytest.mark.parametrize("stage_to_reach", ["configure", "algorithm", "publish"])
+def test_reconciling_the_result_of_a_reconcile_plans_nothing(stage_to_reach: str) -> None:
+    world = World()
+    world.reconcile()
+    for stage in ("configure", "algorithm"):
+        if stage == stage_to_reach:
+            break
+        world.finish(stage)
+        world.reconcile()
+
+    again = world.plan()
+    assert again.status is None
+    assert again.events == ()
+    assert again.unwanted == ()
+    assert again.writes(world.observed()) == 0
+
+
+def test_a_finished_stage_starts_the_next_one_in_the_same_reconcile() -> None:
+    world = World()
+    world.reconcile()
+    world.finish("configure")
+    result = world.reconcile()
+
+    assert [m["metadata"]["name"] for m in result.desired if m["kind"] == "Job"] == ["job1-algorithm-job"]
+    assert (world.status["statusCode"], world.status["stage"]) == (40, "RunningAlgorithm")
+    assert world.status["stages"]["configure"]["exitCode"] == 0
+    assert world.status["stages"]["algorithm"]["jobName"] == "job1-algorithm-job"
+
+
+def test_happy_path_ends_job_finished_with_results() -> None:
+    world = World()
+    result = {"filename": "out.csv", "filesize": 12, "url": "s3://b/job1/out.csv", "type": "output"}
+    results = json.dumps({"results": [result]})
+    world.run_to_end(publish={"termination_message": results})
+
+    status = world.status
+    assert (status["statusCode"], status["statusText"], status["reason"]) == (70, "Job finished", "Succeeded")
+    assert status["results"] == [
+        {"filename": "out.csv", "filesize": 12, "url": "s3://b/job1/out.csv", "type": "output"}
+    ]
+    assert condition(status, "Succeeded")["status"] == "True"
+    assert condition(status, "Finished")["status"] == "True"
+    assert status["finishedAt"]
+    assert status["duration"]
+    assert status["notifications"]["stop"]["state"] == "Pending"
+    assert world.created_jobs == ["job1-configure-job", "job1-algorithm-job", "job1-publish-job"]
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "code", "reason", "jobs"),
+    [
+        pytest.param(
+            {"configure": {"state": JobState.FAILED, "exit_code": 31}},
+            31,
+            "DataProvisioningFailed",
+            ["configure", "publish"],
+            id="data-provisioning",
+        ),
+        pytest.param(
+            {"configure": {"state": JobState.FAILED, "exit_code": 32}},
+            32,
+            "AlgorithmProvisioningFailed",
+            ["configure", "publish"],
+            id="algorithm-provisioning",
+        ),
+        pytest.param(
+            {"configure": {"state": JobState.FAILED, "failure_reason": "DeadlineExceeded"}},
+            31,
+            "DataProvisioningFailed",
+            ["configure", "publish"],
+            id="configure-timeout",
+        ),
+        pytest.param(
+            {"algorithm": {"state": JobState.FAILED, "exit_code": 1}},
+            41,
+            "AlgorithmFailed",
+            ["configure", "algorithm", "publish"],
+            id="algorithm-exit-1",
+        ),
+        pytest.param(
+            {"algorithm": {"state": JobState.FAILED, "exit_code": 137, "termination_reason": "OOMKilled"}},
+            41,
+            "AlgorithmFailed",
+            ["configure", "algorithm", "publish"],
+            id="oom",
+        ),
+        pytest.param(
+            {"algorithm": {"state": JobState.FAILED, "failure_reason": "DeadlineExceeded"}},
+            43,
+            "AlgorithmTimedOut",
+            ["configure", "algorithm", "publish"],
+            id="algorithm-timeout",
+        ),
+        pytest.param(
+            {
+                "algorithm": {
+                    "state": JobState.FAILED,
+                    "failure_reason": "DeadlineExceeded",
+                    "waiting_reason": "ImagePullBackOff",
+                    "exit_code": None,
+                }
+            },
+            22,
+            "ContainerCreationFailed",
+            ["configure", "algorithm", "publish"],
+            id="image-pull",
+        ),
+        pytest.param(
+            {"publish": {"state": JobState.FAILED, "exit_code": 62}},
+            62,
+            "ResultsUploadFailed",
+            ["configure", "algorithm", "publish"],
+            id="upload",
+        ),
+    ],
+)
+def test_failures_end_with_their_own_code_and_logs_are_still_published(
+    outcomes: dict[str, dict[str, Any]], code: int, reason: str, jobs: list[str]
+) -> None:
+    world = World()
+    world.run_to_end(**outcomes)
+
+    status = world.status
+    assert (status["statusCode"], status["reason"], status["stage"]) == (code, reason, "Finished")
+    assert condition(status, "Succeeded")["status"] == "False"
+    assert condition(status, "Succeeded")["reason"] == reason
+    assert world.created_jobs == [f"job1-{stage}-job" for stage in jobs]
+    assert status["message"]
+
+
+def test_algorithm_failure_records_exit_code_and_reason() -> None:
+    world = World()
+    world.run_to_end(
+        algorithm={"state": JobState.FAILED, "exit_code": 137, "termination_reason": "OOMKilled"}
+    )
+
+    record = world.status["stages"]["algorithm"]
+    assert (record["exitCode"], record["reason"]) == (137, "OOMKilled")
+    assert "exit code 137" in world.status["message"]
+    assert "OOMKilled" in world.status["message"]
+
+
+FILTERING = dataclasses.replace(ENVIRONMENT, filter=FilterPolicy(enabled=True))
+
+
+def test_filter_runs_between_algorithm_and_publish_when_enabled() -> None:
+    world = World(environment=FILTERING)
+    world.run_to_end()
+
+    assert world.created_jobs == [
+        "job1-configure-job",
+        "job1-algorithm-job",
+        "job1-filter-job",
+        "job1-publish-job",
+    ]
+    assert world.status["filter"] == {"verdict": "Pass", "reasons": []}
+    assert world.status["statusCode"] == 70
+
+
+def test_a_blocking_filter_withholds_outputs_and_ends_51() -> None:
+    world = World(environment=FILTERING)
+    block = '{"verdict": "Block", "reasons": ["outputs/copy.csv is a copy of an input"]}'
+    world.run_to_end(filter={"state": JobState.FAILED, "exit_code": 51, "termination_message": block})
+
+    assert world.status["filter"] == {
+        "verdict": "Block",
+        "reasons": ["outputs/copy.csv is a copy of an input"],
+    }
+    assert (world.status["statusCode"], world.status["reason"]) == (51, "ResultsBlocked")
+    publish_env = {
+        e["name"]: e.get("value")
+        for e in world.last_job_manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert publish_env["PUBLISH_OUTPUTS"] == "false"
+
+
+def test_a_crashing_filter_fails_closed() -> None:
+    world = World(environment=FILTERING)
+    world.run_to_end(filter={"state": JobState.FAILED, "exit_code": 2})
+
+    assert world.status["filter"]["verdict"] == "Block"
+    assert world.status["statusCode"] == 51
+
+
+def test_filtering_never_overwrites_an_earlier_failure() -> None:
+    world = World(environment=FILTERING)
+    world.run_to_end(
+        algorithm={"state": JobState.FAILED, "exit_code": 3},
+        filter={"state": JobState.FAILED, "exit_code": 51},
+    )
+
+    assert (world.status["statusCode"], world.status["reason"]) == (41, "AlgorithmFailed")
+    assert world.status["filter"]["verdict"] == "Block"
+
+
+def test_no_filter_when_configure_failed_there_is_no_algorithm_output() -> None:
+    world = World(environment=FILTERING)
+    world.run_to_end(configure={"state": JobState.FAILED, "exit_code": 31})
+
+    assert world.created_jobs == ["job1-configure-job", "job1-publish-job"]
+
+
+def test_unknown_environment_fails_with_a_reason() -> None:
+    world = World(environment=None)
+    result = world.reconcile()
+
+    assert result.desired == ()
+    assert (world.status["statusCode"], world.status["reason"]) == (90, "UnknownEnvironment")
+    assert "'cpu'" in world.status["message"]
+    assert condition(world.status, "Finished")["status"] == "True"
+    assert result.notify == ()  # nothing started, so there is nothing to notify
+
+
+def test_stop_while_queued_ends_without_children() -> None:
+    world = World()
+    world.reconcile(Admission(may_start=False, position=1))
+    world.stop()
+    result = world.reconcile(Admission(may_start=False, position=1))
+
+    assert result.desired == ()
+    assert (world.status["statusCode"], world.status["reason"]) == (72, "Stopped")
+
+
+@pytest.mark.parametrize(
+    ("stop_in", "expected_jobs"),
+    [
+        ("configure", ["configure", "publish"]),
+        ("algorithm", ["configure", "algorithm", "publish"]),
+        ("publish", ["configure", "algorithm", "publish"]),
+    ],
+)
+def test_stop_ends_the_current_stage_and_still_publishes(stop_in: str, expected_jobs: list[str]) -> None:
+    world = World()
+    world.reconcile()
+    for stage in ("configure", "algorithm", "publish"):
+        if stage == stop_in:
+            break
+        world.finish(stage)
+        world.reconcile()
+    world.stop()
+    result = world.reconcile()
+
+    assert ("Job", f"job1-{stop_in}-job") in result.unwanted
+    assert world.status["stages"][stop_in]["reason"] == "Stopped"
+    if stop_in != "publish":
+        assert world.status["stage"] == "Publishing"
+        world.finish("publish")
+        world.reconcile()
+    assert (world.status["statusCode"], world.status["reason"]) == (72, "Stopped")
+    assert world.created_jobs == [f"job1-{stage}-job" for stage in expected_jobs]
+
+
+def test_a_deleted_running_algorithm_is_never_recreated() -> None:
+    world = World()
+    world.reconcile()
+    world.finish("configure")
+    world.reconcile()
+    del world.jobs["algorithm"]  # someone deleted the Job
+    world.reconcile()
+
+    assert world.created_jobs.count("job1-algorithm-job") == 1
+    assert world.status["reason"] == "AlgorithmFailed"
+    assert "deleted" in world.status["message"]
+
+
+def test_a_finished_workflow_never_moves_again_and_cleans_up() -> None:
+    world = World()
+    world.run_to_end()
+    final = world.status
+    assert world.jobs == {}
+    assert world.others == {}
+
+    world.jobs["algorithm"] = StageJob(name="job1-algorithm-job", state=JobState.FAILED)  # a stray change
+    world.now += timedelta(hours=1)
+    result = world.reconcile()
+    assert world.status == final
+    assert result.desired == ()
+    assert result.status is None
+
+
+def test_debug_no_cleanup_keeps_the_children() -> None:
+    world = World(settings=dataclasses.replace(SETTINGS, cleanup=False))
+    world.run_to_end()
+
+    assert set(world.jobs) == {"configure", "algorithm", "publish"}
+    assert ("PersistentVolumeClaim", "job1-data") in world.others
+
+
+def test_finished_workflows_are_deleted_after_their_ttl() -> None:
+    world = World(settings=dataclasses.replace(SETTINGS, workflow_ttl_seconds=300))
+    world.run_to_end()
+
+    world.now += timedelta(seconds=100)
+    waiting = world.plan()
+    assert not waiting.delete_workflow
+    assert waiting.requeue_after == pytest.approx(200)
+    world.now += timedelta(seconds=200)
+    assert world.plan().delete_workflow
+
+
+def test_algorithm_job_shape() -> None:
+    gpu = dataclasses.replace(ENVIRONMENT, n_gpu=2, n_cpu=4, ram_gb=16, disk_gb=50, max_job_duration=600)
+    world = World(workflow_object(maxDuration=9999), environment=gpu)
+    world.reconcile()
+    world.finish("configure")
+    job = next(m for m in world.reconcile().desired if m["kind"] == "Job")
+
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 600  # maxDuration is capped by the environment
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [container] = pod["containers"]
+    assert container["image"] == "python:3.11"
+    assert container["resources"]["limits"] == {
+        "cpu": "4",
+        "memory": "16Gi",
+        "ephemeral-storage": "50Gi",
+        "nvidia.com/gpu": "2",
+    }
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    assert mounts["/data/inputs"] is True
+    assert mounts["/data/transformations"] is True
+    assert mounts["/data/outputs"] is False
+    assert mounts["/data/logs"] is False
+    assert "/data/adminlogs" not in mounts
+    env = {e["name"]: e for e in container["env"]}
+    assert env["DIDS"]["value"] == '["' + "b" * 64 + '"]'
+    assert env["secret"]["valueFrom"]["secretKeyRef"] == {"name": "job1-secret", "key": "secret"}
+    assert "value" not in env["secret"]
+
+
+def test_a_checksum_pins_the_image_by_digest() -> None:
+    digest = "sha256:" + "c" * 64
+    obj = workflow_object()
+    obj["spec"]["algorithm"]["container"]["checksum"] = digest
+    world = World(obj)
+    world.reconcile()
+    world.finish("configure")
+    job = next(m for m in world.reconcile().desired if m["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"python@{digest}"
+
+
+def test_network_policy_only_when_the_environment_denies_network() -> None:
+    open_environment = dataclasses.replace(ENVIRONMENT, allow_network=True)
+    kinds = {m["kind"] for m in World(environment=open_environment).reconcile().desired}
+    assert "NetworkPolicy" not in kinds
+    policy = next(m for m in World().reconcile().desired if m["kind"] == "NetworkPolicy")
+    assert policy["spec"]["egress"] == []
+    assert policy["spec"]["ingress"] == []
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"workflow": "job1", "component": "algorithm"}
+
+
+def test_condition_transition_times_move_only_when_their_status_changes() -> None:
+    world = World()
+    world.reconcile()
+    admitted_at = condition(world.status, "Admitted")["lastTransitionTime"]
+    world.now += timedelta(minutes=5)
+    world.finish("configure")
+    world.reconcile()
+    assert condition(world.status, "Admitted")["lastTransitionTime"] == admitted_at
+
+
+def test_drifted_config_map_is_patched_but_jobs_never_are() -> None:
+    world = World()
+    world.reconcile()
+    world.others[("ConfigMap", "job1")] = "stale-hash"
+    world.jobs["configure"] = dataclasses.replace(world.jobs["configure"])
+    result = world.plan()
+    assert result.writes(world.observed()) == 1
