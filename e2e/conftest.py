@@ -17,9 +17,13 @@ from pathlib import Path
 import kr8s
 import kr8s.asyncio
 import pytest
+import yaml
 from kr8s.asyncio.objects import Namespace
 
-from e2e.waiting import wait_for_object
+from e2e.crds import CRDS, apply_crd, established
+from e2e.waiting import wait_for, wait_for_object
+
+pytest_plugins = ["e2e.operator_fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "e2e" / "cluster" / "cluster.sh"
@@ -85,3 +89,18 @@ async def namespace(api: kr8s.asyncio.Api, request: pytest.FixtureRequest) -> As
     await wait_for_object(api, "serviceaccounts", "default", namespace=name, timeout=30)
     yield name
     await ns.delete(propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+async def ocean_crds(api: kr8s.asyncio.Api) -> list[str]:
+    """Both CRDs of crds/ installed and Established.
+
+    They are deliberately left installed after the session: other tests (the operator's) use them, and
+    deleting a CRD deletes every object of its kind in the cluster.
+    """
+    names = []
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = await apply_crd(api, yaml.safe_load(path.read_text()))
+        await wait_for(crd, established, timeout=60)
+        names.append(crd.name)
+    return names

@@ -3,27 +3,18 @@ the status subresource and the printer columns."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import kr8s
 import kr8s.asyncio
 import pytest
-import yaml
 from kr8s.asyncio.objects import APIObject, new_class
 
-from e2e.waiting import wait_for
-
-CRDS = Path(__file__).resolve().parent.parent / "crds"
 GROUP_VERSION = "oceanprotocol.com/v1alpha1"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
-CustomResourceDefinition = new_class(
-    kind="CustomResourceDefinition", version="apiextensions.k8s.io/v1", namespaced=False, asyncio=True
-)
 Workflow = new_class(kind="Workflow", version=GROUP_VERSION, namespaced=True, asyncio=True)
 ComputeEnvironment = new_class(
     kind="ComputeEnvironment", version=GROUP_VERSION, namespaced=True, asyncio=True
@@ -33,41 +24,6 @@ DATA_DID = "did:op:" + "0123456789abcdef" * 4
 ALGO_DID = "did:op:" + "FEDCBA9876543210" * 4
 OWNER = "0x6D39A833d1a6789AECa50dB85CB830bc08319F45"
 SHA256 = "sha256:" + "ab" * 32
-
-
-def established(crd: APIObject) -> bool:
-    # A CRD just created has `status.conditions: null`.
-    conditions = (crd.raw.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
-
-
-async def apply_crd(api: kr8s.asyncio.Api, manifest: dict[str, Any]) -> APIObject:
-    """Create the CRD, or replace the spec of the one already there."""
-    crd: APIObject = await CustomResourceDefinition(copy.deepcopy(manifest), api=api)
-    try:
-        await crd.create()
-    except kr8s.ServerError as error:
-        if error.response is None or error.response.status_code != 409:
-            raise
-        await crd.refresh()
-        # A JSON-patch `replace` of the whole spec: unlike a merge patch, it drops what the file dropped.
-        await crd.patch([{"op": "replace", "path": "/spec", "value": manifest["spec"]}], type="json")
-    return crd
-
-
-@pytest.fixture(scope="module")
-async def ocean_crds(api: kr8s.asyncio.Api) -> list[str]:
-    """Both CRDs of crds/ installed and Established.
-
-    They are deliberately left installed after the module: other tests (the operator's) use them, and
-    deleting a CRD deletes every object of its kind in the cluster.
-    """
-    names = []
-    for path in sorted(CRDS.glob("*.yaml")):
-        crd = await apply_crd(api, yaml.safe_load(path.read_text()))
-        await wait_for(crd, established, timeout=60)
-        names.append(crd.name)
-    return names
 
 
 def workflow_manifest(name: str = "valid") -> dict[str, Any]:

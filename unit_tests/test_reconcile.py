@@ -32,7 +32,7 @@ TEMPLATE_VALUES: dict[str, Any] = {
     "storage_class": "",
     "publish_env": {},
 }
-SETTINGS = PlanSettings(template_values=TEMPLATE_VALUES)
+SETTINGS = PlanSettings(template_values=TEMPLATE_VALUES, notify_start=True, notify_stop=True)
 ENVIRONMENT = Environment(name="cpu", max_jobs=2, max_job_duration=600)
 ADMIT = Admission(may_start=True)
 
@@ -558,3 +558,12 @@ def test_drifted_config_map_is_patched_but_jobs_never_are() -> None:
     world.jobs["configure"] = dataclasses.replace(world.jobs["configure"])
     result = world.plan()
     assert result.writes(world.observed()) == 1
+
+
+def test_no_notifications_are_due_when_no_url_is_configured() -> None:
+    world = World(settings=dataclasses.replace(SETTINGS, notify_start=False, notify_stop=False))
+    first = world.reconcile()
+    world.run_to_end()
+
+    assert first.notify == ()
+    assert "notifications" not in world.status

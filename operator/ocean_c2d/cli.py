@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subcommands.add_parser("version", help="print the version and exit")
+    subcommands.add_parser(
+        "run", help="run the operator (in a cluster, or outside one with the current kubeconfig)"
+    )
     return parser
 
 
@@ -26,6 +29,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
         print(f"{PACKAGE} {version(PACKAGE)}")
+    elif args.command == "run":
+        return run_operator()
+    return 0
+
+
+def run_operator() -> int:
+    import asyncio
+    import os
+
+    from ocean_c2d.runner import run, setup_logging
+    from ocean_c2d.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as error:
+        print(f"ocean-c2d: invalid settings:\n{error}", file=sys.stderr)
+        return 2
+    setup_logging(settings)
+    asyncio.run(run(settings))
     return 0
 
 

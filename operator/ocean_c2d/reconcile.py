@@ -41,6 +41,8 @@ class PlanSettings:
     """The part of the operator's settings the reconcile reads."""
 
     cleanup: bool = True  # False with DEBUG_NO_CLEANUP: children stay after the Workflow ends
+    notify_start: bool = False  # NOTIFY_START_URL is set
+    notify_stop: bool = False  # NOTIFY_STOP_URL is set
     workflow_ttl_seconds: int | None = None
     filtering_container: str | None = None
     configure_timeout: int = 3600
@@ -112,6 +114,7 @@ class _Draft:
     workflow: Workflow
     now: datetime
     status: dict[str, Any]
+    settings: PlanSettings
     events: list[Event] = field(default_factory=list)
     notify: list[str] = field(default_factory=list)
 
@@ -121,7 +124,7 @@ class _Draft:
         return record
 
     def enter(self, stage: Stage, code: st.Code, message: str = "") -> None:
-        if self.status.get("stage") != stage.value:
+        if self.status.get("stage") != stage.value and stage is not Stage.FINISHED:  # that one says more
             self.events.append(Event("Normal", stage.value, message or code.text))
         self.status["stage"] = stage.value
         self.status["statusCode"] = code.number
@@ -152,7 +155,7 @@ def plan(
     now: datetime,
 ) -> Plan:
     """Everything that should be true for `workflow` now, given what exists."""
-    draft = _Draft(workflow, now, json.loads(json.dumps(workflow.status)))
+    draft = _Draft(workflow, now, json.loads(json.dumps(workflow.status)), settings)
     draft.status["observedGeneration"] = workflow.generation
 
     if workflow.finished:
@@ -184,7 +187,8 @@ def plan(
         draft.status["admittedAt"] = st.format_time(now)
         draft.status["startedAt"] = st.format_time(now)
         draft.status.pop("message", None)
-        draft.status["notifications"] = {"start": {"state": "Pending", "attempts": 0}}
+        if settings.notify_start:
+            draft.status["notifications"] = {"start": {"state": "Pending", "attempts": 0}}
         draft.enter(Stage.CONFIGURING, st.CONFIGURING_VOLUMES)
 
     context = templates.context(workflow, environment, settings, job_secret)
@@ -389,9 +393,8 @@ def _enter_finished(draft: _Draft) -> None:
     if started:
         elapsed = (draft.now - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
         draft.status["duration"] = st.format_duration(elapsed)
-    notifications = draft.status.setdefault("notifications", {})
-    if "start" in notifications:
-        notifications["stop"] = {"state": "Pending", "attempts": 0}
+    if draft.settings.notify_stop and "admittedAt" in draft.status:
+        draft.status.setdefault("notifications", {})["stop"] = {"state": "Pending", "attempts": 0}
     draft.events.append(
         Event(
             "Normal" if outcome is Outcome.SUCCEEDED else "Warning",

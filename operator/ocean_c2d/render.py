@@ -128,6 +128,7 @@ class Templates:
                 "blockOwnerDeletion": True,
             },
             "spec": spec,
+            "workflow_annotations": dict(workflow.annotations),
             "container": spec.container,
             "dids": [strip_did(d) for d in spec.input_dids],
             "algorithm_did": strip_did(spec.algorithm_did or ""),

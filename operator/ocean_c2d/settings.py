@@ -109,6 +109,9 @@ class Settings:
     pod_configuration_container: str
     pod_publish_container: str
     templates_dir: str | None  # None = the templates shipped in the package
+    # The Secret (in each Workflow's namespace) holding operator-private-key and the storage credentials;
+    # stage pods read it by secretKeyRef / a mounted file, so no credential is ever a plain env value.
+    credentials_secret: str
 
     notify_start_url: str | None
     notify_stop_url: str | None
@@ -360,6 +363,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     pod_configuration_container = _text(environ, "POD_CONFIGURATION_CONTAINER", image)
     pod_publish_container = _text(environ, "POD_PUBLISH_CONTAINER", image)
     templates_dir = _str(environ, "TEMPLATES_DIR")
+    credentials_secret = _text(environ, "CREDENTIALS_SECRET", "ocean-c2d-credentials")
     notify_start_url = _url(environ, "NOTIFY_START_URL", errors)
     notify_stop_url = _url(environ, "NOTIFY_STOP_URL", errors)
     notify_timeout_seconds = _float(environ, "NOTIFY_TIMEOUT_SECONDS", errors, default=10.0, positive=True)
@@ -398,6 +402,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         pod_configuration_container=pod_configuration_container,
         pod_publish_container=pod_publish_container,
         templates_dir=templates_dir,
+        credentials_secret=credentials_secret,
         notify_start_url=notify_start_url,
         notify_stop_url=notify_stop_url,
         notify_timeout_seconds=notify_timeout_seconds,

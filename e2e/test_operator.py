@@ -1,0 +1,322 @@
+"""The operator, running as a process, drives real Workflows on the test cluster (kwok plays the pods).
+
+Stage outcomes are chosen per test with sim.ocean-c2d/<stage>.<knob> annotations on the Workflow, which
+the e2e templates (e2e/templates/) copy onto that stage's pod for kwok.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kr8s.asyncio
+import pytest
+from kr8s.asyncio.objects import APIObject, Job
+
+from e2e.operator_fixtures import (
+    OPERATOR_ADDRESS,
+    StartOperator,
+    create_environment,
+    create_workflow,
+    status,
+    wait_finished,
+)
+from e2e.waiting import wait_for, wait_for_deletion
+
+pytestmark = pytest.mark.simulated
+
+RESULTS = [{"filename": "result.csv", "filesize": 42, "url": "s3://bucket/job/result.csv", "type": "output"}]
+
+
+CHILD_KINDS = ("jobs", "configmaps", "secrets", "persistentvolumeclaims", "networkpolicies")
+
+
+async def child_objects(api: kr8s.asyncio.Api, namespace: str, workflow: str) -> list[APIObject]:
+    return [
+        obj
+        for kind in CHILD_KINDS
+        async for obj in api.async_get(kind, namespace=namespace, label_selector={"workflow": workflow})
+        if isinstance(obj, APIObject)
+    ]
+
+
+async def children(api: kr8s.asyncio.Api, namespace: str, workflow: str) -> dict[str, list[dict[str, Any]]]:
+    """Every object labelled as this Workflow's child, by kind."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for obj in await child_objects(api, namespace, workflow):
+        found.setdefault(obj.kind, []).append(obj.raw)
+    return found
+
+
+async def wait_children_gone(api: kr8s.asyncio.Api, namespace: str, workflow: str) -> None:
+    for obj in await child_objects(api, namespace, workflow):
+        await wait_for_deletion(obj, timeout=60)
+
+
+async def test_happy_path_ends_70_with_every_child_owned(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    operator = await start_operator(DEBUG_NO_CLEANUP="1")
+    sim = {"publish.message": json.dumps({"results": RESULTS})}
+    workflow = await create_workflow(api, namespace, "happy", sim=sim)
+
+    final = await wait_finished(workflow, operator)
+
+    assert (final["statusCode"], final["statusText"], final["reason"]) == (70, "Job finished", "Succeeded")
+    assert final["results"] == RESULTS
+    assert [final["stages"][s]["exitCode"] for s in ("configure", "algorithm", "publish")] == [0, 0, 0]
+    owned = await children(api, namespace, "happy")
+    assert sorted(owned) == ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "Secret"]
+    assert sorted(j["metadata"]["name"] for j in owned["Job"]) == [
+        "happy-algorithm-job",
+        "happy-configure-job",
+        "happy-publish-job",
+    ]
+    for objects in owned.values():
+        for obj in objects:
+            [owner] = obj["metadata"]["ownerReferences"]
+            assert (owner["kind"], owner["name"], owner["uid"]) == (
+                "Workflow",
+                "happy",
+                workflow.metadata.uid,
+            )
+    conditions = {c["type"]: c["status"] for c in final["conditions"]}
+    assert conditions == {"Admitted": "True", "Finished": "True", "Succeeded": "True"}
+
+
+async def test_children_are_cleaned_up_after_the_end(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    operator = await start_operator()
+    workflow = await create_workflow(api, namespace, "tidy")
+
+    final = await wait_finished(workflow, operator)
+
+    assert final["statusCode"] == 70
+    await wait_children_gone(api, namespace, "tidy")
+    assert await children(api, namespace, "tidy") == {}
+
+
+@pytest.mark.parametrize(
+    ("sim", "code", "reason", "jobs"),
+    [
+        pytest.param({"algorithm.exit-code": "1"}, 41, "AlgorithmFailed", 3, id="algorithm-exit-1"),
+        pytest.param({"configure.exit-code": "31"}, 31, "DataProvisioningFailed", 2, id="data-provisioning"),
+        pytest.param(
+            {"configure.exit-code": "32"}, 32, "AlgorithmProvisioningFailed", 2, id="algorithm-provisioning"
+        ),
+    ],
+)
+async def test_failures_end_with_their_code_and_logs_are_still_published(
+    api: kr8s.asyncio.Api,
+    namespace: str,
+    start_operator: StartOperator,
+    sim: dict[str, str],
+    code: int,
+    reason: str,
+    jobs: int,
+) -> None:
+    await create_environment(api, namespace)
+    operator = await start_operator(DEBUG_NO_CLEANUP="1")
+    workflow = await create_workflow(api, namespace, "fails", sim=sim)
+
+    final = await wait_finished(workflow, operator)
+
+    assert (final["statusCode"], final["reason"]) == (code, reason)
+    assert final["stages"]["publish"]["exitCode"] == 0  # the publish stage ran: logs are published
+    assert len((await children(api, namespace, "fails"))["Job"]) == jobs
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in final["conditions"]}
+    assert conditions["Succeeded"] == ("False", reason)
+
+
+async def test_algorithm_past_its_time_limit_times_out(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    operator = await start_operator()
+    workflow = await create_workflow(api, namespace, "slow", sim={"algorithm.run-for": "120s"}, maxDuration=3)
+
+    final = await wait_finished(workflow, operator)
+
+    assert (final["statusCode"], final["reason"]) == (43, "AlgorithmTimedOut")
+    assert final["stages"]["algorithm"]["reason"] == "DeadlineExceeded"
+    assert final["stages"]["publish"]["exitCode"] == 0
+
+
+async def test_stop_mid_algorithm_ends_stopped_and_still_publishes(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    operator = await start_operator()
+    workflow = await create_workflow(api, namespace, "halt", sim={"algorithm.run-for": "300s"})
+    await wait_for(workflow, lambda w: status(w).get("stage") == "RunningAlgorithm", timeout=60)
+
+    await workflow.patch({"spec": {"stop": True}})
+    final = await wait_finished(workflow, operator, timeout=60)
+
+    assert (final["statusCode"], final["statusText"], final["reason"]) == (72, "Job stopped", "Stopped")
+    assert final["stages"]["algorithm"]["reason"] == "Stopped"
+    assert final["stages"]["publish"]["exitCode"] == 0
+
+
+async def test_unknown_environment_fails_with_the_reason(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    operator = await start_operator()
+    workflow = await create_workflow(api, namespace, "lost", environment="nowhere")
+
+    final = await wait_finished(workflow, operator)
+
+    assert (final["statusCode"], final["reason"]) == (90, "UnknownEnvironment")
+    assert "nowhere" in final["message"]
+    assert await children(api, namespace, "lost") == {}
+
+
+async def test_environment_runs_at_most_max_jobs_first_come_first_served(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace, maxJobs=2)
+    names = [f"burst-{i}" for i in range(6)]
+    workflows = []
+    for name in names:  # created one after the other: this is the queue order
+        workflows.append(await create_workflow(api, namespace, name, sim={"algorithm.run-for": "3s"}))
+    running_at_most = 0
+
+    async def watch_concurrency() -> None:
+        nonlocal running_at_most
+        running: set[str] = set()
+        async for _event, obj in api.async_watch("workflows", namespace=namespace):
+            current = status(obj)
+            if current.get("stage") not in (None, "Queued", "Finished"):
+                running.add(obj.name)
+            else:
+                running.discard(obj.name)
+            running_at_most = max(running_at_most, len(running))
+
+    watcher = asyncio.create_task(watch_concurrency())
+    operator = await start_operator()
+    finals = [await wait_finished(w, operator, timeout=180) for w in workflows]
+    watcher.cancel()
+
+    assert running_at_most == 2
+    assert all(f["statusCode"] == 70 for f in finals)
+    # First come, first served: no Workflow started, or finished, before one created ahead of it (the
+    # times have one-second resolution, so two that started together may tie).
+    admitted_at = [f["admittedAt"] for f in finals]
+    assert admitted_at == sorted(admitted_at)
+    assert admitted_at[0] < admitted_at[2] < admitted_at[4]
+    finished_at = [f["finishedAt"] for f in finals]
+    assert finished_at == sorted(finished_at)
+
+
+async def test_operator_killed_mid_algorithm_resumes_without_a_second_job(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    algorithm_jobs: set[str] = set()
+
+    async def record_algorithm_jobs() -> None:
+        async for event, job in api.async_watch("jobs", namespace=namespace):
+            if event == "ADDED" and job.labels.get("component") == "algorithm":
+                algorithm_jobs.add(job.metadata.uid)
+
+    watcher = asyncio.create_task(record_algorithm_jobs())
+    first = await start_operator()
+    workflow = await create_workflow(api, namespace, "phoenix", sim={"algorithm.run-for": "8s"})
+    await wait_for(workflow, lambda w: status(w).get("stage") == "RunningAlgorithm", timeout=60)
+
+    await first.kill()
+    second = await start_operator()
+    final = await wait_finished(workflow, second)
+    watcher.cancel()
+
+    assert final["statusCode"] == 70
+    assert len(algorithm_jobs) == 1
+    assert final["stages"]["algorithm"]["exitCode"] == 0
+
+
+class Receiver:
+    """A real HTTP server on loopback that records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
+        self.arrived = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request_line = (await reader.readline()).decode()
+        headers = {}
+        while (line := (await reader.readline()).decode().strip()) != "":
+            key, _, value = line.partition(":")
+            headers[key.lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.bodies.append((request_line.split()[1], json.loads(body)))
+        self.arrived.set()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    receiver.server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+    yield receiver
+    receiver.server.close()
+
+
+async def test_notifications_reach_a_real_receiver_signed_by_the_operator(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator, receiver: Receiver
+) -> None:
+    from ocean_c2d.signing import notification_message, recover_personal
+
+    await create_environment(api, namespace)
+    operator = await start_operator(
+        NOTIFY_START_URL=f"{receiver.url}/start", NOTIFY_STOP_URL=f"{receiver.url}/stop"
+    )
+    workflow = await create_workflow(api, namespace, "loud")
+
+    await wait_finished(workflow, operator)
+    await wait_for(
+        workflow,
+        lambda w: status(w).get("notifications", {}).get("stop", {}).get("state") == "Sent",
+        timeout=30,
+    )
+
+    assert [path for path, _ in receiver.bodies] == ["/start", "/stop"]
+    for _, body in receiver.bodies:
+        assert body["jobId"] == "loud"
+        assert body["DID"] == [workflow.spec["inputs"][0]["did"]]
+        assert body["algoDID"] == workflow.spec["algorithm"]["did"]
+        message = notification_message(body["secret"], body["DID"], body["jobId"], body["algoDID"])
+        assert recover_personal(message.encode(), body["signature"]) == OPERATOR_ADDRESS
+    notifications = status(workflow)["notifications"]
+    assert notifications["start"]["state"] == "Sent"
+    assert notifications["start"]["attempts"] == 1
+
+
+async def test_deleting_a_workflow_removes_its_children(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    await start_operator()
+    workflow = await create_workflow(api, namespace, "doomed", sim={"algorithm.run-for": "300s"})
+    await wait_for(workflow, lambda w: status(w).get("stage") == "RunningAlgorithm", timeout=60)
+    algorithm = await Job.get("doomed-algorithm-job", namespace=namespace, api=api)
+
+    await workflow.delete()
+
+    await wait_for_deletion(algorithm, timeout=60)
+    await wait_for_deletion(workflow, timeout=60)
+    await wait_children_gone(api, namespace, "doomed")
+    assert await children(api, namespace, "doomed") == {}

@@ -1,0 +1,417 @@
+"""The operator's runtime: a work queue of Workflow keys, each reconciled by the pure `plan` against the
+view the watches keep, with the deltas sent by `k8s.Cluster`.
+
+The watches' indexes (kopf) are the view of the cluster. Right after a write, the view lags behind our
+own change until its watch event arrives; the small "written" overlays below bridge exactly that gap
+and are dropped as soon as the watch shows the write. Nothing here is state that a restart needs: on
+start, kopf lists everything before the first reconcile, so a restarted operator resumes from the
+cluster alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import kr8s
+
+from ocean_c2d import observe
+from ocean_c2d.environments import admission, default_environment_object, environment_status
+from ocean_c2d.k8s import Cluster, ConflictError
+from ocean_c2d.model import API_VERSION, Environment, Observed, Workflow
+from ocean_c2d.notify import send_notification
+from ocean_c2d.reconcile import Admission, PlanSettings, plan
+from ocean_c2d.render import Templates
+from ocean_c2d.settings import Settings
+from ocean_c2d.signing import notification_payload
+
+log = logging.getLogger("ocean_c2d")
+
+Key = tuple[str, str, str]  # ("workflow" | "environment", namespace, name)
+CHILD_INDEXES = ("configmap_index", "secret_index", "pvc_index", "networkpolicy_index")
+
+
+def plan_settings(settings: Settings) -> PlanSettings:
+    publish = settings.publish
+    publish_env = {
+        "IPFS_OUTPUT": publish.ipfs_output,
+        "IPFS_OUTPUT_PREFIX": publish.ipfs_output_prefix,
+        "IPFS_API_CLIENT": publish.ipfs_api_client,
+        "IPFS_TYPE": publish.ipfs_type,
+        "IPFS_EXPIRY_TIME": publish.ipfs_expiry_time_seconds,
+        "AWS_REGION": publish.aws_region,
+        "AWS_BUCKET_OUTPUT": publish.aws_bucket_output,
+        "AWS_ENDPOINT_URL": publish.aws_endpoint_url,
+    }
+    return PlanSettings(
+        cleanup=not settings.debug_no_cleanup,
+        notify_start=settings.notify_start_url is not None,
+        notify_stop=settings.notify_stop_url is not None,
+        workflow_ttl_seconds=settings.workflow_ttl_seconds,
+        filtering_container=settings.filtering_container,
+        configure_timeout=settings.configure_timeout_seconds,
+        filter_timeout=settings.filter_timeout_seconds,
+        publish_timeout=settings.publish_timeout_seconds,
+        template_values={
+            "service_account": settings.service_account,
+            "pull_secret": settings.pull_secret,
+            "node_selector_scope": settings.node_selector,
+            "pull_policy": settings.pull_policy,
+            "configure_image": settings.pod_configuration_container,
+            "publish_image": settings.pod_publish_container,
+            "credentials_secret": settings.credentials_secret,
+            "storage_class": settings.storage_class,
+            "publish_env": {k: v for k, v in publish_env.items() if v is not None},
+        },
+    )
+
+
+class WorkQueue:
+    """Keys to reconcile. A key waiting twice is reconciled once; a key is never reconciled by two
+    workers at once (added while in progress, it runs again right after); failures back off."""
+
+    def __init__(self, handler: Callable[[Key], Awaitable[float | None]], workers: int = 8) -> None:
+        self._handler = handler
+        self._workers = workers
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._waiting: set[Key] = set()
+        self._running: set[Key] = set()
+        self._again: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+
+    def add(self, key: Key, after: float = 0.0) -> None:
+        if after > 0:
+            existing = self._timers.get(key)
+            if existing is not None and existing.when() <= asyncio.get_running_loop().time() + after:
+                return
+            if existing is not None:
+                existing.cancel()
+            self._timers[key] = asyncio.get_running_loop().call_later(after, self._fire, key)
+            return
+        if key in self._running:
+            self._again.add(key)
+        elif key not in self._waiting:
+            self._waiting.add(key)
+            self._queue.put_nowait(key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    async def run(self) -> None:
+        workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            for timer in self._timers.values():
+                timer.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._waiting.discard(key)
+            self._running.add(key)
+            try:
+                requeue_after = await self._handler(key)
+                self._failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except ConflictError:
+                requeue_after = None  # our view was stale; the watch event that proves it re-adds the key
+                self._again.add(key)
+            except Exception:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                requeue_after = min(60.0, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
+                log.exception(
+                    "Reconcile of %s/%s failed (attempt %d); retrying in %.1fs",
+                    key[1],
+                    key[2],
+                    failures,
+                    requeue_after,
+                )
+            finally:
+                self._running.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self.add(key)
+            elif requeue_after is not None:
+                self.add(key, after=requeue_after)
+
+
+@dataclass
+class Views:
+    """The kopf indexes, bound from the first handler call (they are live mappings)."""
+
+    indexes: dict[str, Mapping[Any, Iterable[Any]]] = field(default_factory=dict)
+
+    def values(self, index: str, key: Hashable) -> list[Any]:
+        mapping = self.indexes.get(index)
+        if mapping is None or key not in mapping:
+            return []
+        return list(mapping[key])
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        templates: Templates,
+        cluster: Cluster,
+        http: httpx.AsyncClient,
+        workers: int = 8,
+    ) -> None:
+        self.settings = settings
+        self.plan_settings = plan_settings(settings)
+        self.templates = templates
+        self.cluster = cluster
+        self.http = http
+        self.views = Views()
+        self.queue = WorkQueue(self._reconcile_key, workers=workers)
+        self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self._created: dict[tuple[str, str], dict[tuple[str, str], observe.JobRecord | None]] = {}
+        self._deleted: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._admission_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._notifying: set[tuple[str, str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- wiring from handlers.py -------------------------------------------------------------------
+
+    def bind(self, indexes: Mapping[str, Any]) -> None:
+        for name, index in indexes.items():
+            if name.endswith("_index"):
+                self.views.indexes[name] = index
+
+    def workflow_changed(self, namespace: str, name: str) -> None:
+        self.queue.add(("workflow", namespace, name))
+
+    def environment_changed(self, namespace: str, name: str) -> None:
+        self.queue.add(("environment", namespace, name))
+        for workflow in self.views.values("workflow_by_environment_index", (namespace, name)):
+            self.queue.add(("workflow", namespace, workflow))
+
+    def resync(self) -> None:
+        """The slow safety timer: everything once more, in case an event was missed."""
+        mapping = self.views.indexes.get("workflow_index", {})
+        for namespace, name in list(mapping):
+            self.queue.add(("workflow", namespace, name))
+
+    def spawn(self, coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def ensure_default_environment(self, namespace: str) -> None:
+        seed = self.settings.default_environment
+        if seed is None:
+            return
+        manifest = default_environment_object(self.settings.default_environment_name, namespace, seed)
+        if await self.cluster.ensure(manifest):
+            log.info(
+                "Created ComputeEnvironment %s/%s from the operator's environment variables",
+                namespace,
+                manifest["metadata"]["name"],
+            )
+
+    # ---- the view ----------------------------------------------------------------------------------
+
+    def current_workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        [indexed] = self.views.values("workflow_index", (namespace, name)) or [None]
+        written = self._written.get((namespace, name))
+        if indexed is None:
+            self._written.pop((namespace, name), None)
+            return None
+        if written is not None:
+            stale_version, body = written
+            if indexed["metadata"].get("resourceVersion") == stale_version:
+                return body  # the watch has not shown our own status write yet
+            del self._written[(namespace, name)]
+        result: dict[str, Any] = indexed
+        return result
+
+    def observed(self, namespace: str, workflow: str) -> Observed:
+        key = (namespace, workflow)
+        jobs = self.views.values("job_index", key)
+        children = [c for index in CHILD_INDEXES for c in self.views.values(index, key)]
+        present = {("Job", j.name) for j in jobs} | {(c.kind, c.name) for c in children}
+        created = self._created.get(key, {})
+        for ref in [ref for ref in created if ref in present]:
+            del created[ref]  # the watch caught up
+        for (kind, name), record in created.items():
+            if record is not None:
+                jobs.append(record)
+            else:
+                children.append(observe.ChildRecord(kind, name, None))
+        deleted = self._deleted.get(key, set())
+        deleted &= present  # forget deletions the watch has shown
+        jobs = [j if ("Job", j.name) not in deleted else _deleting(j) for j in jobs]
+        children = [c for c in children if (c.kind, c.name) not in deleted]
+        return observe.observed(jobs, self.views.values("pod_index", key), children)
+
+    def environment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        [body] = self.views.values("environment_index", (namespace, name)) or [None]
+        return dict(body) if body is not None else None
+
+    def job_secret(self, uid: str) -> str:
+        """The per-job secret, derived from the operator key and the Workflow's uid: the same after a
+        restart without being stored anywhere but the job's own Secret."""
+        key = self.settings.operator_key.private_key.to_bytes()
+        return hmac.new(key, f"ocean-c2d/job-secret/{uid}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    # ---- reconciles ------------------------------------------------------------------------------------
+
+    async def _reconcile_key(self, key: Key) -> float | None:
+        kind, namespace, name = key
+        if kind == "environment":
+            await self.reconcile_environment(namespace, name)
+            return None
+        return await self.reconcile_workflow(namespace, name)
+
+    async def reconcile_workflow(self, namespace: str, name: str) -> float | None:
+        raw = self.current_workflow(namespace, name)
+        if raw is None:
+            return None  # deleted: the garbage collector removes what it owned
+        workflow = Workflow.from_object(raw)
+        env_body = self.environment(namespace, workflow.spec.environment)
+        environment = Environment.from_object(env_body) if env_body else None
+        lock = (
+            contextlib.nullcontext()
+            if workflow.admitted or environment is None
+            else self._admission_locks.setdefault((namespace, workflow.spec.environment), asyncio.Lock())
+        )
+        async with lock:
+            # Admission decisions of one environment are taken one at a time, on a view that includes
+            # the decisions just written, so a burst can never admit more than maxJobs.
+            verdict = Admission(may_start=False)
+            if environment is not None:
+                peers = self._peers(namespace, workflow.spec.environment)
+                verdict = admission(workflow, peers, environment)
+            observed = self.observed(namespace, name)
+            now = datetime.now(UTC)
+            result = plan(
+                workflow,
+                environment,
+                observed,
+                verdict,
+                self.plan_settings,
+                self.templates,
+                self.job_secret(workflow.uid),
+                now,
+            )
+            if result.writes(observed) == 0:
+                self._start_notifications(namespace, name, result.notify)
+                return result.requeue_after
+            applied = await self.cluster.apply(raw, result, observed, now)
+        self._remember(namespace, name, raw, applied)
+        if result.status is not None and _occupancy_changed(workflow.status, result.status):
+            self.environment_changed(namespace, workflow.spec.environment)
+        self._start_notifications(namespace, name, result.notify)
+        return result.requeue_after
+
+    def _peers(self, namespace: str, environment: str) -> list[Workflow]:
+        names = self.views.values("workflow_by_environment_index", (namespace, environment))
+        bodies = (self.current_workflow(namespace, n) for n in names)
+        return [Workflow.from_object(b) for b in bodies if b is not None]
+
+    def _remember(self, namespace: str, name: str, raw: dict[str, Any], applied: Any) -> None:
+        key = (namespace, name)
+        if applied.workflow is not None:
+            self._written[key] = (raw["metadata"]["resourceVersion"], applied.workflow)
+        created = self._created.setdefault(key, {})
+        for manifest in applied.created:
+            ref = (manifest["kind"], manifest["metadata"]["name"])
+            created[ref] = observe.job_record(manifest) if ref[0] == "Job" else None
+        if applied.deleted:
+            self._deleted.setdefault(key, set()).update(applied.deleted)
+
+    async def reconcile_environment(self, namespace: str, name: str) -> None:
+        body = self.environment(namespace, name)
+        if body is None:
+            return
+        environment = Environment.from_object(body)
+        desired = environment_status(
+            environment,
+            self._peers(namespace, name),
+            self.settings.operator_key.address,
+            body["metadata"].get("generation", 1),
+        )
+        current = body.get("status") or {}
+        if any(current.get(k) != v for k, v in desired.items()):
+            await self.cluster.write_status_fields("ComputeEnvironment", namespace, name, desired)
+
+    # ---- notifications -----------------------------------------------------------------------------------
+
+    def _start_notifications(self, namespace: str, name: str, due: tuple[str, ...]) -> None:
+        for kind in due:
+            key = (namespace, name, kind)
+            if key not in self._notifying:
+                self._notifying.add(key)
+                self.spawn(self._notify(namespace, name, kind))
+
+    async def _notify(self, namespace: str, name: str, kind: str) -> None:
+        """Send one notification outside the reconcile (never blocking it) and record the outcome."""
+        try:
+            raw = self.current_workflow(namespace, name)
+            if raw is None:
+                return
+            workflow = Workflow.from_object(raw)
+            url = self.settings.notify_start_url if kind == "start" else self.settings.notify_stop_url
+            if url is None:
+                return
+            payload = notification_payload(
+                self.settings.operator_key,
+                self.job_secret(workflow.uid),
+                workflow.spec.input_dids,
+                workflow.name,
+                workflow.spec.algorithm_did,
+            )
+            delivery = await send_notification(
+                self.http,
+                url,
+                payload,
+                max_attempts=self.settings.notify_max_attempts,
+                timeout_seconds=self.settings.notify_timeout_seconds,
+            )
+            outcome = {
+                "state": "Sent" if delivery.delivered else "Failed",
+                "attempts": delivery.attempts,
+                "lastAttemptAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "message": delivery.message,
+            }
+            await self.cluster.write_status_fields(
+                "Workflow", namespace, name, {"notifications": {kind: outcome}}
+            )
+        except (kr8s.ServerError, httpx.HTTPError):
+            log.exception("Could not record the %s notification of %s/%s", kind, namespace, name)
+        finally:
+            self._notifying.discard((namespace, name, kind))
+
+
+def _deleting(job: observe.JobRecord) -> observe.JobRecord:
+    return observe.JobRecord(
+        job.component, job.name, job.state, job.started, job.finished, job.failure_reason, deleting=True
+    )
+
+
+def _occupancy_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Did this write change how many Workflows of the environment run or wait?"""
+
+    def bucket(status: dict[str, Any]) -> str:
+        stage = status.get("stage")
+        return "none" if stage is None else stage if stage in ("Queued", "Finished") else "running"
+
+    return bucket(before) != bucket(after) or before.get("queuePosition") != after.get("queuePosition")
+
+
+__all__ = ["API_VERSION", "Controller", "WorkQueue", "plan_settings"]

@@ -1,0 +1,226 @@
+"""The only module that talks to the Kubernetes API (through kr8s): it applies a Plan's deltas.
+
+Policy at each call, explicitly: a create that meets 409 means the object exists already (a restart, or
+our own earlier attempt) and counts as done; a delete that meets 404 is done; a status write is
+conditional on the resourceVersion the plan was computed from, so a stale view gets 409 and a retry
+instead of overwriting someone else's change. Every request is counted by verb and response code.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+import kr8s
+import kr8s.asyncio
+
+from ocean_c2d.model import GROUP, VERSION
+from ocean_c2d.reconcile import Event, Plan, missing_or_drifted
+from ocean_c2d.status import format_time
+
+log = logging.getLogger("ocean_c2d")
+
+# Where each child kind lives in the API.
+ROUTES: dict[str, tuple[str, str]] = {
+    "ConfigMap": ("v1", "configmaps"),
+    "Secret": ("v1", "secrets"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "Job": ("batch/v1", "jobs"),
+    "Event": ("v1", "events"),
+    "Workflow": (f"{GROUP}/{VERSION}", "workflows"),
+    "ComputeEnvironment": (f"{GROUP}/{VERSION}", "computeenvironments"),
+}
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+class ConflictError(Exception):
+    """The object changed since the plan was computed; reconcile again from the newer state."""
+
+
+@dataclass
+class RequestCounter:
+    """API requests this operator sent, by (verb, response code). Writes are what benchmarks watch."""
+
+    counts: collections.Counter[tuple[str, int]] = field(default_factory=collections.Counter)
+
+    def record(self, verb: str, code: int) -> None:
+        self.counts[(verb, code)] += 1
+
+    @property
+    def writes(self) -> int:
+        return sum(n for (verb, _), n in self.counts.items() if verb != "GET")
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying a plan changed, so the caller can update its view before the watches catch up."""
+
+    created: tuple[dict[str, Any], ...]
+    deleted: tuple[tuple[str, str], ...]
+    workflow: dict[str, Any] | None  # the Workflow as the status write returned it
+
+
+class Cluster:
+    def __init__(self, api: kr8s.asyncio.Api, counter: RequestCounter | None = None) -> None:
+        self.api = api
+        self.counter = counter or RequestCounter()
+        self.instance = socket.gethostname()
+
+    async def _request(
+        self,
+        verb: str,
+        kind: str,
+        namespace: str | None,
+        url: str,
+        *,
+        ok: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> dict[str, Any] | None:
+        """One API request; statuses in `ok` are tolerated and give None."""
+        version, plural = ROUTES[kind]
+        path = f"{plural}/{url}" if url else plural
+        try:
+            async with self.api.call_api(
+                verb, version=version, namespace=namespace, url=path, **kwargs
+            ) as response:
+                self.counter.record(verb, response.status_code)
+                body: dict[str, Any] = response.json()
+                return body
+        except kr8s.ServerError as error:
+            code = error.response.status_code if error.response is not None else 0
+            self.counter.record(verb, code)
+            if code in ok:
+                return None
+            if code == 409:
+                raise ConflictError(str(error)) from error
+            raise
+        except httpx.HTTPError:
+            self.counter.record(verb, 0)
+            raise
+
+    async def apply(self, workflow: dict[str, Any], plan: Plan, observed: Any, now: datetime) -> Applied:
+        """Send only the plan's deltas: children first, then status (so a crash in between leaves
+        children the next reconcile adopts, never a status that names Jobs that do not exist)."""
+        namespace = workflow["metadata"]["namespace"]
+        created = []
+        for manifest in missing_or_drifted(plan.desired, observed):
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            if await self._create(kind, namespace, manifest):
+                created.append(manifest)
+                log.info("Created %s %s/%s", kind, namespace, name)
+            elif kind != "Job":
+                await self._request(
+                    "PATCH", kind, namespace, name, json=_drift_patch(manifest), headers=MERGE_PATCH
+                )
+                log.info("Updated %s %s/%s", kind, namespace, name)
+        updated = None
+        if plan.status is not None:
+            updated = await self._write_status(workflow, plan.status)
+        deleted = []
+        for kind, name in plan.unwanted:
+            await self._request(
+                "DELETE", kind, namespace, name, ok=(404,), json={"propagationPolicy": "Background"}
+            )
+            deleted.append((kind, name))
+            log.info("Deleted %s %s/%s", kind, namespace, name)
+        for event in plan.events:
+            await self.post_event(updated or workflow, event, now)
+        if plan.delete_workflow:
+            await self._request("DELETE", "Workflow", namespace, workflow["metadata"]["name"], ok=(404,))
+            log.info(
+                "Deleted Workflow %s/%s: its time to live after finishing has passed",
+                namespace,
+                workflow["metadata"]["name"],
+            )
+        return Applied(tuple(created), tuple(deleted), updated)
+
+    async def _create(self, kind: str, namespace: str, manifest: dict[str, Any]) -> bool:
+        """True when created; False when it already existed (409)."""
+        try:
+            await self._request("POST", kind, namespace, "", json=manifest)
+        except ConflictError:
+            return False
+        return True
+
+    async def _write_status(self, workflow: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        old = workflow.get("status") or {}
+        body = {**{key: None for key in old if key not in status}, **status}
+        patch = {"metadata": {"resourceVersion": workflow["metadata"]["resourceVersion"]}, "status": body}
+        result = await self._request(
+            "PATCH",
+            "Workflow",
+            workflow["metadata"]["namespace"],
+            f"{workflow['metadata']['name']}/status",
+            json=patch,
+            headers=MERGE_PATCH,
+        )
+        assert result is not None
+        return result
+
+    async def write_status_fields(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A merge patch of some status fields (notification outcomes, environment counts)."""
+        return await self._request(
+            "PATCH",
+            kind,
+            namespace,
+            f"{name}/status",
+            ok=(404,),
+            json={"status": status},
+            headers=MERGE_PATCH,
+        )
+
+    async def post_event(self, involved: dict[str, Any], event: Event, now: datetime) -> None:
+        metadata = involved["metadata"]
+        timestamp = format_time(now)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": involved.get("kind", "Workflow"),
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata.get("uid", ""),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message,
+            "firstTimestamp": timestamp,
+            "lastTimestamp": timestamp,
+            "count": 1,
+            "source": {"component": "ocean-c2d"},
+            "reportingComponent": "ocean-c2d",
+            "reportingInstance": self.instance,
+        }
+        try:
+            await self._request("POST", "Event", metadata["namespace"], "", json=body)
+        except (kr8s.ServerError, httpx.HTTPError) as error:  # an Event is worth a retry of nothing
+            log.warning("Could not post event %s on %s: %s", event.reason, metadata["name"], error)
+
+    async def ensure(self, manifest: dict[str, Any]) -> bool:
+        """Create `manifest` unless it exists; True when it was created."""
+        namespace = manifest["metadata"].get("namespace")
+        return await self._create(manifest["kind"], namespace, manifest)
+
+
+def _drift_patch(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What may change on an existing child: its metadata, and the mutable parts of its kind.
+    A Secret's data is never rewritten (it holds the job secret the pods already read)."""
+    metadata = {
+        key: manifest["metadata"][key] for key in ("labels", "annotations") if key in manifest["metadata"]
+    }
+    patch: dict[str, Any] = {"metadata": metadata}
+    if manifest["kind"] == "ConfigMap":
+        patch["data"] = manifest.get("data", {})
+    elif manifest["kind"] == "NetworkPolicy":
+        patch["spec"] = manifest["spec"]
+    return patch

@@ -1,0 +1,127 @@
+"""What the watches keep of each object, and how it becomes the reconcile's `Observed` (pure).
+
+The index functions in handlers.py call these on every watch event; they keep only the few fields the
+reconcile needs (never a Secret's data), so memory stays small with thousands of Workflows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ocean_c2d.model import JobState, Observed, StageJob, parse_time
+from ocean_c2d.render import SPEC_HASH_ANNOTATION
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    component: str
+    name: str
+    state: JobState
+    started: datetime | None
+    finished: datetime | None
+    failure_reason: str | None
+    deleting: bool
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    component: str
+    name: str
+    created: datetime | None
+    exit_code: int | None
+    termination_reason: str | None
+    termination_message: str | None
+    waiting_reason: str | None
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    kind: str
+    name: str
+    spec_hash: str | None
+
+
+def job_record(body: Mapping[str, Any]) -> JobRecord:
+    metadata, status = body["metadata"], body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if "Complete" in conditions:
+        state = JobState.SUCCEEDED
+    elif "Failed" in conditions:
+        state = JobState.FAILED
+    else:
+        state = JobState.PENDING
+    failed = conditions.get("Failed") or {}
+    return JobRecord(
+        component=(metadata.get("labels") or {}).get("component", ""),
+        name=metadata["name"],
+        state=state,
+        started=parse_time(status.get("startTime")),
+        finished=parse_time(status.get("completionTime")) or parse_time(failed.get("lastTransitionTime")),
+        failure_reason=failed.get("reason"),
+        deleting=bool(metadata.get("deletionTimestamp")),
+    )
+
+
+def pod_record(body: Mapping[str, Any]) -> PodRecord:
+    metadata, status = body["metadata"], body.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    state = (statuses[0].get("state") or {}) if statuses else {}
+    terminated = state.get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    return PodRecord(
+        component=(metadata.get("labels") or {}).get("component", ""),
+        name=metadata["name"],
+        created=parse_time(metadata.get("creationTimestamp")),
+        exit_code=terminated.get("exitCode"),
+        termination_reason=terminated.get("reason"),
+        termination_message=terminated.get("message"),
+        waiting_reason=waiting.get("reason"),
+    )
+
+
+def child_record(body: Mapping[str, Any]) -> ChildRecord:
+    metadata = body["metadata"]
+    return ChildRecord(
+        kind=str(body.get("kind", "")),
+        name=metadata["name"],
+        spec_hash=(metadata.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+    )
+
+
+def _moment(value: datetime | None) -> float:
+    return value.timestamp() if value else 0.0
+
+
+def observed(
+    jobs: Iterable[JobRecord], pods: Iterable[PodRecord], children: Iterable[ChildRecord]
+) -> Observed:
+    """One Workflow's children as the reconcile sees them: a stage Job joined with its newest pod."""
+    newest_pod: dict[str, PodRecord] = {}
+    for candidate in pods:
+        current = newest_pod.get(candidate.component)
+        if current is None or _moment(candidate.created) >= _moment(current.created):
+            newest_pod[candidate.component] = candidate
+    stage_jobs = {}
+    for job in jobs:
+        pod = newest_pod.get(job.component)
+        stage_jobs[job.component] = StageJob(
+            name=job.name,
+            state=job.state,
+            started=job.started,
+            finished=job.finished,
+            failure_reason=job.failure_reason,
+            exit_code=pod.exit_code if pod else None,
+            termination_reason=pod.termination_reason if pod else None,
+            termination_message=pod.termination_message if pod else None,
+            waiting_reason=pod.waiting_reason if pod else None,
+            deleting=job.deleting,
+        )
+    children = list(children)
+    return Observed(
+        jobs=stage_jobs,
+        others=frozenset((c.kind, c.name) for c in children),
+        hashes={(c.kind, c.name): c.spec_hash for c in children if c.spec_hash},
+    )

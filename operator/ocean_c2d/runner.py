@@ -1,0 +1,107 @@
+"""`ocean-c2d run`: settings, logging, the API clients, then kopf with our handlers.
+
+Works in a cluster (service-account token) and outside one (the current kubeconfig).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.config
+from pathlib import Path
+
+import httpx
+import kopf
+import kr8s.asyncio
+import yaml
+
+from ocean_c2d import handlers  # noqa: F401  (registers the kopf handlers)
+from ocean_c2d.controller import Controller
+from ocean_c2d.k8s import Cluster
+from ocean_c2d.render import BUILTIN_DIR, Templates
+from ocean_c2d.settings import Settings
+
+log = logging.getLogger("ocean_c2d")
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def setup_logging(settings: Settings) -> None:
+    """LOG_LEVEL wins; else LOG_CFG (a YAML dictConfig file); else INFO, as the original did."""
+    if settings.log_level is None and settings.log_cfg:
+        logging.config.dictConfig(yaml.safe_load(Path(settings.log_cfg).read_text()))
+    else:
+        logging.basicConfig(
+            level=settings.log_level or "INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+    # httpx logs every request URL at INFO; URLs of notification receivers may carry tokens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    if settings.log_level != "DEBUG":
+        # kopf says "Handler ... succeeded" for every watch event; our own log lines tell the story.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
+def builtin_templates() -> Path:
+    """The templates shipped with the operator: the repository's templates/ or the image's copy."""
+    for candidate in (BUILTIN_DIR, Path("/opt/ocean-c2d/templates")):
+        if (candidate / "algorithm-job.yaml.j2").exists():
+            return candidate
+    raise SystemExit("ocean-c2d: no built-in templates found; set TEMPLATES_DIR")
+
+
+async def watched_namespace(settings: Settings, api: kr8s.asyncio.Api) -> str | None:
+    """The namespace to watch; None means all namespaces."""
+    if settings.watch_namespace == "*":
+        return None
+    if settings.watch_namespace:
+        return settings.watch_namespace
+    in_cluster = await asyncio.to_thread(SERVICE_ACCOUNT_NAMESPACE.exists)
+    if in_cluster:
+        return (await asyncio.to_thread(SERVICE_ACCOUNT_NAMESPACE.read_text)).strip()
+    return str(api.namespace or "default")
+
+
+async def run(settings: Settings) -> None:
+    if settings.operator_key_generated:
+        log.warning(
+            "OCEAN_C2D_DEV_MODE: using a throwaway operator key (address %s); signatures made now "
+            "verify against nobody's published address",
+            settings.operator_key.address,
+        )
+    templates = Templates(
+        Path(settings.templates_dir) if settings.templates_dir else None, builtin=builtin_templates()
+    )
+    api = await kr8s.asyncio.api()
+    namespace = await watched_namespace(settings, api)
+    async with httpx.AsyncClient() as http:
+        controller = Controller(settings, templates, Cluster(api), http)
+        if namespace is not None:
+            await controller.ensure_default_environment(namespace)
+        kopf_settings = kopf.OperatorSettings()
+        kopf_settings.posting.enabled = False  # we post the Events we mean, not every log line
+        queue = asyncio.create_task(controller.queue.run())
+        resync = asyncio.create_task(_resync(controller, settings.resync_seconds))
+        log.info(
+            "Starting ocean-c2d (operator address %s) watching %s",
+            settings.operator_key.address,
+            f"namespace {namespace}" if namespace else "all namespaces",
+        )
+        try:
+            await kopf.operator(
+                standalone=True,
+                clusterwide=namespace is None,
+                namespaces=[namespace] if namespace else [],
+                settings=kopf_settings,
+                memo=kopf.Memo(controller=controller),
+                liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            )
+        finally:
+            queue.cancel()
+            resync.cancel()
+
+
+async def _resync(controller: Controller, every_seconds: int) -> None:
+    """The slow safety timer: reconcile everything once per period, in case an event was missed."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        controller.resync()
