@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kr8s.asyncio
 import pytest
 from kr8s.asyncio.objects import APIObject, Secret, new_class
+from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.waiting import wait_for
 
@@ -41,6 +43,26 @@ def free_port() -> int:
 class OperatorProcess:
     process: asyncio.subprocess.Process
     log: Path
+    metrics_port: int
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The operator's /metrics, as {(sample name, sorted labels): value}."""
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5)
+        response.raise_for_status()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
+    async def total(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include `labels`."""
+        return sum(
+            value
+            for (sample, sample_labels), value in (await self.metrics()).items()
+            if sample == name and set(labels.items()) <= set(sample_labels)
+        )
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup, no goodbye, as a crash or an OOM kill would end it."""
@@ -79,6 +101,7 @@ async def start_operator(
 
     async def start(**extra_env: str) -> OperatorProcess:
         log = tmp_path / f"operator-{len(started)}.log"
+        metrics_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": kubeconfig,
@@ -86,7 +109,7 @@ async def start_operator(
             "OPERATOR_PRIVATE_KEY": OPERATOR_KEY,
             "TEMPLATES_DIR": str(REPO / "e2e" / "templates"),
             "HEALTH_PORT": str(free_port()),
-            "METRICS_PORT": str(free_port()),
+            "METRICS_PORT": str(metrics_port),
             "LOG_LEVEL": "INFO",
             **extra_env,
         }
@@ -94,7 +117,7 @@ async def start_operator(
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ocean_c2d.cli", "run", env=env, stdout=sink, stderr=sink
             )
-        operator = OperatorProcess(process, log)
+        operator = OperatorProcess(process, log, metrics_port)
         started.append(operator)
         return operator
 

@@ -17,6 +17,7 @@ from kr8s.asyncio.objects import APIObject, Job
 
 from e2e.operator_fixtures import (
     OPERATOR_ADDRESS,
+    OperatorProcess,
     StartOperator,
     create_environment,
     create_workflow,
@@ -320,3 +321,38 @@ async def test_deleting_a_workflow_removes_its_children(
     await wait_for_deletion(workflow, timeout=60)
     await wait_children_gone(api, namespace, "doomed")
     assert await children(api, namespace, "doomed") == {}
+
+
+async def wait_for_metric(operator: OperatorProcess, name: str, at_least: float, timeout: float = 30) -> None:
+    """Metrics cannot be watched: read them until `name` reaches `at_least` (bounded in time)."""
+    async with asyncio.timeout(timeout):
+        # An idle reconcile leaves nothing in the cluster to watch (that is the point): read /metrics.
+        while await operator.total(name) < at_least:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+
+
+async def test_reconciles_with_nothing_to_change_send_no_writes(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    operator = await start_operator()
+    workflow = await create_workflow(api, namespace, "quiet")
+    await wait_finished(workflow, operator)
+    await wait_children_gone(api, namespace, "quiet")
+    await wait_for_metric(operator, "ocean_c2d_reconciles_total", 1)
+    writes = await operator.total("ocean_c2d_kubernetes_requests_total") - await operator.total(
+        "ocean_c2d_kubernetes_requests_total", verb="GET"
+    )
+    reconciles = await operator.total("ocean_c2d_reconciles_total")
+    print(f"\nAPI writes for one Workflow, from creation to cleaned up: {writes:.0f}")
+
+    for touch in range(3):  # each is a watch event, so a reconcile, with nothing to change
+        await workflow.annotate({"e2e/touch": str(touch)})
+    await wait_for_metric(operator, "ocean_c2d_reconciles_total", reconciles + 3)
+
+    writes_after = await operator.total("ocean_c2d_kubernetes_requests_total") - await operator.total(
+        "ocean_c2d_kubernetes_requests_total", verb="GET"
+    )
+    assert writes_after == writes
+    assert await operator.total("ocean_c2d_reconciles_total", result="idle") >= 3
+    assert writes <= 30  # a regression guard: today one Workflow takes about two dozen writes

@@ -27,6 +27,7 @@ import kr8s
 from ocean_c2d import observe
 from ocean_c2d.environments import admission, default_environment_object, environment_status
 from ocean_c2d.k8s import Cluster, ConflictError
+from ocean_c2d.metrics import RECONCILE_SECONDS, RECONCILES
 from ocean_c2d.model import API_VERSION, Environment, Observed, Workflow
 from ocean_c2d.notify import send_notification
 from ocean_c2d.reconcile import Admission, PlanSettings, plan
@@ -276,11 +277,20 @@ class Controller:
         if kind == "environment":
             await self.reconcile_environment(namespace, name)
             return None
-        return await self.reconcile_workflow(namespace, name)
+        with RECONCILE_SECONDS.time():
+            try:
+                return await self.reconcile_workflow(namespace, name)
+            except ConflictError:
+                RECONCILES.labels("conflict").inc()
+                raise
+            except Exception:
+                RECONCILES.labels("error").inc()
+                raise
 
     async def reconcile_workflow(self, namespace: str, name: str) -> float | None:
         raw = self.current_workflow(namespace, name)
         if raw is None:
+            RECONCILES.labels("idle").inc()
             return None  # deleted: the garbage collector removes what it owned
         workflow = Workflow.from_object(raw)
         env_body = self.environment(namespace, workflow.spec.environment)
@@ -310,9 +320,11 @@ class Controller:
                 now,
             )
             if result.writes(observed) == 0:
+                RECONCILES.labels("idle").inc()
                 self._start_notifications(namespace, name, result.notify)
                 return result.requeue_after
             applied = await self.cluster.apply(raw, result, observed, now)
+            RECONCILES.labels("changed").inc()
         self._remember(namespace, name, raw, applied)
         if result.status is not None and _occupancy_changed(workflow.status, result.status):
             self.environment_changed(namespace, workflow.spec.environment)

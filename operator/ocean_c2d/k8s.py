@@ -19,6 +19,7 @@ import httpx
 import kr8s
 import kr8s.asyncio
 
+from ocean_c2d.metrics import KUBERNETES_REQUESTS
 from ocean_c2d.model import GROUP, VERSION
 from ocean_c2d.reconcile import Event, Plan, missing_or_drifted
 from ocean_c2d.status import format_time
@@ -51,6 +52,7 @@ class RequestCounter:
 
     def record(self, verb: str, code: int) -> None:
         self.counts[(verb, code)] += 1
+        KUBERNETES_REQUESTS.labels(verb, str(code)).inc()
 
     @property
     def writes(self) -> int:

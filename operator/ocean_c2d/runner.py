@@ -15,7 +15,10 @@ import kopf
 import kr8s.asyncio
 import yaml
 
-from ocean_c2d import handlers  # noqa: F401  (registers the kopf handlers)
+from ocean_c2d import (
+    handlers,  # noqa: F401  (registers the kopf handlers)
+    metrics,
+)
 from ocean_c2d.controller import Controller
 from ocean_c2d.k8s import Cluster
 from ocean_c2d.render import BUILTIN_DIR, Templates
@@ -73,6 +76,7 @@ async def run(settings: Settings) -> None:
     )
     api = await kr8s.asyncio.api()
     namespace = await watched_namespace(settings, api)
+    metrics.serve(settings.metrics_port)
     async with httpx.AsyncClient() as http:
         controller = Controller(settings, templates, Cluster(api), http)
         if namespace is not None:
