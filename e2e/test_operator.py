@@ -24,7 +24,7 @@ from e2e.operator_fixtures import (
     status,
     wait_finished,
 )
-from e2e.waiting import wait_for, wait_for_deletion
+from e2e.waiting import wait_for, wait_for_deletion, wait_for_object
 
 pytestmark = pytest.mark.simulated
 
@@ -356,3 +356,42 @@ async def test_reconciles_with_nothing_to_change_send_no_writes(
     assert writes_after == writes
     assert await operator.total("ocean_c2d_reconciles_total", result="idle") >= 3
     assert writes <= 30  # a regression guard: today one Workflow takes about two dozen writes
+
+
+async def test_the_original_environment_variables_define_a_default_environment(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    seed = {
+        "nCPU": "3",
+        "ramGB": "2",
+        "diskGB": "5",
+        "maxJobs": "4",
+        "maxJobDuration": "120",
+        "priceMinute": "0.5",
+        "description": "from env",
+        "STORAGE_EXPIRY": "24",
+    }
+    operator = await start_operator(**seed)
+
+    environment = await wait_for_object(api, "computeenvironments", "default", namespace=namespace)
+    spec = environment.raw["spec"]
+    assert (spec["nCPU"], spec["ramGB"], spec["diskGB"], spec["maxJobs"]) == (3, 2, 5, 4)
+    assert (spec["maxJobDuration"], spec["priceMinute"], spec["storageExpiry"]) == (120, 0.5, 24)
+    assert spec["description"] == "from env"
+    workflow = await create_workflow(api, namespace, "legacy", environment="default")
+    final = await wait_finished(workflow, operator)
+    assert final["statusCode"] == 70
+
+
+async def test_finished_workflows_are_deleted_after_their_ttl(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    operator = await start_operator(WORKFLOW_TTL_SECONDS="2")
+    workflow = await create_workflow(api, namespace, "ephemeral")
+
+    final = await wait_finished(workflow, operator)
+
+    assert final["statusCode"] == 70
+    await wait_for_deletion(workflow, timeout=30)
+    assert not await workflow.exists()
