@@ -37,8 +37,9 @@ cluster-down: ## stop the local cluster and delete its state
 	e2e/cluster/cluster.sh down
 
 .PHONY: run
-run: venv cluster-up ## the main job: set up, start the local cluster, show its nodes
+run: venv cluster-up ## the main job: local cluster, operator, a sample Workflow until it finishes
 	PATH="$$(toolchain/build.sh --path):$$PATH" kubectl --kubeconfig "$(KUBECONFIG_LOCAL)" get nodes -o wide
+	KUBECONFIG="$(KUBECONFIG_LOCAL)" samples/run-demo.sh
 	@echo "The cluster keeps running: export KUBECONFIG=$(KUBECONFIG_LOCAL); stop it with 'make cluster-down'."
 
 .PHONY: lint
@@ -46,7 +47,7 @@ lint: venv ## ruff (lint + format check), mypy, shellcheck when installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	if command -v shellcheck >/dev/null; then shellcheck toolchain/*.sh e2e/cluster/*.sh .ci/run; fi
+	if command -v shellcheck >/dev/null; then shellcheck toolchain/*.sh e2e/cluster/*.sh samples/*.sh .ci/run; fi
 
 .PHONY: unit
 unit: venv ## unit tests only (no cluster)

@@ -166,7 +166,7 @@ def test_admission_creates_the_base_children_and_the_configure_job() -> None:
     assert kinds == [
         ("ConfigMap", "job1"),
         ("Job", "job1-configure-job"),
-        ("NetworkPolicy", "job1-algorithm-isolation"),
+        ("NetworkPolicy", "job1-isolation"),
         ("PersistentVolumeClaim", "job1-data"),
         ("Secret", "job1-secret"),
     ]
@@ -538,7 +538,10 @@ def test_network_policy_only_when_the_environment_denies_network() -> None:
     policy = next(m for m in World().reconcile().desired if m["kind"] == "NetworkPolicy")
     assert policy["spec"]["egress"] == []
     assert policy["spec"]["ingress"] == []
-    assert policy["spec"]["podSelector"]["matchLabels"] == {"workflow": "job1", "component": "algorithm"}
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {"workflow": "job1"},
+        "matchExpressions": [{"key": "component", "operator": "In", "values": ["algorithm", "filter"]}],
+    }
 
 
 def test_condition_transition_times_move_only_when_their_status_changes() -> None:

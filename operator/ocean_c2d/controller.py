@@ -130,8 +130,10 @@ class WorkQueue:
             except asyncio.CancelledError:
                 raise
             except ConflictError:
-                requeue_after = None  # our view was stale; the watch event that proves it re-adds the key
-                self._again.add(key)
+                # Our view was stale. The watch event that proves it re-adds the key; should it be late,
+                # retry soon anyway, backing off so a lagging watch does not turn into a 409 storm.
+                conflicts = self._failures[key] = self._failures.get(key, 0) + 1
+                requeue_after = min(5.0, 0.1 * 2 ** (conflicts - 1))
             except Exception:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 requeue_after = min(60.0, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ocean_c2d.status import Stage
@@ -104,7 +104,7 @@ class Workflow:
             namespace=metadata.get("namespace", ""),
             uid=metadata.get("uid", ""),
             generation=int(metadata.get("generation", 1)),
-            created=parse_time(metadata.get("creationTimestamp")) or datetime.min,
+            created=parse_time(metadata.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
             labels=dict(metadata.get("labels") or {}),
             annotations=dict(metadata.get("annotations") or {}),
             status=dict(obj.get("status") or {}),

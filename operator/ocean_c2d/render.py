@@ -64,6 +64,13 @@ def algorithm_resources(environment: Environment) -> dict[str, str]:
     return resources
 
 
+def _json(value: Any) -> str:
+    """The `json` filter. An undefined variable is an error naming it, never a serialisation crash."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return json.dumps(value)
+
+
 class Templates:
     """The loaded templates. Construct once at start-up (reads files); rendering does no I/O."""
 
@@ -82,10 +89,12 @@ class Templates:
         )
         # JSON is valid YAML: every string a template inserts goes through `json`, so no value can break
         # the document's structure (a quote or a newline in an entrypoint, say).
-        self._env.filters["json"] = lambda value: json.dumps(value)
+        self._env.filters["json"] = _json
         names = [f"{n}.yaml.j2" for n in (*BASE_TEMPLATES, *JOB_TEMPLATES.values())]
         try:
             self._templates = {name.removesuffix(".yaml.j2"): self._env.get_template(name) for name in names}
+        except jinja2.TemplateSyntaxError as error:
+            raise TemplateError(f"cannot load template {error.name or error.filename}: {error}") from error
         except jinja2.TemplateError as error:
             raise TemplateError(f"cannot load templates: {error}") from error
 

@@ -1,0 +1,307 @@
+"""environments: the first come, first served queue of each ComputeEnvironment, its status, and the
+default environment made from the original's environment variables."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ocean_c2d.environments import (
+    Occupancy,
+    admission,
+    default_environment_object,
+    environment_status,
+    occupancy,
+)
+from ocean_c2d.model import Environment, Workflow
+from ocean_c2d.reconcile import Admission
+from ocean_c2d.settings import DefaultEnvironment
+
+CRD = Path(__file__).resolve().parent.parent / "crds" / "computeenvironments.yaml"
+ADDRESS = "0x6D39A833d1a6789AECa50dB85CB830bc08319F45"
+
+
+def wf(name: str, created: str, stage: str | None = None, **status: Any) -> Workflow:
+    body: dict[str, Any] = {
+        "apiVersion": "oceanprotocol.com/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name, "namespace": "c2d", "uid": f"uid-{name}", "creationTimestamp": created},
+        "spec": {"environment": "cpu", "owner": "0x" + "a" * 40, "inputs": [], "algorithm": {}},
+    }
+    if stage is not None:
+        body["status"] = {"stage": stage, **status}
+    return Workflow.from_object(body)
+
+
+def env(max_jobs: int) -> Environment:
+    return Environment(name="cpu", max_jobs=max_jobs)
+
+
+def at(minute: int, second: int = 0) -> str:
+    return f"2026-01-01T12:{minute:02d}:{second:02d}Z"
+
+
+def verdicts(peers: list[Workflow], environment: Environment) -> dict[str, Admission]:
+    return {w.name: admission(w, peers, environment) for w in peers}
+
+
+def admit_one_at_a_time(peers: list[Workflow], environment: Environment, order: list[str]) -> list[str]:
+    """Reconcile the Workflows in `order` as the controller does (one admission decision at a time, on a
+    view that includes the decisions already taken) until nothing changes; returns who was admitted."""
+    admitted: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for name in order:
+            current = next(w for w in peers if w.name == name)
+            if current.admitted:
+                continue
+            if admission(current, peers, environment).may_start:
+                peers = [
+                    wf(w.name, w.created.strftime("%Y-%m-%dT%H:%M:%SZ"), "Configuring")
+                    if w.name == name
+                    else w
+                    for w in peers
+                ]
+                admitted.append(name)
+                changed = True
+    return admitted
+
+
+# ---- admission -----------------------------------------------------------------------------------------
+
+
+def test_the_earliest_created_starts_first() -> None:
+    peers = [wf("c", at(3)), wf("a", at(2)), wf("b", at(1))]
+    result = verdicts(peers, env(1))
+    assert result == {
+        "b": Admission(may_start=True),
+        "a": Admission(may_start=False, position=1),
+        "c": Admission(may_start=False, position=2),
+    }
+
+
+def test_the_name_breaks_a_tie_in_creation_time() -> None:
+    peers = [wf("zeta", at(1)), wf("alpha", at(1)), wf("mid", at(1))]
+    result = verdicts(peers, env(1))
+    assert result["alpha"].may_start
+    assert result["mid"] == Admission(may_start=False, position=1)
+    assert result["zeta"] == Admission(may_start=False, position=2)
+
+
+def test_creation_time_beats_the_name() -> None:
+    peers = [wf("aaa", at(5)), wf("zzz", at(4))]
+    result = verdicts(peers, env(1))
+    assert result["zzz"].may_start
+    assert result["aaa"] == Admission(may_start=False, position=1)
+
+
+def test_at_most_max_jobs_start_and_the_others_get_their_positions() -> None:
+    peers = [
+        wf("running", at(0), "RunningAlgorithm"),
+        *[wf(f"w{n}", at(1, n)) for n in range(5)],
+    ]
+    result = verdicts(peers, env(3))
+    assert [name for name, v in result.items() if v.may_start] == ["running", "w0", "w1"]
+    assert [result[f"w{n}"].position for n in range(2, 5)] == [1, 2, 3]
+    assert result["running"].position is None
+
+
+def test_the_queue_positions_count_from_one_when_full() -> None:
+    peers = [wf("r1", at(0), "Configuring"), wf("r2", at(0), "Publishing")]
+    peers += [wf(f"q{n}", at(1, n), "Queued", queuePosition=9) for n in range(3)]
+    result = verdicts(peers, env(2))
+    assert [result[f"q{n}"] for n in range(3)] == [
+        Admission(may_start=False, position=1),
+        Admission(may_start=False, position=2),
+        Admission(may_start=False, position=3),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_deciding_one_at_a_time_admits_at_most_max_jobs_in_fifo_order(seed: int) -> None:
+    peers = [wf("running", at(0), "RunningAlgorithm"), wf("done", at(0), "Finished")]
+    peers += [wf(f"w{n}", at(1, n)) for n in range(6)]
+    order = [w.name for w in peers]
+    random.Random(seed).shuffle(order)  # the reconciles come in any order
+    admitted = admit_one_at_a_time(peers, env(3), order)
+    assert sorted(admitted) == ["w0", "w1"]
+
+
+def test_an_admitted_workflow_stays_admitted_even_over_capacity() -> None:
+    # maxJobs lowered from 3 to 1 while three run: none of them is sent back to the queue.
+    peers = [
+        wf(f"r{n}", at(0, n), stage)
+        for n, stage in enumerate(["Configuring", "RunningAlgorithm", "Filtering"])
+    ]
+    peers.append(wf("new", at(1)))
+    result = verdicts(peers, env(1))
+    assert all(result[f"r{n}"] == Admission(may_start=True) for n in range(3))
+    assert result["new"] == Admission(may_start=False, position=1)
+
+
+def test_finished_workflows_do_not_count() -> None:
+    peers = [wf("done1", at(0), "Finished"), wf("done2", at(0, 1), "Finished"), wf("new", at(1))]
+    assert admission(peers[-1], peers, env(1)) == Admission(may_start=True)
+    assert occupancy(peers) == Occupancy(running=0, queued=1)
+
+
+def test_a_finished_workflow_is_not_queued_ahead() -> None:
+    # A Workflow that finished before it ever ran (stopped while queued) must not hold a position.
+    peers = [wf("r", at(0), "RunningAlgorithm"), wf("stopped", at(0, 30), "Finished"), wf("late", at(1))]
+    assert admission(peers[-1], peers, env(1)) == Admission(may_start=False, position=1)
+
+
+def test_a_workflow_missing_from_its_peers_queues_behind_them() -> None:
+    """The view may not list a Workflow yet: it then waits behind everyone it does list."""
+    peers = [wf("a", at(1)), wf("b", at(2))]
+    latecomer = wf("c", at(0))
+    assert admission(latecomer, peers, env(1)) == Admission(may_start=False, position=2)
+    assert admission(latecomer, peers, env(3)) == Admission(may_start=True)
+
+
+def test_a_new_workflow_starts_when_there_is_room() -> None:
+    peers = [wf("r", at(0), "Configuring"), wf("new", at(1))]
+    assert admission(peers[-1], peers, env(2)) == Admission(may_start=True)
+
+
+def test_a_peer_without_a_creation_time_does_not_break_the_queue() -> None:
+    undated = Workflow.from_object(
+        {
+            "metadata": {"name": "undated", "namespace": "c2d"},
+            "spec": {"environment": "cpu", "owner": "0x" + "a" * 40, "inputs": [], "algorithm": {}},
+        }
+    )
+    peers = [wf("a", at(1)), undated]
+    assert admission(peers[0], peers, env(1)) == Admission(may_start=False, position=1)
+
+
+# ---- occupancy and status ---------------------------------------------------------------------------------
+
+
+def test_occupancy_counts_running_and_waiting() -> None:
+    peers = [
+        wf("none", at(0)),
+        wf("queued", at(0), "Queued"),
+        wf("configuring", at(0), "Configuring"),
+        wf("algorithm", at(0), "RunningAlgorithm"),
+        wf("filtering", at(0), "Filtering"),
+        wf("publishing", at(0), "Publishing"),
+        wf("finished", at(0), "Finished"),
+    ]
+    assert occupancy(peers) == Occupancy(running=4, queued=2)
+    assert occupancy([]) == Occupancy(0, 0)
+
+
+def test_environment_status() -> None:
+    peers = [
+        wf("r1", at(0), "Configuring"),
+        wf("q1", at(1)),
+        wf("q2", at(2), "Queued"),
+        wf("f", at(0), "Finished"),
+    ]
+    assert environment_status(env(5), peers, ADDRESS, 3) == {
+        "observedGeneration": 3,
+        "currentJobs": 1,
+        "queuedJobs": 2,
+        "jobs": "1/5",
+        "consumerAddress": ADDRESS,
+    }
+    assert environment_status(env(10), [], ADDRESS, 1)["jobs"] == "0/10"
+
+
+# ---- the default environment ----------------------------------------------------------------------------
+
+
+def seed(**overrides: Any) -> DefaultEnvironment:
+    values: dict[str, Any] = {
+        "cpu_count": 4,
+        "cpu_type": "AMD EPYC",
+        "gpu_count": 0,
+        "gpu_ram_gb": 0.0,
+        "gpu_type": "",
+        "ram_gb": 16.0,
+        "disk_gb": 100.0,
+        "price_per_minute": 0.5,
+        "description": "The default environment",
+        "max_jobs": 7,
+        "max_job_duration_seconds": 7200,
+        "storage_expiry_hours": 48,
+    }
+    return DefaultEnvironment(**{**values, **overrides})
+
+
+def crd_spec_properties() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD.read_text())
+    [version] = crd["spec"]["versions"]
+    properties: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    return properties
+
+
+def test_the_default_environment_object_without_gpus() -> None:
+    manifest = default_environment_object("default", "c2d", seed())
+    assert manifest["apiVersion"] == "oceanprotocol.com/v1alpha1"
+    assert manifest["kind"] == "ComputeEnvironment"
+    assert manifest["metadata"]["name"] == "default"
+    assert manifest["metadata"]["namespace"] == "c2d"
+    assert manifest["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "ocean-c2d"}
+    assert manifest["spec"] == {
+        "nCPU": 4,
+        "cpuType": "AMD EPYC",
+        "nGPU": 0,
+        "gpuType": "",
+        "ramGB": 16.0,
+        "diskGB": 100.0,
+        "priceMinute": 0.5,
+        "description": "The default environment",
+        "maxJobs": 7,
+        "maxJobDuration": 7200,
+        "storageExpiry": 48,
+    }
+
+
+def test_the_default_environment_object_with_gpus_has_gpu_ram() -> None:
+    spec = default_environment_object("gpu", "c2d", seed(gpu_count=2, gpu_ram_gb=80.0, gpu_type="A100"))[
+        "spec"
+    ]
+    assert (spec["nGPU"], spec["gpuRam"], spec["gpuType"]) == (2, 80.0, "A100")
+
+
+def test_gpu_ram_is_left_out_without_gpus_even_when_set() -> None:
+    # The CRD rejects gpuRam with nGPU 0 (`!has(self.gpuRam) || self.nGPU > 0`).
+    spec = default_environment_object("default", "c2d", seed(gpu_count=0, gpu_ram_gb=16.0))["spec"]
+    assert "gpuRam" not in spec
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_the_default_environment_fields_are_those_of_the_crd(gpus: int) -> None:
+    spec = default_environment_object("default", "c2d", seed(gpu_count=gpus, gpu_ram_gb=24.0))["spec"]
+    properties = crd_spec_properties()
+    assert set(spec) <= set(properties)
+    types: dict[str, type | tuple[type, ...]] = {"integer": int, "number": (int, float), "string": str}
+    for name, value in spec.items():
+        assert isinstance(value, types[properties[name]["type"]]), name
+
+
+def test_the_default_environment_reads_back_as_the_same_environment() -> None:
+    manifest = default_environment_object("default", "c2d", seed(gpu_count=1, gpu_ram_gb=24.0, gpu_type="L4"))
+    environment = Environment.from_object(manifest)
+    assert environment == Environment(
+        name="default",
+        n_cpu=4,
+        cpu_type="AMD EPYC",
+        n_gpu=1,
+        gpu_ram=24.0,
+        gpu_type="L4",
+        ram_gb=16.0,
+        disk_gb=100.0,
+        price_minute=0.5,
+        description="The default environment",
+        max_jobs=7,
+        max_job_duration=7200,
+        storage_expiry=48,
+    )

@@ -1,0 +1,658 @@
+"""Golden-file tests of every child template, plus explicit checks of what matters most in them.
+
+Each template is rendered for two fixed scenarios (a plain CPU environment, and a GPU one with a pull
+secret, a node selector scope, a custom filter image and network allowed) and compared with
+unit_tests/golden/<scenario>-<template>.yaml. After an intended template change, regenerate the files with
+
+    UPDATE_GOLDEN=1 .venv/bin/pytest unit_tests/test_templates_golden.py
+
+and read the diff before committing it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ocean_c2d.model import Environment, Workflow
+from ocean_c2d.reconcile import PlanSettings
+from ocean_c2d.render import (
+    BASE_TEMPLATES,
+    JOB_TEMPLATES,
+    SPEC_HASH_ANNOTATION,
+    TemplateError,
+    Templates,
+)
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+TEMPLATES = Templates()
+JOB_SECRET = "job-secret-value"
+DEADLINE = 600
+NAME = "0123456789abcdef0123456789abcdef"
+NAMESPACE = "ocean-c2d"
+UID = "6f1c2b7e-0d4a-4c1e-9a51-3b0f6c2d9e10"
+CREDENTIALS = "ocean-c2d-credentials"
+OWNER = "0x" + "a" * 40
+DATA_DID = "did:op:" + "b" * 64
+ALGORITHM_DID = "did:op:" + "c" * 64
+CHECKSUM = "sha256:" + "d" * 64
+FILTER_IMAGE = "registry.example.com/c2d/filter:1.2.3"
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IPFS_API_KEY")
+
+BASE_VALUES: dict[str, Any] = {
+    "service_account": "ocean-c2d-jobs",
+    "pull_secret": None,
+    "node_selector_scope": None,
+    "pull_policy": "IfNotPresent",
+    "configure_image": "ghcr.io/example/ocean-c2d:0.1.0",
+    "publish_image": "ghcr.io/example/ocean-c2d:0.1.0",
+    "credentials_secret": CREDENTIALS,
+    "storage_class": "",
+    "publish_env": {},
+}
+
+
+def workflow_object(algorithm: dict[str, Any], inputs: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "oceanprotocol.com/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "name": NAME,
+            "namespace": NAMESPACE,
+            "uid": UID,
+            "generation": 1,
+            "resourceVersion": "4242",
+            "creationTimestamp": "2026-01-01T11:59:00Z",
+            "labels": {"team": "research"},
+        },
+        "spec": {
+            "environment": "unused-by-the-templates",
+            "owner": OWNER,
+            "agreementId": "0x" + "e" * 64,
+            "chainId": 8996,
+            "inputs": inputs,
+            "algorithm": algorithm,
+            **spec,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    workflow: dict[str, Any]
+    environment: dict[str, Any]
+    settings: PlanSettings
+
+
+CPU = Scenario(
+    name="cpu",
+    workflow=workflow_object(
+        algorithm={
+            "rawCode": 'print("hello")\n',
+            "container": {"image": "python", "tag": "3.11-slim", "entrypoint": "python $ALGO"},
+        },
+        inputs=[{"did": DATA_DID, "serviceId": "compute", "transferTxId": "0x01"}],
+        maxDuration=300,
+    ),
+    environment={
+        "metadata": {"name": "cpu"},
+        "spec": {
+            "nCPU": 2,
+            "ramGB": 4,
+            "diskGB": 10,
+            "maxJobs": 2,
+            "maxJobDuration": 600,
+            "storageExpiry": 24,
+        },
+    },
+    settings=PlanSettings(template_values=BASE_VALUES),
+)
+
+GPU = Scenario(
+    name="gpu",
+    workflow=workflow_object(
+        algorithm={
+            "did": ALGORITHM_DID,
+            "serviceId": "compute",
+            "transferTxId": "0x02",
+            "container": {
+                "image": "registry.example.com/ml/train",
+                "tag": "2.0",
+                "checksum": CHECKSUM,
+                # A quote, a newline and a `$` must survive the trip through YAML unchanged.
+                "entrypoint": 'python "$ALGO" --epochs 3\necho done',
+            },
+        },
+        inputs=[
+            {"did": DATA_DID, "serviceId": "compute", "transferTxId": "0x03"},
+            {"url": "https://data.example.com/set.csv"},
+        ],
+        output={"metadataUri": "https://meta.example.com/out"},
+    ),
+    environment={
+        "metadata": {"name": "gpu-a100"},
+        "spec": {
+            "nCPU": 8,
+            "nGPU": 2,
+            "gpuRam": 80,
+            "gpuType": "A100",
+            "ramGB": 64,
+            "diskGB": 200.5,
+            "maxJobs": 1,
+            "maxJobDuration": 7200,
+            "storageExpiry": 0,
+            "nodeSelector": {"nvidia.com/gpu.product": "A100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "allowNetwork": True,
+            "storageClassName": "fast-ssd",
+            "filter": {"enabled": True, "maxOutputBytes": 1048576, "forbiddenExtensions": [".csv"]},
+        },
+    },
+    settings=PlanSettings(
+        filtering_container=FILTER_IMAGE,
+        template_values={
+            **BASE_VALUES,
+            "pull_secret": "regcred",
+            "node_selector_scope": "c2d",
+            "pull_policy": "Always",
+            "storage_class": "standard",
+            "publish_env": {
+                "AWS_REGION": "eu-west-1",
+                "AWS_BUCKET_OUTPUT": "c2d-results",
+                "IPFS_OUTPUT": "http://ipfs:5001",
+                "IPFS_EXPIRY_TIME": 3600,
+            },
+        },
+    ),
+)
+
+SCENARIOS = {scenario.name: scenario for scenario in (CPU, GPU)}
+ALL_TEMPLATES = (*BASE_TEMPLATES, *JOB_TEMPLATES.values())
+
+
+def context(scenario: Scenario, templates: Templates = TEMPLATES) -> dict[str, Any]:
+    return templates.context(
+        Workflow.from_object(scenario.workflow),
+        Environment.from_object(scenario.environment),
+        scenario.settings,
+        JOB_SECRET,
+    )
+
+
+def render_all(scenario: Scenario, templates: Templates = TEMPLATES) -> dict[str, dict[str, Any] | None]:
+    """Every template of `scenario` by template name (None when the template renders nothing)."""
+    values = context(scenario, templates)
+    rendered: dict[str, dict[str, Any] | None] = {
+        name: templates.render(name, values) for name in BASE_TEMPLATES
+    }
+    for stage, template in JOB_TEMPLATES.items():
+        rendered[template] = templates.render_job(stage, {**values, "publish_outputs": True}, DEADLINE)
+    return rendered
+
+
+@functools.cache
+def rendered(scenario: str) -> dict[str, dict[str, Any] | None]:
+    return render_all(SCENARIOS[scenario])
+
+
+def manifests(scenario: str) -> list[dict[str, Any]]:
+    return [manifest for manifest in rendered(scenario).values() if manifest is not None]
+
+
+def jobs(scenario: str) -> list[dict[str, Any]]:
+    return [manifest for manifest in manifests(scenario) if manifest["kind"] == "Job"]
+
+
+def job(scenario: str, stage: str) -> dict[str, Any]:
+    manifest = rendered(scenario)[JOB_TEMPLATES[stage]]
+    assert manifest is not None
+    return manifest
+
+
+def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = manifest["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = pod_spec(manifest)
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+def only_container(manifest: dict[str, Any]) -> dict[str, Any]:
+    [container] = pod_spec(manifest)["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    entries: list[dict[str, Any]] = container.get("env", [])
+    names = [entry["name"] for entry in entries]
+    assert len(names) == len(set(names)), f"duplicate env names in {container['name']}: {names}"
+    return {entry["name"]: entry for entry in entries}
+
+
+def dump(manifest: Any) -> str:
+    return str(yaml.safe_dump(manifest, sort_keys=True))
+
+
+# ---- golden files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", ALL_TEMPLATES)
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_golden(scenario: str, template: str) -> None:
+    text = dump(rendered(scenario)[template])
+    path = GOLDEN / f"{scenario}-{template}.yaml"
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    if not path.exists():
+        pytest.fail(
+            f"golden file {path} is missing; create it with "
+            "`UPDATE_GOLDEN=1 .venv/bin/pytest unit_tests/test_templates_golden.py` and review it"
+        )
+    assert path.read_text() == text, (
+        f"{template} of scenario {scenario} differs from {path}; if the change is intended, regenerate "
+        "with UPDATE_GOLDEN=1 and review the diff"
+    )
+
+
+def test_rendering_is_deterministic() -> None:
+    """Golden files only make sense if two renders of the same input are identical."""
+    for scenario in SCENARIOS.values():
+        assert render_all(scenario) == render_all(scenario)
+
+
+# ---- secrets -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_job_secret_is_only_in_the_secret(scenario: str) -> None:
+    for manifest in manifests(scenario):
+        if manifest["kind"] == "Secret":
+            assert manifest["stringData"] == {"secret": JOB_SECRET}
+            assert "data" not in manifest
+            rest = {k: v for k, v in manifest.items() if k != "stringData"}
+            assert JOB_SECRET not in dump(rest)
+        else:
+            assert JOB_SECRET not in dump(manifest), f"{manifest['kind']} {manifest['metadata']['name']}"
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_stage_pods_read_the_job_secret_by_secret_key_ref(scenario: str) -> None:
+    [secret] = [m for m in manifests(scenario) if m["kind"] == "Secret"]
+    for stage in ("algorithm", "filter"):
+        variable = env(only_container(job(scenario, stage)))["secret"]
+        assert variable == {
+            "name": "secret",
+            "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "secret"}},
+        }
+    assert secret["metadata"]["name"] == f"{NAME}-secret"
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_configure_job_gets_the_operator_key_only_as_a_mounted_file(scenario: str) -> None:
+    manifest = job(scenario, "configure")
+    container = only_container(manifest)
+    variables = env(container)
+    assert "envFrom" not in container
+    assert variables["PRIVATE_KEY_FILE"] == {
+        "name": "PRIVATE_KEY_FILE",
+        "value": "/var/run/ocean-c2d/credentials/operator-private-key",
+    }
+    for name, variable in variables.items():
+        assert "valueFrom" not in variable, f"{name} reads a Secret or field directly"
+    [credentials] = [v for v in pod_spec(manifest)["volumes"] if v["name"] == "credentials"]
+    assert credentials == {
+        "name": "credentials",
+        "secret": {
+            "secretName": CREDENTIALS,
+            "items": [{"key": "operator-private-key", "path": "operator-private-key"}],
+        },
+    }
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "credentials"]
+    assert mount == {"name": "credentials", "mountPath": "/var/run/ocean-c2d/credentials", "readOnly": True}
+    # No other stage sees the credentials Secret at all, neither mounted nor by reference.
+    for stage in ("algorithm", "filter"):
+        assert CREDENTIALS not in dump(job(scenario, stage))
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_publish_credentials_come_only_by_secret_key_ref(scenario: str) -> None:
+    container = only_container(job(scenario, "publish"))
+    variables = env(container)
+    assert "envFrom" not in container
+    for key in CREDENTIAL_KEYS:
+        assert variables[key] == {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": CREDENTIALS, "key": key, "optional": True}},
+        }
+    plain = {name: v["value"] for name, v in variables.items() if "value" in v}
+    assert not set(plain) & set(CREDENTIAL_KEYS)
+    publish_env = SCENARIOS[scenario].settings.template_values["publish_env"]
+    for name, value in publish_env.items():
+        assert plain[name] == str(value)  # the non-secret settings are plain strings
+    assert not [v for v in pod_spec(job(scenario, "publish"))["volumes"] if "secret" in v]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_no_stage_pod_has_a_credential_as_a_plain_value(scenario: str) -> None:
+    for manifest in jobs(scenario):
+        for container in containers(manifest):
+            for name, variable in env(container).items():
+                if name in (*CREDENTIAL_KEYS, "secret", "PRIVATE_KEY", "OPERATOR_PRIVATE_KEY"):
+                    assert "value" not in variable, f"{manifest['metadata']['name']}: {name}"
+
+
+# ---- hardening ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_container_is_locked_down(scenario: str) -> None:
+    for manifest in jobs(scenario):
+        for container in containers(manifest):
+            context = f"{manifest['metadata']['name']}/{container['name']}"
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, context
+            assert security["allowPrivilegeEscalation"] is False, context
+            assert security["capabilities"] == {"drop": ["ALL"]}, context
+            assert security.get("privileged", False) is False, context
+            assert security["runAsNonRoot"] is True, context
+            # A read-only root needs a writable /tmp.
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], context
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_pod_has_no_service_account_token(scenario: str) -> None:
+    for manifest in jobs(scenario):
+        spec = pod_spec(manifest)
+        assert spec["automountServiceAccountToken"] is False, manifest["metadata"]["name"]
+        assert spec["serviceAccountName"] == "ocean-c2d-jobs"
+        assert spec["restartPolicy"] == "Never"
+        assert spec["enableServiceLinks"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] != 0
+
+
+# ---- metadata, resources, deadlines ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_child_is_owned_by_the_workflow_and_labelled(scenario: str) -> None:
+    for manifest in manifests(scenario):
+        metadata = manifest["metadata"]
+        assert metadata["namespace"] == NAMESPACE
+        assert metadata["ownerReferences"] == [
+            {
+                "apiVersion": "oceanprotocol.com/v1alpha1",
+                "kind": "Workflow",
+                "name": NAME,
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert metadata["labels"]["app.kubernetes.io/managed-by"] == "ocean-c2d"
+        assert metadata["labels"]["workflow"] == NAME
+        assert len(metadata["annotations"][SPEC_HASH_ANNOTATION]) == 16
+    for stage in JOB_TEMPLATES:
+        manifest = job(scenario, stage)
+        assert manifest["metadata"]["name"] == f"{NAME}-{stage}-job"
+        assert manifest["metadata"]["labels"]["component"] == stage
+        pod_labels = manifest["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels == {
+            "workflow": NAME,
+            "component": stage,
+            "app.kubernetes.io/managed-by": "ocean-c2d",
+            "app.kubernetes.io/name": "ocean-c2d",
+        }
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_job_deadlines_and_retries(scenario: str) -> None:
+    for stage, backoff in {"configure": 2, "algorithm": 0, "filter": 0, "publish": 2}.items():
+        spec = job(scenario, stage)["spec"]
+        assert spec["activeDeadlineSeconds"] == DEADLINE
+        assert spec["backoffLimit"] == backoff
+        # Only disruptions are retried; a step's own failure fails the Job at once.
+        assert ("podFailurePolicy" in spec) == (backoff > 0)
+
+
+def test_the_cpu_algorithm_job() -> None:
+    manifest = job("cpu", "algorithm")
+    container = only_container(manifest)
+    resources = {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "10Gi"}
+    assert container["resources"] == {"requests": resources, "limits": resources}
+    assert container["image"] == "python:3.11-slim"
+    variables = env(container)
+    assert variables["DIDS"]["value"] == f'["{DATA_DID.removeprefix("did:op:")}"]'
+    assert variables["TRANSFORMATION_DID"]["value"] == ""
+    assert variables["C2D_ENTRYPOINT"]["value"] == "python $ALGO"
+    spec = pod_spec(manifest)
+    for absent in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity"):
+        assert absent not in spec
+    assert "annotations" not in manifest["spec"]["template"]["metadata"]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector's matchLabels and In-expressions, evaluated as the API server does."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    return all(
+        expression["operator"] == "In" and labels.get(expression["key"]) in expression["values"]
+        for expression in selector.get("matchExpressions", [])
+    )
+
+
+def test_the_cpu_network_policy_isolates_the_algorithm_and_filter_pods() -> None:
+    policy = rendered("cpu")["network-policy"]
+    assert policy is not None
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == []
+    assert policy["spec"]["egress"] == []
+    selector = policy["spec"]["podSelector"]
+    for stage in ("algorithm", "filter"):  # user code, and a FILTERING_CONTAINER's third-party code
+        assert _selects(selector, job("cpu", stage)["spec"]["template"]["metadata"]["labels"])
+    for stage in ("configure", "publish"):  # not the steps that need the network
+        assert not _selects(selector, job("cpu", stage)["spec"]["template"]["metadata"]["labels"])
+
+
+def test_the_cpu_pvc_uses_the_cluster_default_storage_class() -> None:
+    pvc = rendered("cpu")["data-pvc"]
+    assert pvc is not None
+    assert pvc["spec"]["resources"] == {"requests": {"storage": "10Gi"}}
+    assert "storageClassName" not in pvc["spec"]
+
+
+def test_the_gpu_environment_allows_network_so_there_is_no_network_policy() -> None:
+    assert rendered("gpu")["network-policy"] is None
+    assert [m["kind"] for m in TEMPLATES.render_base(context(GPU))] == [
+        "ConfigMap",
+        "Secret",
+        "PersistentVolumeClaim",
+    ]
+
+
+def test_the_gpu_algorithm_job() -> None:
+    manifest = job("gpu", "algorithm")
+    container = only_container(manifest)
+    resources = {"cpu": "8", "memory": "64Gi", "ephemeral-storage": "200.5Gi", "nvidia.com/gpu": "2"}
+    assert container["resources"] == {"requests": resources, "limits": resources}
+    assert container["image"] == f"registry.example.com/ml/train@{CHECKSUM}"
+    assert container["imagePullPolicy"] == "Always"
+    variables = env(container)
+    assert variables["C2D_ENTRYPOINT"]["value"] == 'python "$ALGO" --epochs 3\necho done'
+    assert variables["TRANSFORMATION_DID"]["value"] == "c" * 64
+    spec = pod_spec(manifest)
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_every_gpu_pod_gets_the_pull_secret_and_the_scope_affinity() -> None:
+    for manifest in jobs("gpu"):
+        spec = pod_spec(manifest)
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert terms == {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "scope", "operator": "In", "values": ["c2d"]}]}
+            ]
+        }
+        if manifest["metadata"]["labels"]["component"] != "algorithm":
+            # The environment's GPU node selector is for the algorithm only.
+            assert "nodeSelector" not in spec
+            assert "tolerations" not in spec
+            assert "nvidia.com/gpu" not in only_container(manifest)["resources"]["limits"]
+
+
+def test_the_gpu_filter_job_runs_the_filtering_container() -> None:
+    container = only_container(job("gpu", "filter"))
+    assert container["image"] == FILTER_IMAGE
+    assert "args" not in container  # a custom filter image runs its own entrypoint
+    policy = env(container)["FILTER_POLICY"]["value"]
+    assert yaml.safe_load(policy) == {
+        "maxOutputBytes": 1048576,
+        "forbiddenExtensions": [".csv"],
+        "blockCopiedInputs": True,
+    }
+    builtin = only_container(job("cpu", "filter"))
+    assert builtin["image"] == BASE_VALUES["configure_image"]
+    assert builtin["args"] == ["filter"]
+
+
+def test_the_gpu_pvc_uses_the_environment_storage_class() -> None:
+    pvc = rendered("gpu")["data-pvc"]
+    assert pvc is not None
+    assert pvc["spec"]["storageClassName"] == "fast-ssd"  # the environment's wins over STORAGE_CLASS
+    assert pvc["spec"]["resources"] == {"requests": {"storage": "200.5Gi"}}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_workflow_configmap_holds_the_workflow_document(scenario: str) -> None:
+    configmap = rendered(scenario)["workflow-configmap"]
+    assert configmap is not None
+    assert configmap["metadata"]["name"] == NAME
+    document = yaml.safe_load(configmap["data"]["workflow.json"])
+    assert yaml.safe_load(configmap["data"]["workflow.yaml"]) == document
+    assert document["jobId"] == NAME
+    assert document["owner"] == OWNER
+    [stage] = document["stages"]
+    spec = SCENARIOS[scenario].workflow["spec"]
+    assert stage["algorithm"] == spec["algorithm"]
+    assert [i["index"] for i in stage["input"]] == list(range(len(spec["inputs"])))
+    environment = SCENARIOS[scenario].environment["spec"]
+    expected_maxtime = min(
+        spec.get("maxDuration", environment["maxJobDuration"]), environment["maxJobDuration"]
+    )
+    assert stage["compute"] == {"maxtime": expected_maxtime, "storageExpiry": environment["storageExpiry"]}
+
+
+def test_the_publish_job_says_whether_outputs_are_published() -> None:
+    values = context(CPU)
+    blocked = TEMPLATES.render_job("publish", {**values, "publish_outputs": False}, DEADLINE)
+    assert env(only_container(blocked))["PUBLISH_OUTPUTS"]["value"] == "false"
+    assert env(only_container(job("cpu", "publish")))["PUBLISH_OUTPUTS"]["value"] == "true"
+    assert env(only_container(job("cpu", "publish")))["STORAGE_EXPIRY"]["value"] == "24"
+
+
+# ---- TEMPLATES_DIR -----------------------------------------------------------------------------------
+
+
+def test_a_templates_dir_file_can_extend_a_builtin_block(tmp_path: Path) -> None:
+    (tmp_path / "algorithm-job.yaml.j2").write_text(
+        '{% extends "builtin/algorithm-job.yaml.j2" %}{% block pod_annotations %}\n'
+        '      annotations: {"team": "x"}{% endblock %}'
+    )
+    custom = render_all(CPU, Templates(tmp_path))
+    builtin = render_all(CPU)
+
+    algorithm = custom["algorithm-job"]
+    assert algorithm is not None
+    assert algorithm["spec"]["template"]["metadata"]["annotations"] == {"team": "x"}
+    expected = builtin["algorithm-job"]
+    assert expected is not None
+    # Nothing else changed (but the spec hash, which covers the whole manifest).
+    for manifest in (algorithm, expected):
+        manifest["spec"]["template"]["metadata"].pop("annotations", None)
+        manifest["metadata"]["annotations"].pop(SPEC_HASH_ANNOTATION)
+    assert algorithm == expected
+    for template in ALL_TEMPLATES:
+        if template != "algorithm-job":
+            assert custom[template] == builtin[template], template
+
+
+def test_a_templates_dir_file_replaces_the_builtin_one(tmp_path: Path) -> None:
+    (tmp_path / "data-pvc.yaml.j2").write_text(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {{ (name ~ '-data') | json }}\n"
+        "spec: {accessModes: [ReadWriteMany]}\n"
+    )
+    pvc = Templates(tmp_path).render("data-pvc", context(CPU))
+    assert pvc is not None
+    assert pvc["spec"] == {"accessModes": ["ReadWriteMany"]}
+    assert SPEC_HASH_ANNOTATION in pvc["metadata"]["annotations"]
+
+
+def test_an_undefined_variable_is_an_error_naming_the_template(tmp_path: Path) -> None:
+    (tmp_path / "data-pvc.yaml.j2").write_text(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {{ no_such_value }}\n"
+    )
+    templates = Templates(tmp_path)
+    with pytest.raises(TemplateError, match=r"data-pvc\.yaml\.j2.*no_such_value"):
+        templates.render("data-pvc", context(CPU, templates))
+
+
+def test_an_undefined_condition_is_an_error_naming_the_template(tmp_path: Path) -> None:
+    (tmp_path / "job-secret.yaml.j2").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n{% if no_such_flag %}type: Opaque{% endif %}\n"
+    )
+    templates = Templates(tmp_path)
+    with pytest.raises(TemplateError, match=r"job-secret\.yaml\.j2.*no_such_flag"):
+        templates.render("job-secret", context(CPU, templates))
+
+
+def test_an_undefined_variable_through_the_json_filter_is_an_error_naming_the_template(
+    tmp_path: Path,
+) -> None:
+    # Every value the shipped templates insert goes through `| json`, so this is the common case.
+    (tmp_path / "data-pvc.yaml.j2").write_text(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {{ no_such_value | json }}\n"
+    )
+    templates = Templates(tmp_path)
+    with pytest.raises(TemplateError, match=r"data-pvc\.yaml\.j2.*no_such_value"):
+        templates.render("data-pvc", context(CPU, templates))
+
+
+def test_a_missing_context_value_is_an_error_naming_the_template() -> None:
+    values = context(CPU)
+    del values["credentials_secret"]
+    with pytest.raises(TemplateError, match=r"configure-job\.yaml\.j2.*credentials_secret"):
+        TEMPLATES.render_job("configure", {**values, "publish_outputs": True}, DEADLINE)
+
+
+def test_a_template_that_renders_no_object_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "job-secret.yaml.j2").write_text("just: a mapping\n")
+    with pytest.raises(TemplateError, match=r"job-secret\.yaml\.j2"):
+        Templates(tmp_path).render("job-secret", context(CPU))
+
+
+def test_a_template_with_a_syntax_error_fails_at_load(tmp_path: Path) -> None:
+    (tmp_path / "filter-job.yaml.j2").write_text("kind: Job\n{% if %}\n")
+    with pytest.raises(TemplateError, match="cannot load template"):
+        Templates(tmp_path)
+
+
+def test_a_template_with_a_syntax_error_is_named_in_the_load_error(tmp_path: Path) -> None:
+    (tmp_path / "filter-job.yaml.j2").write_text("kind: Job\n{% if %}\n")
+    with pytest.raises(TemplateError, match=r"filter-job\.yaml\.j2"):
+        Templates(tmp_path)
