@@ -293,6 +293,8 @@ def test_a_pod_killed_for_memory() -> None:
         termination_reason="OOMKilled",
         termination_message="memory limit of 4Gi exceeded",
         waiting_reason=None,
+        phase="Failed",
+        finished=at("2026-01-01T12:02:00Z"),
     )
 
 
@@ -484,3 +486,28 @@ def test_a_pod_without_a_creation_time_counts_as_oldest() -> None:
     undated = pod_record(pod_body("algorithm", "undat", None, {"waiting": {"reason": "ContainerCreating"}}))
     for pods in ([dated, undated], [undated, dated]):
         assert observed([job], pods, []).jobs["algorithm"].exit_code == 1
+
+
+def _pending_job(component: str) -> JobRecord:
+    return JobRecord(component, f"{WORKFLOW}-{component}-job", JobState.PENDING, None, None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("phase", "state", "disrupted", "expected"),
+    [
+        ("Succeeded", terminated(0, "Completed"), False, JobState.SUCCEEDED),
+        ("Failed", terminated(2, "Error"), False, JobState.FAILED),
+        ("Failed", terminated(137, "Error"), True, JobState.PENDING),  # evicted: the Job retries it
+        ("Running", {"running": {"startedAt": "2026-01-01T12:00:05Z"}}, False, JobState.PENDING),
+    ],
+)
+def test_a_stage_ends_when_its_pod_ends_before_the_job_controller_says_so(
+    phase: str, state: dict[str, Any], disrupted: bool, expected: JobState
+) -> None:
+    body = pod_body("algorithm", "p0d00", "2026-01-01T12:00:02Z", state, phase=phase)
+    if disrupted:
+        body["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True"}]
+    view = observed([_pending_job("algorithm")], [pod_record(body)], [])
+    assert view.jobs["algorithm"].state is expected
+    if expected is not JobState.PENDING:
+        assert view.jobs["algorithm"].finished == at("2026-01-01T12:02:00Z")

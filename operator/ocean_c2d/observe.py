@@ -35,6 +35,9 @@ class PodRecord:
     termination_reason: str | None
     termination_message: str | None
     waiting_reason: str | None
+    phase: str = "Pending"
+    finished: datetime | None = None
+    disrupted: bool = False  # evicted, preempted, drained: the Job controller retries such a pod
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
     state = (statuses[0].get("state") or {}) if statuses else {}
     terminated = state.get("terminated") or {}
     waiting = state.get("waiting") or {}
+    conditions = status.get("conditions") or []
     return PodRecord(
         component=(metadata.get("labels") or {}).get("component", ""),
         name=metadata["name"],
@@ -79,7 +83,23 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
         termination_reason=terminated.get("reason"),
         termination_message=terminated.get("message"),
         waiting_reason=waiting.get("reason"),
+        phase=str(status.get("phase") or "Pending"),
+        finished=parse_time(terminated.get("finishedAt")),
+        disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions),
     )
+
+
+def _outcome_from_pod(job: JobRecord, pod: PodRecord | None) -> tuple[JobState, datetime | None]:
+    """A stage's outcome as soon as its pod ended, not a second later when the Job controller (which
+    batches pod events) marks the Job: every stage Job runs one pod at a time, retries only disrupted
+    pods, and fails on any non-zero exit (backoffLimit 0, or a podFailurePolicy that says FailJob)."""
+    if job.state is not JobState.PENDING or pod is None or pod.disrupted:
+        return job.state, job.finished
+    if pod.phase == "Succeeded":
+        return JobState.SUCCEEDED, pod.finished
+    if pod.phase == "Failed" and pod.exit_code not in (None, 0):
+        return JobState.FAILED, pod.finished
+    return job.state, job.finished
 
 
 def child_record(body: Mapping[str, Any]) -> ChildRecord:
@@ -107,11 +127,12 @@ def observed(
     stage_jobs = {}
     for job in jobs:
         pod = newest_pod.get(job.component)
+        state, finished = _outcome_from_pod(job, pod)
         stage_jobs[job.component] = StageJob(
             name=job.name,
-            state=job.state,
+            state=state,
             started=job.started,
-            finished=job.finished,
+            finished=finished,
             failure_reason=job.failure_reason,
             exit_code=pod.exit_code if pod else None,
             termination_reason=pod.termination_reason if pod else None,
