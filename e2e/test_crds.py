@@ -10,19 +10,14 @@ from typing import Any
 import kr8s
 import kr8s.asyncio
 import pytest
-from kr8s.asyncio.objects import APIObject, new_class
+from kr8s.asyncio.objects import APIObject
 
-GROUP_VERSION = "oceanprotocol.com/v1alpha1"
+from e2e.operator_fixtures import DID as DATA_DID
+from e2e.operator_fixtures import GROUP_VERSION, ComputeEnvironment, Workflow
+from e2e.operator_fixtures import OPERATOR_ADDRESS as OWNER
+
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
-
-Workflow = new_class(kind="Workflow", version=GROUP_VERSION, namespaced=True, asyncio=True)
-ComputeEnvironment = new_class(
-    kind="ComputeEnvironment", version=GROUP_VERSION, namespaced=True, asyncio=True
-)
-
-DATA_DID = "did:op:" + "0123456789abcdef" * 4
-ALGO_DID = "did:op:" + "FEDCBA9876543210" * 4
-OWNER = "0x6D39A833d1a6789AECa50dB85CB830bc08319F45"
+ALGO_DID = "did:op:" + "FEDCBA9876543210" * 4  # upper-case hex: the schema accepts both cases
 SHA256 = "sha256:" + "ab" * 32
 
 

@@ -60,34 +60,24 @@ async def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
     return {(_ns(namespace), labels.get("workflow", "")): observe.pod_record(body)}
 
 
-def _child(namespace: str, labels: kopf.Labels, body: kopf.Body) -> dict[Any, Any]:
+# The children other than Jobs and pods: the reconcile needs their names and spec hashes only.
+CHILD_INDEXES = {
+    "configmap_index": ("v1", "configmaps"),
+    "secret_index": ("v1", "secrets"),  # the record keeps the name and a hash, never the data
+    "pvc_index": ("v1", "persistentvolumeclaims"),
+    "networkpolicy_index": ("networking.k8s.io/v1", "networkpolicies"),
+}
+
+
+async def child_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(_ns(namespace), labels.get("workflow", "")): observe.child_record(body)}
 
 
-@kopf.index("v1", "configmaps", labels=MANAGED)
-async def configmap_index(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return _child(_ns(namespace), labels, body)
-
-
-@kopf.index("v1", "secrets", labels=MANAGED)
-async def secret_index(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return _child(_ns(namespace), labels, body)  # the record keeps the name and a hash, never the data
-
-
-@kopf.index("v1", "persistentvolumeclaims", labels=MANAGED)
-async def pvc_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return _child(_ns(namespace), labels, body)
-
-
-@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
-async def networkpolicy_index(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return _child(_ns(namespace), labels, body)
+for _index_id, (_api_version, _plural) in CHILD_INDEXES.items():
+    _group, _, _version = _api_version.rpartition("/")  # the core group is ""
+    kopf.index(group=_group, version=_version, plural=_plural, labels=MANAGED, id=_index_id)(child_index)
 
 
 # ---- triggers: any change of a Workflow or of something it owns reconciles that Workflow ----------------
@@ -107,38 +97,15 @@ async def environment_reconcile(namespace: str | None, name: str, memo: Any, **k
     controller.environment_changed(_ns(namespace), name)
 
 
-def _child_changed(namespace: str, labels: kopf.Labels, memo: Any, kwargs: dict[str, Any]) -> None:
+async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
     controller = _controller(memo)
     controller.bind(kwargs)
     if labels.get("workflow"):
-        controller.workflow_changed(namespace, labels["workflow"])
+        controller.workflow_changed(_ns(namespace), labels["workflow"])
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    _child_changed(_ns(namespace), labels, memo, kwargs)
-
-
-@kopf.on.event("v1", "pods", labels=MANAGED)
-async def pod_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    _child_changed(_ns(namespace), labels, memo, kwargs)
-
-
-@kopf.on.event("v1", "configmaps", labels=MANAGED)
-async def configmap_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    _child_changed(_ns(namespace), labels, memo, kwargs)
-
-
-@kopf.on.event("v1", "secrets", labels=MANAGED)
-async def secret_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    _child_changed(_ns(namespace), labels, memo, kwargs)
-
-
-@kopf.on.event("v1", "persistentvolumeclaims", labels=MANAGED)
-async def pvc_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    _child_changed(_ns(namespace), labels, memo, kwargs)
-
-
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
-async def networkpolicy_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    _child_changed(_ns(namespace), labels, memo, kwargs)
+for _api_version, _plural in (("batch/v1", "jobs"), ("v1", "pods"), *CHILD_INDEXES.values()):
+    _group, _, _version = _api_version.rpartition("/")
+    kopf.on.event(group=_group, version=_version, plural=_plural, labels=MANAGED, id=f"{_plural}_changed")(
+        child_changed
+    )
