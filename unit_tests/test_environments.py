@@ -210,8 +210,27 @@ def test_environment_status() -> None:
         "queuedJobs": 2,
         "jobs": "1/5",
         "consumerAddress": ADDRESS,
+        "capacity": {
+            "allocatable": {"jobs": 5, "cpu": 5, "memoryGB": 5.0, "gpu": 0, "diskGB": 5.0},
+            "inUse": {"jobs": 1, "cpu": 1, "memoryGB": 1.0, "gpu": 0, "diskGB": 1.0},
+        },
     }
     assert environment_status(env(10), [], ADDRESS, 1)["jobs"] == "0/10"
+
+
+def test_environment_capacity_scales_one_algorithm_share() -> None:
+    gpu = Environment(name="gpu", n_cpu=8, ram_gb=32, n_gpu=2, disk_gb=100, max_jobs=3)
+    status = environment_status(
+        gpu, [wf("a", at(0), "RunningAlgorithm"), wf("b", at(1), "Publishing")], ADDRESS, 1
+    )
+    assert status["capacity"]["allocatable"] == {
+        "jobs": 3,
+        "cpu": 24,
+        "memoryGB": 96.0,
+        "gpu": 6,
+        "diskGB": 300.0,
+    }
+    assert status["capacity"]["inUse"] == {"jobs": 2, "cpu": 16, "memoryGB": 64.0, "gpu": 4, "diskGB": 200.0}
 
 
 # ---- the default environment ----------------------------------------------------------------------------

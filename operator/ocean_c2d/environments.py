@@ -64,6 +64,20 @@ def environment_status(
         "queuedJobs": counts.queued,
         "jobs": f"{counts.running}/{environment.max_jobs}",
         "consumerAddress": consumer_address,
+        "capacity": {
+            "allocatable": _share(environment, environment.max_jobs),
+            "inUse": _share(environment, counts.running),
+        },
+    }
+
+
+def _share(environment: Environment, jobs: int) -> dict[str, Any]:
+    return {
+        "jobs": jobs,
+        "cpu": environment.n_cpu * jobs,
+        "memoryGB": environment.ram_gb * jobs,
+        "gpu": environment.n_gpu * jobs,
+        "diskGB": environment.disk_gb * jobs,
     }
 
 
