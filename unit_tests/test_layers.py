@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "operator" / "ocean_c2d"
-PURE = ["reconcile", "model", "render", "status", "environments", "observe", "signing", "settings"]
+PURE = [
+    "reconcile",
+    "model",
+    "render",
+    "status",
+    "environments",
+    "observe",
+    "signing",
+    "settings",
+    "steps.contract",
+]
 IO_LIBRARIES = {
     "kopf",
     "kr8s",
@@ -27,7 +37,7 @@ IMPURE_SIBLINGS = {"k8s", "controller", "handlers", "runner", "notify", "metrics
 
 
 def imports(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    tree = ast.parse((PACKAGE / f"{module.replace('.', '/')}.py").read_text())
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -18,6 +18,7 @@ from ocean_c2d import status as st
 from ocean_c2d.model import Environment, JobState, Observed, StageJob, Workflow
 from ocean_c2d.render import Templates, spec_hash
 from ocean_c2d.status import Outcome, Stage
+from ocean_c2d.steps.contract import EXIT_ALGORITHM_PROVISIONING_FAILED, EXIT_RESULTS_BLOCKED
 
 CONFIGURE, ALGORITHM, FILTER, PUBLISH = "configure", "algorithm", "filter", "publish"
 STAGE_OF_JOB = {
@@ -27,11 +28,6 @@ STAGE_OF_JOB = {
     PUBLISH: Stage.PUBLISHING,
 }
 
-# Exit codes by which the steps report a classified failure (see steps/ and the README's step contract).
-EXIT_DATA_PROVISIONING_FAILED = 31
-EXIT_ALGORITHM_PROVISIONING_FAILED = 32
-EXIT_RESULTS_BLOCKED = 51
-EXIT_RESULTS_UPLOAD_FAILED = 62
 
 IMAGE_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 
