@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ log = logging.getLogger("ocean_c2d")
 
 Key = tuple[str, str, str]  # ("workflow" | "environment", namespace, name)
 CHILD_INDEXES = ("configmap_index", "secret_index", "pvc_index", "networkpolicy_index")
+CREATED_OVERLAY_SECONDS = 60.0
 
 
 def plan_settings(settings: Settings) -> PlanSettings:
@@ -183,9 +185,14 @@ class Controller:
         self.views = Views()
         self.queue = WorkQueue(self._reconcile_key, workers=workers)
         self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-        self._created: dict[tuple[str, str], dict[tuple[str, str], observe.JobRecord | None]] = {}
+        # Children created but not yet seen by the watches, with when they were created: an entry the
+        # watch never confirms (created and deleted in between) expires rather than haunting the view.
+        self._created: dict[
+            tuple[str, str], dict[tuple[str, str], tuple[float, observe.JobRecord | None]]
+        ] = {}
         self._deleted: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._admission_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._environment_generations: dict[tuple[str, str], int] = {}
         self._notifying: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -199,10 +206,22 @@ class Controller:
     def workflow_changed(self, namespace: str, name: str) -> None:
         self.queue.add(("workflow", namespace, name))
 
-    def environment_changed(self, namespace: str, name: str) -> None:
+    def environment_changed(self, namespace: str, name: str, generation: int | None) -> None:
+        """A ComputeEnvironment event. Its status updates (our own writes) concern no Workflow; a new
+        spec (or one seen for the first time) may change what every Workflow of it gets."""
         self.queue.add(("environment", namespace, name))
-        for workflow in self.views.values("workflow_by_environment_index", (namespace, name)):
-            self.queue.add(("workflow", namespace, workflow))
+        if generation is None or self._environment_generations.get((namespace, name)) != generation:
+            self._environment_generations[(namespace, name)] = generation or 0
+            for workflow in self.views.values("workflow_by_environment_index", (namespace, name)):
+                self.queue.add(("workflow", namespace, workflow))
+
+    def queue_moved(self, namespace: str, environment: str) -> None:
+        """A Workflow of `environment` started or finished: its counts change, and the Workflows still
+        waiting may start or move up. Only those are reconciled, not every Workflow of the environment."""
+        self.queue.add(("environment", namespace, environment))
+        for workflow in self._peers(namespace, environment):
+            if not workflow.admitted and not workflow.finished:
+                self.queue.add(("workflow", namespace, workflow.name))
 
     def resync(self) -> None:
         """The slow safety timer: everything once more, in case an event was missed."""
@@ -249,9 +268,10 @@ class Controller:
         children = [c for index in CHILD_INDEXES for c in self.views.values(index, key)]
         present = {("Job", j.name) for j in jobs} | {(c.kind, c.name) for c in children}
         created = self._created.get(key, {})
-        for ref in [ref for ref in created if ref in present]:
+        expired = time.monotonic() - CREATED_OVERLAY_SECONDS
+        for ref in [ref for ref, (at, _) in created.items() if ref in present or at < expired]:
             del created[ref]  # the watch caught up
-        for (kind, name), record in created.items():
+        for (kind, name), (_, record) in created.items():
             if record is not None:
                 jobs.append(record)
             else:
@@ -329,7 +349,7 @@ class Controller:
             RECONCILES.labels("changed").inc()
         self._remember(namespace, name, raw, applied)
         if result.status is not None and _occupancy_changed(workflow.status, result.status):
-            self.environment_changed(namespace, workflow.spec.environment)
+            self.queue_moved(namespace, workflow.spec.environment)
         self._start_notifications(namespace, name, result.notify)
         return result.requeue_after
 
@@ -345,7 +365,7 @@ class Controller:
         created = self._created.setdefault(key, {})
         for manifest in applied.created:
             ref = (manifest["kind"], manifest["metadata"]["name"])
-            created[ref] = observe.job_record(manifest) if ref[0] == "Job" else None
+            created[ref] = (time.monotonic(), observe.job_record(manifest) if ref[0] == "Job" else None)
         if applied.deleted:
             self._deleted.setdefault(key, set()).update(applied.deleted)
 

@@ -91,10 +91,12 @@ async def workflow_reconcile(namespace: str | None, name: str, memo: Any, **kwar
 
 
 @kopf.on.event(GROUP, VERSION, "computeenvironments")
-async def environment_reconcile(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+async def environment_reconcile(
+    namespace: str | None, name: str, meta: kopf.Meta, memo: Any, **kwargs: Any
+) -> None:
     controller = _controller(memo)
     controller.bind(kwargs)
-    controller.environment_changed(_ns(namespace), name)
+    controller.environment_changed(_ns(namespace), name, meta.get("generation"))
 
 
 async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
