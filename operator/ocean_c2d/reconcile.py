@@ -201,7 +201,7 @@ def plan(
         and records.get(stage_name, {}).get("finishedAt")
     )
     if draft.status.get("stage") == Stage.FINISHED.value:
-        return _plan_finished(draft, observed, settings, events_so_far=draft.events)
+        return _plan_finished(draft, observed, settings)
     return _result(draft, base + desired_jobs, unwanted, settings)
 
 
@@ -224,21 +224,20 @@ def _advance(
             return ()
         record = draft.stage_record(stage_name)
         job = observed.jobs.get(stage_name)
-        # Outputs leave only when no filter blocked them; logs are published either way.
-        blocked = draft.status.get("filter", {}).get("verdict") == "Block"
-        manifest = templates.render_job(
-            stage_name,
-            {**context, "publish_outputs": not blocked},
-            _deadline(stage_name, draft.workflow, environment, settings),
-        )
-        job_name = manifest["metadata"]["name"]
 
         if job is None and not record.get("jobName"):
             if stop:
                 _stop_stage(draft, stage_name, environment, settings)
                 continue
             # Not created yet: create it. The shell writes this status only after the create succeeded.
-            record["jobName"] = job_name
+            # Outputs leave only when no filter blocked them; logs are published either way.
+            blocked = draft.status.get("filter", {}).get("verdict") == "Block"
+            manifest = templates.render_job(
+                stage_name,
+                {**context, "publish_outputs": not blocked},
+                _deadline(stage_name, draft.workflow, environment, settings),
+            )
+            record["jobName"] = manifest["metadata"]["name"]
             record["startedAt"] = st.format_time(draft.now)
             return (manifest,)
         if job is not None and not record.get("jobName"):
@@ -455,9 +454,7 @@ def _conditions(draft: _Draft, admitted: bool) -> None:
     status["conditions"] = conditions
 
 
-def _plan_finished(
-    draft: _Draft, observed: Observed, settings: PlanSettings, events_so_far: list[Event] | None = None
-) -> Plan:
+def _plan_finished(draft: _Draft, observed: Observed, settings: PlanSettings) -> Plan:
     """A finished Workflow never moves again; all that remains is notifying, cleaning up and TTL."""
     _conditions(draft, admitted=bool(draft.status.get("admittedAt")))
     unwanted: tuple[tuple[str, str], ...] = ()
