@@ -26,3 +26,10 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "ocean-c2d"
     result = subprocess.run([str(script), "version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("ocean-c2d ")
+
+
+@pytest.mark.parametrize("command", ["version", "run", "filter", "publish"])
+def test_every_program_of_the_image_is_a_subcommand(command: str) -> None:
+    from ocean_c2d.cli import build_parser
+
+    assert build_parser().parse_args([command]).command == command

@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.add_parser(
         "run", help="run the operator (in a cluster, or outside one with the current kubeconfig)"
     )
+    subcommands.add_parser("filter", help="stage step: judge the outputs (exit 0 pass, 51 block)")
+    subcommands.add_parser(
+        "publish", help="stage step: upload outputs and logs; the result list is the termination message"
+    )
     return parser
 
 
@@ -31,6 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PACKAGE} {version(PACKAGE)}")
     elif args.command == "run":
         return run_operator()
+    elif args.command == "filter":
+        from ocean_c2d.steps.filter import main as filter_main
+
+        return filter_main()
+    elif args.command == "publish":
+        from ocean_c2d.steps.publish import main as publish_main
+
+        return publish_main()
     return 0
 
 

@@ -1,0 +1,378 @@
+"""The publish step, `ocean-c2d publish`: uploads a job's results and reports the result list.
+
+What goes up, in this order (the original's, with its gaps closed):
+1. every regular file under <VOLUME>/outputs, recursively, subfolders kept (the original dropped them),
+   unless PUBLISH_OUTPUTS is "false" (the filter blocked them);
+2. every regular file under <VOLUME>/logs (algorithm.log ...);
+3. every regular file under <VOLUME>/adminlogs (configure.log, filter.log ...), and last of all
+   adminlogs/publish.log, written out complete before it is uploaded (the original uploaded it while
+   still writing it). Symbolic links are never followed: an algorithm cannot publish an input by
+   linking to it.
+
+Where: IPFS when IPFS_OUTPUT is set (the original's priority), else S3 when AWS_BUCKET_OUTPUT is set,
+else nothing goes up and the step fails (62). See storage.ipfs and storage.s3 for URLs and expiry.
+
+The result list is the original's `outputsURL`: [{"filename", "filesize", "url", "type"}], its order
+being the result index; "filename" is the path relative to the file's folder ("plots/a.png"), "type" is
+"output", "algorithmLog" (logs/algorithm.log), "configrationLog" [sic] (adminlogs/configure.log),
+"filteringLog" (adminlogs/filter.log), "publishLog" (adminlogs/publish.log) or "log" (any other log).
+An entry has "expiresAt" (Unix seconds) when the destination expires or is to expire it.
+
+Each upload is tried up to RetryPolicy.attempts times with exponential backoff while its errors are
+transient; then the step stops with exit 62 and a message naming the file and the destination (never
+credentials, never a signed URL). On success the termination message is {"results": [...]} when it fits
+4096 bytes, else the list is uploaded as "results.json" ("<WORKFLOWID>/results.json" on S3) and the
+message is {"manifest": "<its URL>", "count": N}.
+
+Everything that decides (what, in which order, types, names, the message) is a pure function below;
+the uploads go through the `storage.Destination` protocol, so tests use an in-memory destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from ocean_c2d.steps.contract import (
+    EXIT_OK,
+    EXIT_RESULTS_UPLOAD_FAILED,
+    TERMINATION_LOG,
+    TERMINATION_MESSAGE_LIMIT,
+    StepError,
+    encode_message,
+    write_termination_message,
+)
+from ocean_c2d.storage import Destination, UploadError
+
+FOLDERS = ("outputs", "logs", "adminlogs")
+PUBLISH_LOG = "adminlogs/publish.log"
+MANIFEST_NAME = "results.json"
+TYPES = {
+    "logs/algorithm.log": "algorithmLog",
+    "adminlogs/configure.log": "configrationLog",  # [sic]: the name clients know
+    "adminlogs/filter.log": "filteringLog",
+    PUBLISH_LOG: "publishLog",
+}
+
+DestinationFactory = Callable[[Mapping[str, str]], Destination]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+# --- the plan: pure --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedUpload:
+    name: str  # path relative to the volume, "/"-separated: "outputs/plots/a.png"
+    filename: str  # relative to its folder: "plots/a.png"
+    type: str
+
+
+def result_type(name: str) -> str:
+    """The result type of the file `name` (relative to the volume)."""
+    if name in TYPES:
+        return TYPES[name]
+    return "output" if name.startswith("outputs/") else "log"
+
+
+def result_filename(name: str) -> str:
+    """`name` relative to its folder: "outputs/plots/a.png" -> "plots/a.png"."""
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def plan_uploads(names: Iterable[str], publish_outputs: bool) -> list[PlannedUpload]:
+    """What to upload, in order: outputs (unless withheld), logs, adminlogs, each sorted by path; then
+    adminlogs/publish.log, always last (the step writes it, so it is there whether listed or not).
+    Names outside the three folders are ignored."""
+    order = {folder: index for index, folder in enumerate(FOLDERS)}
+    chosen = {
+        name
+        for name in names
+        if name.split("/", 1)[0] in order
+        and "/" in name
+        and name != PUBLISH_LOG
+        and (publish_outputs or not name.startswith("outputs/"))
+    }
+    ordered = sorted(chosen, key=lambda n: (order[n.split("/", 1)[0]], n.split("/")))
+    return [PlannedUpload(n, result_filename(n), result_type(n)) for n in [*ordered, PUBLISH_LOG]]
+
+
+def result_entry(item: PlannedUpload, size: int, url: str, expires_at: int | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"filename": item.filename, "filesize": size, "url": url, "type": item.type}
+    if expires_at is not None:
+        entry["expiresAt"] = expires_at
+    return entry
+
+
+def results_message(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """{"results": [...]} when it fits a termination message, else None (use a manifest)."""
+    document = {"results": results}
+    return document if encode_message(document) is not None else None
+
+
+def manifest_message(url: str, count: int) -> dict[str, Any]:
+    return {"manifest": url, "count": count}
+
+
+def publish_outputs_from(value: str | None) -> bool:
+    """PUBLISH_OUTPUTS: outputs go up when it is "true" (or unset); anything else withholds them."""
+    return (value or "true").strip().lower() == "true"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 20.0
+
+    def delay(self, attempt: int) -> float:
+        """The wait after failed attempt number `attempt` (1-based): base, 2x base, 4x ... capped."""
+        return float(min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+def failure_message(name: str, destination: str, attempts: int, error: str) -> str:
+    """The message of exit 62: the file first (the operator shows the first 200 characters)."""
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    message = f"{name}: upload to {destination} failed after {tries}: {error}"
+    return message.encode()[:TERMINATION_MESSAGE_LIMIT].decode(errors="ignore")
+
+
+# --- the step: I/O ---------------------------------------------------------------------------------
+
+
+def list_volume(volume: Path) -> list[str]:
+    """The regular files under the three published folders, as names relative to the volume; symbolic
+    links are skipped (neither followed nor listed)."""
+    names: list[str] = []
+
+    def walk(directory: Path, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    walk(Path(entry.path), f"{prefix}{entry.name}/")
+                elif stat.S_ISREG(info.st_mode):
+                    names.append(f"{prefix}{entry.name}")
+
+    for folder in FOLDERS:
+        path = volume / folder
+        if path.is_dir() and not path.is_symlink():
+            walk(path, f"{folder}/")
+    return names
+
+
+class PublishLog:
+    """adminlogs/publish.log, appended line by line (and echoed to stderr); `close` before it is
+    uploaded, so what goes up is complete."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: TextIO | None = path.open("a", encoding="utf-8", errors="backslashreplace")
+
+    def line(self, text: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"publish: {text}", file=sys.stderr)
+        if self._file is not None:
+            self._file.write(f"{stamp} {text}\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+async def upload_with_retries(
+    destination: Destination,
+    path: Path,
+    name: str,
+    retry: RetryPolicy,
+    sleep: Sleep = asyncio.sleep,
+) -> str:
+    """Upload, trying again after transient errors; StepError(62) naming the file once they run out
+    (or at once on a permanent error)."""
+    error = UploadError("not tried", transient=False)
+    attempt = 0
+    while attempt < retry.attempts:
+        attempt += 1
+        try:
+            return await destination.upload(path, name)
+        except UploadError as failure:
+            error = failure
+        except Exception as failure:  # a library error a destination did not classify
+            error = UploadError(type(failure).__name__, transient=True)
+        if not error.transient:
+            break
+        if attempt < retry.attempts:
+            await sleep(retry.delay(attempt))
+    raise StepError(
+        EXIT_RESULTS_UPLOAD_FAILED, failure_message(name, destination.description, attempt, error.message)
+    )
+
+
+def destination_from_env(env: Mapping[str, str]) -> Destination:
+    """The destination the publish Job's env names: IPFS_OUTPUT first, then AWS_BUCKET_OUTPUT."""
+    import time
+
+    now = time.time()
+    if env.get("IPFS_OUTPUT"):
+        from ocean_c2d.storage.ipfs import CLIENT, CLUSTER, IpfsDestination
+
+        kind = (env.get("IPFS_TYPE") or CLIENT).strip().upper()
+        if kind not in (CLIENT, CLUSTER):
+            raise StepError(EXIT_RESULTS_UPLOAD_FAILED, f"IPFS_TYPE must be CLIENT or CLUSTER, not {kind!r}")
+        return IpfsDestination(
+            env["IPFS_OUTPUT"],
+            kind=kind,
+            prefix=env.get("IPFS_OUTPUT_PREFIX") or None,
+            api_key=env.get("IPFS_API_KEY") or None,
+            client_id=env.get("IPFS_API_CLIENT") or None,
+            expiry_seconds=_non_negative(env, "IPFS_EXPIRY_TIME"),
+            now=now,
+        )
+    if env.get("AWS_BUCKET_OUTPUT"):
+        from ocean_c2d.storage.s3 import S3Destination
+
+        return S3Destination(
+            bucket=env["AWS_BUCKET_OUTPUT"],
+            workflow_id=env.get("WORKFLOWID") or "unknown",
+            region=env.get("AWS_REGION") or None,
+            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            expiry_hours=_non_negative(env, "STORAGE_EXPIRY"),
+            now=now,
+        )
+    raise StepError(
+        EXIT_RESULTS_UPLOAD_FAILED, "no destination configured: set IPFS_OUTPUT or AWS_BUCKET_OUTPUT"
+    )
+
+
+def _non_negative(env: Mapping[str, str], key: str) -> int:
+    raw = (env.get(key) or "0").strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise StepError(EXIT_RESULTS_UPLOAD_FAILED, f"{key} must be a whole number >= 0, not {raw!r}")
+    return value
+
+
+async def run_publish(
+    env: Mapping[str, str],
+    termination_log: Path = TERMINATION_LOG,
+    uploader_factory: DestinationFactory = destination_from_env,
+    *,
+    retry: RetryPolicy | None = None,
+    sleep: Sleep = asyncio.sleep,
+    concurrency: int = 4,
+) -> int:
+    """The `ocean-c2d publish` program; returns the exit code (0, or 62 with a plain-text message)."""
+    volume = Path(env.get("VOLUME") or "/data")
+    publish_outputs = publish_outputs_from(env.get("PUBLISH_OUTPUTS"))
+    policy = retry or RetryPolicy()
+    log: PublishLog | None = None
+    destination: Destination | None = None
+    try:
+        log = PublishLog(volume / PUBLISH_LOG)
+        log.line(f"job {env.get('WORKFLOWID', '')}: publishing from {volume}")
+        if not publish_outputs:
+            log.line("outputs withheld (PUBLISH_OUTPUTS=false: the filter blocked them); logs only")
+        destination = uploader_factory(env)
+        document = await _publish(volume, publish_outputs, destination, log, policy, sleep, concurrency)
+    except StepError as error:
+        return _fail(error, log, termination_log)
+    except OSError as error:
+        failure = StepError(EXIT_RESULTS_UPLOAD_FAILED, f"cannot read or write the volume: {error}")
+        return _fail(failure, log, termination_log)
+    finally:
+        if log is not None:
+            log.close()
+        if destination is not None:
+            with contextlib.suppress(Exception):
+                await destination.close()
+    write_termination_message(document, termination_log)
+    return EXIT_OK
+
+
+async def _publish(
+    volume: Path,
+    publish_outputs: bool,
+    destination: Destination,
+    log: PublishLog,
+    policy: RetryPolicy,
+    sleep: Sleep,
+    concurrency: int,
+) -> dict[str, Any]:
+    plan = plan_uploads(list_volume(volume), publish_outputs)
+    body, last = plan[:-1], plan[-1]
+    log.line(f"{len(plan)} files to {destination.description}")
+    results: list[dict[str, Any] | None] = [None] * len(body)
+    failures: dict[int, StepError] = {}
+    pending = iter(enumerate(body))
+
+    async def worker() -> None:
+        for index, item in pending:
+            if failures:
+                return
+            path = volume / item.name
+            try:
+                size = path.stat().st_size
+                url = await upload_with_retries(destination, path, item.name, policy, sleep)
+            except StepError as error:
+                failures[index] = error
+                return
+            log.line(f"uploaded {item.name} ({size} bytes): {url}")
+            results[index] = result_entry(item, size, url, destination.expires_at)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    if failures:
+        raise failures[min(failures)]
+    done = [entry for entry in results if entry is not None]
+    log.line(f"{len(done)} files uploaded; {last.name} goes last")
+    log.close()  # complete before it goes up
+    path = volume / last.name
+    size = path.stat().st_size
+    url = await upload_with_retries(destination, path, last.name, policy, sleep)
+    done.append(result_entry(last, size, url, destination.expires_at))
+    print(f"publish: uploaded {last.name} ({size} bytes): {url}", file=sys.stderr)
+
+    message = results_message(done)
+    if message is not None:
+        return message
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = Path(folder) / MANIFEST_NAME
+        manifest.write_text(json.dumps(done, indent=1))
+        manifest_url = await upload_with_retries(destination, manifest, MANIFEST_NAME, policy, sleep)
+    print(
+        f"publish: {len(done)} results, too many for the termination message: {manifest_url}", file=sys.stderr
+    )
+    document = manifest_message(manifest_url, len(done))
+    if encode_message(document) is None:
+        raise StepError(EXIT_RESULTS_UPLOAD_FAILED, "the manifest URL does not fit a termination message")
+    return document
+
+
+def _fail(error: StepError, log: PublishLog | None, termination_log: Path) -> int:
+    if log is not None:
+        log.line(f"failed: {error.message}")  # stderr only, once the file is closed
+    else:
+        print(f"publish: failed: {error.message}", file=sys.stderr)
+    termination_log.write_bytes(error.message.encode()[:TERMINATION_MESSAGE_LIMIT])
+    return error.exit_code
+
+
+def main() -> int:
+    return asyncio.run(run_publish(os.environ))

@@ -1,0 +1,184 @@
+"""The built-in filter on real files in a temporary volume: its checks, its verdict, its exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ocean_c2d.steps.contract import EXIT_OK, EXIT_RESULTS_BLOCKED, TERMINATION_MESSAGE_LIMIT
+from ocean_c2d.steps.filter import (
+    EXIT_FILTER_FAILED,
+    FilterPolicy,
+    Verdict,
+    forbidden_extension,
+    judge,
+    run_filter,
+    termination_document,
+)
+
+OPEN = FilterPolicy(max_output_bytes=None, forbidden_extensions=(), block_copied_inputs=False)
+
+
+def write(path: Path, content: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        content = content.encode()
+    path.write_bytes(content)
+    return path
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    write(tmp_path / "inputs" / "did1" / "0", b"name,salary\nalice,100\nbob,200\n")
+    write(tmp_path / "inputs" / "did1" / "1", b"x" * 5000)
+    write(tmp_path / "inputs" / "algoCustomData.json", b'{"a": 1}')
+    write(tmp_path / "outputs" / "result.csv", b"mean,150\n")
+    write(tmp_path / "outputs" / "plots" / "a.png", b"\x89PNG fake")
+    (tmp_path / "logs").mkdir()
+    return tmp_path
+
+
+def test_clean_outputs_pass(volume: Path) -> None:
+    verdict = judge(volume, FilterPolicy(max_output_bytes=1000, forbidden_extensions=("exe",)))
+    assert verdict == Verdict("Pass", (), files=2, total_bytes=9 + 9)
+    assert not verdict.blocked
+
+
+def test_missing_outputs_folder_passes(tmp_path: Path) -> None:
+    assert judge(tmp_path, FilterPolicy()).decision == "Pass"
+
+
+def test_total_size_over_the_cap_blocks(volume: Path) -> None:
+    write(volume / "outputs" / "deep" / "big.bin", b"0" * 100)
+    verdict = judge(volume, FilterPolicy(max_output_bytes=117, block_copied_inputs=False))
+    assert verdict.blocked
+    assert verdict.reasons == ("the outputs total 118 bytes in 3 files, over the limit of 117 bytes",)
+    assert judge(volume, FilterPolicy(max_output_bytes=118)).decision == "Pass"
+
+
+def test_forbidden_extensions_any_case_with_or_without_the_dot(volume: Path) -> None:
+    write(volume / "outputs" / "bin" / "Tool.EXE", b"MZ")
+    write(volume / "outputs" / "dump.tar.gz", b"gz")
+    write(volume / "outputs" / "notes.txt", b"ok")
+    policy = FilterPolicy.from_json(json.dumps({"forbiddenExtensions": [".exe", "TAR.GZ", " ", "sh"]}))
+    assert policy.forbidden_extensions == ("exe", "tar.gz", "sh")
+    verdict = judge(volume, policy)
+    assert verdict.reasons == (
+        "bin/Tool.EXE: the extension .exe is not allowed",
+        "dump.tar.gz: the extension .tar.gz is not allowed",
+    )
+
+
+def test_extension_matching_is_on_the_name_end_only() -> None:
+    assert forbidden_extension("exe/readme.txt", ("exe",)) is None
+    assert forbidden_extension("archive.exe.txt", ("exe",)) is None
+    assert forbidden_extension("x.tar.gz", ("gz", "tar.gz")) == "tar.gz"
+
+
+def test_a_copied_input_in_a_nested_output_folder_blocks(volume: Path) -> None:
+    source = (volume / "inputs" / "did1" / "0").read_bytes()
+    write(volume / "outputs" / "nested" / "deeper" / "leak.csv", source)
+    write(volume / "outputs" / "almost.csv", source + b"\n")  # same start, not a copy
+    verdict = judge(volume, FilterPolicy())
+    assert verdict.reasons == ("nested/deeper/leak.csv: a byte-for-byte copy of the input did1/0",)
+    assert judge(volume, FilterPolicy(block_copied_inputs=False)).decision == "Pass"
+
+
+def test_empty_files_are_never_copies(volume: Path) -> None:
+    write(volume / "inputs" / "did1" / "empty", b"")
+    write(volume / "outputs" / "empty.txt", b"")
+    assert judge(volume, FilterPolicy()).decision == "Pass"
+
+
+def test_symbolic_links_are_not_judged(volume: Path) -> None:
+    (volume / "outputs" / "link.exe").symlink_to(volume / "inputs" / "did1" / "0")
+    verdict = judge(volume, FilterPolicy(forbidden_extensions=("exe",)))
+    assert verdict.decision == "Pass"
+    assert verdict.files == 2
+
+
+def test_reasons_are_cut_to_fit_the_termination_message() -> None:
+    reasons = tuple(f"{'d' * 40}/file{i:04}.exe: the extension .exe is not allowed" for i in range(500))
+    document = termination_document(Verdict("Block", reasons))
+    text = json.dumps(document, separators=(",", ":"), sort_keys=True)
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    kept = document["reasons"][:-1]
+    assert kept == list(reasons[: len(kept)])
+    assert document["reasons"][-1] == f"... and {500 - len(kept)} more"
+    assert len(kept) > 30  # as many as fit, not a fixed few
+    # One more reason would not have fitted.
+    longer = {"verdict": "Block", "reasons": [*reasons[: len(kept) + 1], f"... and {499 - len(kept)} more"]}
+    assert len(json.dumps(longer, separators=(",", ":"), sort_keys=True).encode()) > TERMINATION_MESSAGE_LIMIT
+
+
+def test_a_single_huge_reason_is_shortened() -> None:
+    document = termination_document(Verdict("Block", ("x" * 10_000,)))
+    assert len(document["reasons"]) == 1
+    assert document["reasons"][0].endswith("...")
+    assert len(document["reasons"][0]) == 300
+
+
+def test_small_reason_lists_are_kept_whole() -> None:
+    verdict = Verdict("Block", ("a: the extension .exe is not allowed",))
+    assert termination_document(verdict) == {"verdict": "Block", "reasons": list(verdict.reasons)}
+
+
+def test_run_filter_passes_with_exit_0(volume: Path, tmp_path: Path) -> None:
+    termination = tmp_path / "termination-log"
+    env = {"VOLUME": str(volume), "FILTER_POLICY": json.dumps({"maxOutputBytes": None})}
+    assert run_filter(env, termination) == EXIT_OK
+    assert json.loads(termination.read_text()) == {"verdict": "Pass", "reasons": []}
+    log = (volume / "adminlogs" / "filter.log").read_text()
+    assert "verdict: Pass" in log
+    assert "2 output files, 18 bytes" in log
+
+
+def test_run_filter_blocks_with_exit_51_and_logs_every_reason(volume: Path, tmp_path: Path) -> None:
+    for i in range(300):
+        write(volume / "outputs" / "many" / f"{'n' * 60}{i:03}.exe", b"MZ")
+    termination = tmp_path / "termination-log"
+    env = {"VOLUME": str(volume), "FILTER_POLICY": json.dumps({"forbiddenExtensions": ["exe"]})}
+    assert run_filter(env, termination) == EXIT_RESULTS_BLOCKED
+    message = termination.read_text()
+    assert len(message.encode()) <= TERMINATION_MESSAGE_LIMIT
+    document = json.loads(message)
+    assert document["verdict"] == "Block"
+    assert document["reasons"][0] == f"many/{'n' * 60}000.exe: the extension .exe is not allowed"
+    assert document["reasons"][-1].startswith("... and ")
+    log = (volume / "adminlogs" / "filter.log").read_text()
+    assert log.count("filter: reason: ") == 300
+    assert "verdict: Block" in log
+
+
+def test_run_filter_appends_to_an_existing_log(volume: Path, tmp_path: Path) -> None:
+    write(volume / "adminlogs" / "filter.log", "earlier line\n")
+    assert run_filter({"VOLUME": str(volume)}, tmp_path / "t") == EXIT_OK
+    assert (volume / "adminlogs" / "filter.log").read_text().startswith("earlier line\n")
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "not json",
+        "[]",
+        '{"maxOutputBytes": -1}',
+        '{"maxOutputBytes": true}',
+        '{"forbiddenExtensions": "exe"}',
+        '{"blockCopiedInputs": "yes"}',
+    ],
+)
+def test_a_bad_policy_fails_closed(volume: Path, tmp_path: Path, policy: str) -> None:
+    termination = tmp_path / "termination-log"
+    assert run_filter({"VOLUME": str(volume), "FILTER_POLICY": policy}, termination) == EXIT_FILTER_FAILED
+    message = termination.read_text()
+    assert message.startswith("the filter could not judge the outputs")
+    assert not message.startswith("{")  # plain text: the operator shows it as the failure's detail
+    assert "results are withheld" in (volume / "adminlogs" / "filter.log").read_text()
+
+
+def test_the_defaults_match_the_environment_model() -> None:
+    assert FilterPolicy.from_json("") == FilterPolicy(None, (), True)
+    golden: dict[str, object] = {"maxOutputBytes": None, "forbiddenExtensions": [], "blockCopiedInputs": True}
+    assert FilterPolicy.from_json(json.dumps(golden)) == FilterPolicy()
