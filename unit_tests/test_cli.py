@@ -28,7 +28,7 @@ def test_console_script_is_installed() -> None:
     assert result.stdout.startswith("ocean-c2d ")
 
 
-@pytest.mark.parametrize("command", ["version", "run", "filter", "publish"])
+@pytest.mark.parametrize("command", ["version", "run", "configure", "filter", "publish"])
 def test_every_program_of_the_image_is_a_subcommand(command: str) -> None:
     from ocean_c2d.cli import build_parser
 

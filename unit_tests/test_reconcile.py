@@ -570,3 +570,14 @@ def test_no_notifications_are_due_when_no_url_is_configured() -> None:
 
     assert first.notify == ()
     assert "notifications" not in world.status
+
+
+def test_the_configure_step_saying_which_input_failed_reaches_the_status() -> None:
+    said = {"status": "DataProvisioningFailed", "message": "input 1 (https://example.org/a.csv): HTTP 404"}
+    world = World()
+    world.run_to_end(
+        configure={"state": JobState.FAILED, "exit_code": 31, "termination_message": json.dumps(said)}
+    )
+
+    assert world.status["statusCode"] == 31
+    assert "input 1 (https://example.org/a.csv): HTTP 404" in world.status["message"]

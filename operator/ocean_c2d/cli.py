@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.add_parser(
         "run", help="run the operator (in a cluster, or outside one with the current kubeconfig)"
     )
+    subcommands.add_parser(
+        "configure", help="stage step: fill the job's data volume with the inputs, algorithm and DDOs"
+    )
     subcommands.add_parser("filter", help="stage step: judge the outputs (exit 0 pass, 51 block)")
     subcommands.add_parser(
         "publish", help="stage step: upload outputs and logs; the result list is the termination message"
@@ -35,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PACKAGE} {version(PACKAGE)}")
     elif args.command == "run":
         return run_operator()
+    elif args.command == "configure":
+        return run_configure_step()
     elif args.command == "filter":
         from ocean_c2d.steps.filter import main as filter_main
 
@@ -44,6 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return publish_main()
     return 0
+
+
+def run_configure_step() -> int:
+    import asyncio
+    import os
+
+    from ocean_c2d.steps.configure import main as configure_main
+
+    return asyncio.run(configure_main(os.environ))
 
 
 def run_operator() -> int:

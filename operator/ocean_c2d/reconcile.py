@@ -344,9 +344,22 @@ def _failure_detail(job: StageJob | None) -> str:
         parts.append(job.failure_reason)
     if job.waiting_reason:
         parts.append(job.waiting_reason)
-    if job.termination_message and not job.termination_message.lstrip().startswith("{"):
-        parts.append(job.termination_message.strip()[:200])
+    said = _step_message(job.termination_message)
+    if said:
+        parts.append(said[:500])
     return ", ".join(parts) or "unknown reason"
+
+
+def _step_message(text: str | None) -> str | None:
+    """What a step said about its failure: the `message` of its JSON termination message, or the text."""
+    if not text or not text.strip():
+        return None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()
+    message = document.get("message") if isinstance(document, dict) else None
+    return str(message) if message else None
 
 
 def _next_stage(draft: _Draft, finished: str, environment: Environment, settings: PlanSettings) -> None:

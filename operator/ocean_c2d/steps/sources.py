@@ -1,0 +1,560 @@
+"""Where inputs and algorithms come from: an Ocean provider (by DID), http(s), IPFS, S3, or inline code.
+
+Every source has one interface, `await source.fetch(ctx, place, expect) -> FetchResult`: it writes its
+file number i at `place(i)` (through `streaming`: bounded memory, disk budget, atomic files, retries),
+checks `expect` (checksum and size), and raises `FetchError` with a message safe to show the consumer.
+
+The provider source follows the original pod-configuration (reference §5.2) with its bugs fixed:
+nonces strictly increase within the process, a request refused for its nonce or signature is signed
+again once, the algorithm's `userData` is forwarded, and nothing secret is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from ocean_c2d.signing import OperatorKey, download_signature
+from ocean_c2d.steps.streaming import (
+    NO_EXPECTATION,
+    DiskLimitError,
+    Expectation,
+    FetchError,
+    FileResult,
+    HttpRequest,
+    HttpStatusError,
+    IntegrityError,
+    Limits,
+    Log,
+    PartialFile,
+    TransientError,
+    check_announced_size,
+    describe_error,
+    http_download,
+    http_json,
+    safe_url,
+    with_retries,
+    write_bytes,
+)
+
+DID_PREFIX = "did:op:"
+DDO_PATH = "/api/aquarius/assets/ddo/"
+DDO_LIMIT = 16 << 20
+HTTP_METHODS = frozenset({"GET", "POST"})
+_AUTH_REFUSAL = re.compile(r"nonce|signature", re.IGNORECASE)
+_NONCE_VALUE = re.compile(r"(?<![0-9A-Za-z.])[0-9]{10,}(?:\.[0-9]+)?(?![0-9A-Za-z])")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+_DID = re.compile(r"did:op:[0-9a-fA-F]{64}")
+
+Placement = Callable[[int], Path]
+"""Where file number i of a source lands."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    files: tuple[FileResult, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class FetchContext:
+    """What sources share: the HTTP client, the download limits, the log and the environment."""
+
+    http: httpx.AsyncClient
+    limits: Limits
+    log: Log = lambda _: None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    @property
+    def label(self) -> str:
+        """How the source is named in logs and messages: a DID, or a URL without its query string."""
+        ...
+
+    async def fetch(self, ctx: FetchContext, place: Placement, expect: Expectation) -> FetchResult: ...
+
+
+def strip_did(did: str) -> str:
+    return did.removeprefix(DID_PREFIX)
+
+
+def did_directory_name(did: str) -> str:
+    """The DID without "did:op:", refused when it could not be a single safe path component."""
+    name = strip_did(did)
+    if not _DID.fullmatch(did) and (not name or name != sanitise_name(name)):
+        raise FetchError("not a DID that can name a directory")
+    return name
+
+
+def sanitise_name(name: str) -> str:
+    """A file name safe to create: letters, digits, '.', '_' and '-' only, no leading dot; "0" if empty."""
+    cleaned = _UNSAFE_NAME.sub("_", name).lstrip(".")[:200]
+    return cleaned or "0"
+
+
+def file_name_from_url(url: str) -> str:
+    """The last segment of the URL's path, sanitised; "0" when there is none."""
+    try:
+        path = urllib.parse.urlsplit(url).path
+    except ValueError:
+        return "0"
+    return sanitise_name(urllib.parse.unquote(path.rstrip("/").rpartition("/")[2]))
+
+
+def join_url(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def _checked(result: FileResult, ctx: FetchContext, what: str) -> FileResult:
+    ctx.log(
+        f"{what}: {result.size} bytes to {result.path} in {result.seconds:.2f} s ({result.rate}), "
+        f"sha256:{result.sha256}"
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class InlineSource:
+    """Content given in the workflow itself (an algorithm's rawCode)."""
+
+    data: bytes
+    name: str = "rawCode"
+    mode: int = 0o644
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    async def fetch(
+        self, ctx: FetchContext, place: Placement, expect: Expectation = NO_EXPECTATION
+    ) -> FetchResult:
+        result = await write_bytes(place(0), self.data, ctx.limits.budget, mode=self.mode, expect=expect)
+        return FetchResult((_checked(result, ctx, self.name),))
+
+
+@dataclass(frozen=True)
+class HttpSource:
+    """A plain GET of an http(s) URL."""
+
+    url: str
+    mode: int = 0o644
+
+    @property
+    def label(self) -> str:
+        return safe_url(self.url)
+
+    async def fetch(
+        self, ctx: FetchContext, place: Placement, expect: Expectation = NO_EXPECTATION
+    ) -> FetchResult:
+        request = HttpRequest("GET", self.url)
+        ctx.log(f"downloading {self.label}")
+        result = await http_download(
+            ctx.http,
+            lambda: request,
+            place(0),
+            ctx.limits,
+            expect,
+            mode=self.mode,
+            what=self.label,
+            log=ctx.log,
+        )
+        return FetchResult((_checked(result, ctx, self.label),))
+
+
+@dataclass(frozen=True)
+class IpfsSource:
+    """ipfs://<cid>[/path] through the IPFS HTTP API (kubo's POST /api/v0/cat) at env IPFS_API, with the
+    X-API-KEY / CLIENT-ID headers from IPFS_API_KEY / IPFS_API_CLIENT when they are set."""
+
+    url: str
+    mode: int = 0o644
+
+    @property
+    def path(self) -> str:
+        return self.url.split("://", 1)[1].strip("/")
+
+    @property
+    def label(self) -> str:
+        return safe_url(self.url)
+
+    async def fetch(
+        self, ctx: FetchContext, place: Placement, expect: Expectation = NO_EXPECTATION
+    ) -> FetchResult:
+        api = ctx.env.get("IPFS_API", "")
+        if not api:
+            raise FetchError("an ipfs:// URL needs the IPFS HTTP API, and IPFS_API is not set")
+        if not self.path:
+            raise FetchError("the ipfs:// URL names no CID")
+        headers = {}
+        if ctx.env.get("IPFS_API_KEY"):
+            headers["X-API-KEY"] = ctx.env["IPFS_API_KEY"]
+        if ctx.env.get("IPFS_API_CLIENT"):
+            headers["CLIENT-ID"] = ctx.env["IPFS_API_CLIENT"]
+        request = HttpRequest(
+            "POST", join_url(api, "/api/v0/cat"), params={"arg": self.path}, headers=headers
+        )
+        ctx.log(f"downloading {self.label} through {safe_url(api)}")
+        result = await http_download(
+            ctx.http,
+            lambda: request,
+            place(0),
+            ctx.limits,
+            expect,
+            mode=self.mode,
+            what=self.label,
+            log=ctx.log,
+        )
+        return FetchResult((_checked(result, ctx, self.label),))
+
+
+@dataclass(frozen=True)
+class S3Source:
+    """s3://bucket/key with boto3 (credentials from AWS_* env or boto3's usual chain; AWS_ENDPOINT_URL for
+    S3-compatible stores, which then use path-style addressing). boto3 blocks: it runs in a thread and
+    streams the object to disk in chunks."""
+
+    url: str
+    mode: int = 0o644
+
+    @property
+    def bucket_and_key(self) -> tuple[str, str]:
+        parts = urllib.parse.urlsplit(self.url)
+        return parts.netloc, parts.path.lstrip("/")
+
+    @property
+    def label(self) -> str:
+        return safe_url(self.url)
+
+    async def fetch(
+        self, ctx: FetchContext, place: Placement, expect: Expectation = NO_EXPECTATION
+    ) -> FetchResult:
+        bucket, key = self.bucket_and_key
+        if not bucket or not key:
+            raise FetchError("an s3:// URL is s3://<bucket>/<key>")
+        client = await asyncio.to_thread(_s3_client, ctx.env)
+        target = place(0)
+        ctx.log(f"downloading {self.label}")
+
+        async def attempt() -> FileResult:
+            return await asyncio.to_thread(
+                _s3_download, client, bucket, key, target, ctx.limits, expect, self.mode
+            )
+
+        result = await with_retries(ctx.limits, attempt, self.label, ctx.log)
+        return FetchResult((_checked(result, ctx, self.label),))
+
+
+def _s3_client(env: Mapping[str, str]) -> Any:
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    session = boto3.session.Session(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
+        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+    )
+    config = Config(
+        retries={"max_attempts": 1, "mode": "standard"},  # streaming.with_retries retries
+        connect_timeout=10,
+        read_timeout=60,
+        s3={"addressing_style": "path" if endpoint else "auto"},
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def _s3_download(
+    client: Any,
+    bucket: str,
+    key: str,
+    target: Path,
+    limits: Limits,
+    expect: Expectation,
+    mode: int,
+) -> FileResult:
+    """One attempt (blocking): get_object, then the body in chunks to a partial file."""
+    from botocore.exceptions import (  # type: ignore[import-untyped]
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        IncompleteReadError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    transient = (HTTPClientError, BotoConnectionError, IncompleteReadError)
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", "error"))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        text = f"S3 answered {code} (HTTP {status})"
+        if status >= 500 or status in (408, 429) or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            raise TransientError(text) from None
+        raise FetchError(text) from None
+    except transient as error:
+        raise TransientError(describe_error(error)) from None
+    except BotoCoreError as error:
+        raise FetchError(describe_error(error)) from None
+    body = response["Body"]
+    try:
+        size = response.get("ContentLength")
+        check_announced_size(size if isinstance(size, int) else None, expect, limits.budget)
+        partial = PartialFile(target, limits.budget, expect, mode)
+        try:
+            for chunk in body.iter_chunks(limits.chunk_size):
+                partial.write(chunk)
+            return partial.commit()
+        except BaseException:
+            partial.discard()
+            raise
+    except transient as error:
+        raise TransientError(describe_error(error)) from None
+    except BotoCoreError as error:
+        raise FetchError(describe_error(error)) from None
+    finally:
+        body.close()
+
+
+def url_source(url: str, mode: int = 0o644) -> Source:
+    """The source for an http(s)://, ipfs:// or s3:// URL."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        return HttpSource(url, mode)
+    if scheme == "ipfs":
+        return IpfsSource(url, mode)
+    if scheme == "s3":
+        return S3Source(url, mode)
+    raise FetchError(f"unsupported URL scheme {scheme!r}: use https, http, ipfs or s3")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NonceSource:
+    """Download nonces: the current time in milliseconds, but strictly increasing within the process.
+
+    Every job signs as the same operator address, and the provider refuses a nonce that is not greater
+    than the last one it saw for that address; so two downloads in the same millisecond must not share
+    a nonce (the original's Date.now() could).
+    """
+
+    def __init__(self, clock: Callable[[], int] = _now_ms) -> None:
+        self._clock = clock
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            self._last = max(self._clock(), self._last + 1)
+            return str(self._last)
+
+
+NONCES = NonceSource()
+
+
+@dataclass(frozen=True)
+class ProviderSource:
+    """An Ocean asset by DID, downloaded through its provider with the operator's signature.
+
+    1. the DDO from `{metadata_uri}/api/aquarius/assets/ddo/{did}`, saved as `ddo_dir/<did w/o prefix>`;
+    2. the service whose id is `service_id`: its serviceEndpoint is the provider;
+    3. `GET provider` lists serviceEndpoints; `fileinfo` (POST {did, serviceId}) counts the files;
+    4. each file i: `download` with fileIndex, documentId, transferTxId, serviceId, consumerAddress,
+       nonce, signature = download_signature(key, did, nonce), and userdata (JSON) when given.
+
+    `checksum` applies to an asset of one file only; `size` is the asset's total size.
+    """
+
+    did: str
+    service_id: str
+    transfer_tx_id: str
+    metadata_uri: str
+    ddo_dir: Path
+    key: OperatorKey
+    user_data: Any = None
+    nonces: NonceSource = NONCES
+    mode: int = 0o644
+
+    @property
+    def label(self) -> str:
+        return self.did
+
+    async def fetch(
+        self, ctx: FetchContext, place: Placement, expect: Expectation = NO_EXPECTATION
+    ) -> FetchResult:
+        ddo = await self.resolve(ctx)
+        provider = self.provider_url(ddo)
+        endpoints = await self.service_endpoints(ctx, provider)
+        count = await self.file_count(ctx, provider, endpoints["fileinfo"])
+        ctx.log(f"provider {safe_url(provider)} lists {count} file{'s' if count != 1 else ''}")
+        if expect.checksum is not None and count != 1:
+            raise FetchError(f"a checksum is given, but the asset has {count} files")
+        file_expect = expect if count == 1 else NO_EXPECTATION
+        files: list[FileResult] = []
+        for index in range(count):
+            files.append(
+                await self.download(ctx, provider, endpoints["download"], index, place(index), file_expect)
+            )
+        total = sum(f.size for f in files)
+        if count > 1 and expect.size is not None and total != expect.size:
+            raise IntegrityError(
+                f"size mismatch: expected {expect.size} bytes, the {count} files hold {total}"
+            )
+        return FetchResult(tuple(files))
+
+    async def resolve(self, ctx: FetchContext) -> dict[str, Any]:
+        """The asset's DDO, also saved to the ddos/ directory."""
+        if not self.metadata_uri:
+            raise FetchError("cannot resolve the DDO: the workflow names no metadataUri")
+        url = join_url(self.metadata_uri, DDO_PATH + self.did)
+        target = self.ddo_dir / did_directory_name(self.did)
+        try:
+            result = await http_download(
+                ctx.http,
+                lambda: HttpRequest("GET", url, headers={"Accept": "application/json"}),
+                target,
+                ctx.limits,
+                what=f"DDO {safe_url(url)}",
+                log=ctx.log,
+            )
+            if result.size > DDO_LIMIT:
+                raise FetchError(f"the DDO is larger than {DDO_LIMIT} bytes")
+            ddo = json.loads(await asyncio.to_thread(target.read_bytes))
+        except ValueError:
+            raise FetchError("cannot resolve the DDO: the metadata cache did not answer JSON") from None
+        except FetchError as error:
+            raise FetchError(f"cannot resolve the DDO: {error.message}") from None
+        if not isinstance(ddo, dict):
+            raise FetchError("cannot resolve the DDO: the metadata cache did not answer a DDO")
+        ctx.log(f"DDO from {safe_url(url)}: {result.size} bytes, saved to {target}")
+        return ddo
+
+    def provider_url(self, ddo: Mapping[str, Any]) -> str:
+        services = ddo.get("services")
+        if not isinstance(services, list):
+            raise FetchError("the DDO lists no services")
+        for service in services:
+            if isinstance(service, dict) and service.get("id") == self.service_id:
+                endpoint = service.get("serviceEndpoint")
+                if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+                    raise FetchError(f"the DDO's service {self.service_id!r} has no http(s) serviceEndpoint")
+                return endpoint
+        raise FetchError(f"the DDO has no service with id {self.service_id!r}")
+
+    async def service_endpoints(self, ctx: FetchContext, provider: str) -> dict[str, tuple[str, str]]:
+        """{"fileinfo": (method, path), "download": (method, path)} from the provider's root."""
+        try:
+            root = await http_json(
+                ctx.http, lambda: HttpRequest("GET", provider), ctx.limits, what="provider", log=ctx.log
+            )
+        except FetchError as error:
+            raise FetchError(f"provider {safe_url(provider)} did not answer: {error.message}") from None
+        listed = root.get("serviceEndpoints") if isinstance(root, dict) else None
+        endpoints: dict[str, tuple[str, str]] = {}
+        for name in ("fileinfo", "download"):
+            entry = listed.get(name) if isinstance(listed, dict) else None
+            if (
+                not isinstance(entry, list | tuple)
+                or len(entry) != 2
+                or not all(isinstance(part, str) for part in entry)
+                or entry[0].upper() not in HTTP_METHODS
+            ):
+                raise FetchError(f"provider {safe_url(provider)} does not list a {name} endpoint")
+            endpoints[name] = (entry[0].upper(), entry[1])
+        return endpoints
+
+    async def file_count(self, ctx: FetchContext, provider: str, fileinfo: tuple[str, str]) -> int:
+        method, path = fileinfo
+        body = {"did": self.did, "serviceId": self.service_id}
+        url = join_url(provider, path)
+        try:
+            files = await http_json(
+                ctx.http,
+                lambda: HttpRequest(method, url, json=body),
+                ctx.limits,
+                what="fileinfo",
+                log=ctx.log,
+            )
+        except FetchError as error:
+            raise FetchError(f"provider fileinfo failed: {error.message}") from None
+        if not isinstance(files, list):
+            raise FetchError("provider fileinfo did not answer a list of files")
+        if not files:
+            raise FetchError("provider fileinfo lists no files")
+        return len(files)
+
+    def signed_request(self, method: str, url: str, index: int) -> HttpRequest:
+        """A download request, signed with a fresh nonce (never logged: see HttpRequest)."""
+        nonce = self.nonces.next()
+        params = {
+            "fileIndex": str(index),
+            "documentId": self.did,
+            "transferTxId": self.transfer_tx_id,
+            "serviceId": self.service_id,
+            "consumerAddress": self.key.address,
+            "nonce": nonce,
+            "signature": download_signature(self.key, self.did, nonce),
+        }
+        if self.user_data is not None:
+            params["userdata"] = json.dumps(self.user_data, separators=(",", ":"))
+        return HttpRequest(method, url, params=params)
+
+    async def download(
+        self,
+        ctx: FetchContext,
+        provider: str,
+        endpoint: tuple[str, str],
+        index: int,
+        target: Path,
+        expect: Expectation,
+    ) -> FileResult:
+        method, path = endpoint
+        url = join_url(provider, path)
+        what = f"file {index}"
+        ctx.log(f"{what}: {method} {safe_url(url)} (signed as {self.key.address})")
+        for signing in (1, 2):
+            try:
+                result = await http_download(
+                    ctx.http,
+                    lambda: self.signed_request(method, url, index),
+                    target,
+                    ctx.limits,
+                    expect,
+                    mode=self.mode,
+                    what=what,
+                    log=ctx.log,
+                )
+                return _checked(result, ctx, what)
+            except HttpStatusError as error:
+                # The provider may quote the refused nonce: keep it out of the log and the message.
+                refusal = _NONCE_VALUE.sub("<nonce>", error.message)
+                if signing == 1 and error.status in (400, 401) and _AUTH_REFUSAL.search(error.detail):
+                    delay = ctx.limits.delay(1)
+                    ctx.log(
+                        f"{what}: the provider refused the signed request ({refusal}); "
+                        f"signing again with a fresh nonce in {delay:.1f} s"
+                    )
+                    await ctx.limits.sleep(delay)
+                    continue
+                raise FetchError(f"provider refused the download of {what}: {refusal}") from None
+            except (IntegrityError, DiskLimitError):
+                raise
+            except FetchError as error:
+                raise FetchError(f"download of {what} failed: {error.message}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
