@@ -43,11 +43,17 @@ run: venv cluster-up ## the main job: local cluster, operator, a sample Workflow
 	@echo "The cluster keeps running: export KUBECONFIG=$(KUBECONFIG_LOCAL); stop it with 'make cluster-down'."
 
 .PHONY: lint
-lint: venv ## ruff (lint + format check), mypy, shellcheck when installed
+lint: venv ## ruff (lint + format check), mypy, shellcheck, hadolint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	if command -v shellcheck >/dev/null; then shellcheck toolchain/*.sh e2e/cluster/*.sh samples/*.sh .ci/run; fi
+	$(BIN)/shellcheck -x toolchain/*.sh e2e/cluster/*.sh samples/*.sh .ci/run
+	$(BIN)/hadolint Dockerfile
+
+.PHONY: lock
+lock: ## regenerate requirements.lock (the image's pinned runtime dependencies) from pyproject.toml
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet .
+	.lock-venv/bin/pip freeze --exclude ocean-c2d > requirements.lock && rm -rf .lock-venv
 
 .PHONY: unit
 unit: venv ## unit tests only (no cluster)

@@ -4,7 +4,8 @@
 # `kubectl get workflows` until the Workflow has finished. The cluster stays up; the operator stops.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PATH="$("$repo/toolchain/build.sh" --path):$PATH"
+tools="$("$repo/toolchain/build.sh" --path)"
+export PATH="$tools:$PATH"
 export KUBECONFIG="${KUBECONFIG:-$("$repo/e2e/cluster/cluster.sh" kubeconfig)}"
 namespace=ocean-c2d-demo
 state="${OCEAN_C2D_CACHE:-$HOME/.cache/ocean-c2d}/demo"
