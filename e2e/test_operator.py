@@ -397,3 +397,23 @@ async def test_finished_workflows_are_deleted_after_their_ttl(
     assert final["statusCode"] == 70
     await wait_for_deletion(workflow, timeout=30)
     assert not await workflow.exists()
+
+
+async def test_a_filter_that_blocks_withholds_the_outputs(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace, filter={"enabled": True, "blockCopiedInputs": True})
+    operator = await start_operator(DEBUG_NO_CLEANUP="1")
+    verdict = {"verdict": "Block", "reasons": ["outputs/copy.csv is a copy of inputs/0"]}
+    sim = {"filter.exit-code": "51", "filter.message": json.dumps(verdict)}
+    workflow = await create_workflow(api, namespace, "leaky", sim=sim)
+
+    final = await wait_finished(workflow, operator)
+
+    assert (final["statusCode"], final["reason"]) == (51, "ResultsBlocked")
+    assert final["filter"] == verdict
+    publish = await Job.get("leaky-publish-job", namespace=namespace, api=api)
+    env = {e["name"]: e.get("value") for e in publish.raw["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PUBLISH_OUTPUTS"] == "false"
+    assert await operator.total("ocean_c2d_filter_verdicts_total", verdict="Block") == 1
+    assert await operator.total("ocean_c2d_workflows_finished_total", outcome="ResultsBlocked") == 1

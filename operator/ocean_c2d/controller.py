@@ -28,7 +28,7 @@ import kr8s
 from ocean_c2d import observe
 from ocean_c2d.environments import admission, default_environment_object, environment_status
 from ocean_c2d.k8s import Cluster, ConflictError
-from ocean_c2d.metrics import RECONCILE_SECONDS, RECONCILES
+from ocean_c2d.metrics import FILTER_VERDICTS, RECONCILE_SECONDS, RECONCILES, WORKFLOWS_FINISHED
 from ocean_c2d.model import API_VERSION, Environment, Observed, Workflow
 from ocean_c2d.notify import send_notification
 from ocean_c2d.reconcile import Admission, PlanSettings, plan
@@ -348,8 +348,10 @@ class Controller:
             applied = await self.cluster.apply(raw, result, observed, now)
             RECONCILES.labels("changed").inc()
         self._remember(namespace, name, raw, applied)
-        if result.status is not None and _occupancy_changed(workflow.status, result.status):
-            self.queue_moved(namespace, workflow.spec.environment)
+        if result.status is not None:
+            _count_transitions(workflow, result.status)
+            if _occupancy_changed(workflow.status, result.status):
+                self.queue_moved(namespace, workflow.spec.environment)
         self._start_notifications(namespace, name, result.notify)
         return result.requeue_after
 
@@ -436,6 +438,16 @@ def _deleting(job: observe.JobRecord) -> observe.JobRecord:
     return observe.JobRecord(
         job.component, job.name, job.state, job.started, job.finished, job.failure_reason, deleting=True
     )
+
+
+def _count_transitions(workflow: Workflow, status: dict[str, Any]) -> None:
+    """Count what this status write changed: a filter verdict, a Workflow finishing."""
+    before = workflow.status
+    verdict = (status.get("filter") or {}).get("verdict")
+    if verdict and verdict != (before.get("filter") or {}).get("verdict"):
+        FILTER_VERDICTS.labels(verdict).inc()
+    if status.get("stage") == "Finished" and before.get("stage") != "Finished":
+        WORKFLOWS_FINISHED.labels(workflow.spec.environment, status.get("reason", "")).inc()
 
 
 def _occupancy_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:

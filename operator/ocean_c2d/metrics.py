@@ -28,6 +28,19 @@ RECONCILE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+FILTER_VERDICTS = Counter(
+    "ocean_c2d_filter_verdicts",
+    "Verdicts of the filter stage on Workflows' results, by verdict (Pass, Block)",
+    ["verdict"],
+    registry=REGISTRY,
+)
+WORKFLOWS_FINISHED = Counter(
+    "ocean_c2d_workflows_finished",
+    "Workflows that finished, by environment and outcome (Succeeded, AlgorithmFailed, Stopped, ...)",
+    ["environment", "outcome"],
+    registry=REGISTRY,
+)
+
 
 def serve(port: int) -> None:
     """Serve /metrics on all interfaces, in a background thread."""
