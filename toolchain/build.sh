@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the Go tools the local cluster and the chart tests need, from the wrapper modules under
-# toolchain/<tool>/, into a version-keyed cache outside the repository:
+# Builds the Go tools the local cluster and the chart tests need, and the S3 (versitygw) and IPFS
+# (kubo) servers of the data-plane tests, from the wrapper modules under toolchain/<tool>/, into a
+# version-keyed cache outside the repository:
 #
 #   ${OCEAN_C2D_CACHE:-~/.cache/ocean-c2d}/bin/<tool>-<key>/
 #
@@ -9,14 +10,15 @@
 # it prints which binary it builds and how long it took, so a person can tell it is not stuck.
 #
 #   toolchain/build.sh [tool...]     build what is missing (all tools by default)
-#   toolchain/build.sh --path        print the PATH fragment holding every tool (builds nothing;
-#                                    exits 1 naming what is missing)
+#   toolchain/build.sh --path [tool...]
+#                                    print the PATH fragment holding every tool, or the named ones
+#                                    (builds nothing; exits 1 naming what is missing)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=toolchain/versions.env
 source "$here/versions.env"
 cache="${OCEAN_C2D_CACHE:-$HOME/.cache/ocean-c2d}"
-all_tools=(kubernetes etcd kwok helm)
+all_tools=(kubernetes etcd kwok helm kubo versitygw)
 
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
@@ -46,6 +48,10 @@ ldflags_for() { # <tool>: version stamps, so the binaries report their real vers
         "-X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
         "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor" \
         "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" ;;
+    versitygw)
+      # Upstream's Makefile sets these; otherwise `versitygw --version` reports "git".
+      echo "-s -w -X main.Version=$VERSITYGW_VERSION -X main.BuildTime=$(date -u +%Y-%m-%dT%H:%M:%SZ)" ;;
+    # kubo's version is a constant in its source (ipfs.CurrentVersionNumber); nothing to stamp.
     *) echo "-s -w" ;;
   esac
 }
@@ -74,13 +80,16 @@ build_tool() { # <tool>
 }
 
 if [ "${1:-}" = "--path" ]; then
-  path="" missing=()
-  for t in "${all_tools[@]}"; do
+  shift
+  path="" missing=() wanted=("$@")
+  [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
+  for t in "${wanted[@]}"; do
+    [ -d "$here/$t" ] || { echo "toolchain: unknown tool: $t" >&2; exit 2; }
     d="$(tool_dir "$t")"
     if [ -f "$d/.complete" ]; then path="${path:+$path:}$d"; else missing+=("$t"); fi
   done
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "toolchain: not built yet: ${missing[*]} (run toolchain/build.sh)" >&2
+    echo "toolchain: not built yet: ${missing[*]} (run toolchain/build.sh ${missing[*]})" >&2
     exit 1
   fi
   echo "$path"

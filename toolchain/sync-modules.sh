@@ -27,10 +27,10 @@ sync_kubernetes() {
   local upstream_mod
   upstream_mod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
   local m count=0
-  for m in $(sed -n 's|^[[:space:]]*\(k8s.io/[A-Za-z0-9._-]*\) => ./staging/src/.*|\1|p' "$upstream_mod"); do
+  while read -r m; do
     go mod edit -replace="$m=$m@$staging"
     count=$((count + 1))
-  done
+  done < <(sed -n 's|^[[:space:]]*\(k8s.io/[A-Za-z0-9._-]*\) => ./staging/src/.*|\1|p' "$upstream_mod")
   echo "kubernetes: pinned $count staging modules at $staging (read from k8s.io/kubernetes@$KUBERNETES_VERSION go.mod)"
   for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     go get -tool "k8s.io/kubernetes/cmd/$c@$KUBERNETES_VERSION"
@@ -47,14 +47,59 @@ sync_simple() { # <dir> <version> <package>...
   echo "$dir: $* @ $version"
 }
 
+copy_directives() { # <upstream go.mod> <name>: its module-path replaces and excludes, into ./go.mod
+  local line old new count=0
+  # `go mod edit -print` canonicalizes the file: one directive per line inside blocks, `=>` spaced.
+  while read -r line; do
+    line="${line%%//*}"
+    line="${line#replace }"
+    case "$line" in
+      *" => ./"* | *" => ../"* | *" => /"*) ;;   # local folders: not available to a dependent module
+      *" => "*)
+        old="${line%% => *}" new="${line#* => }"
+        old="${old% }"; old="${old// /@}"; new="${new% }"; new="${new// /@}"
+        go mod edit -replace="$old=$new"
+        count=$((count + 1)) ;;
+    esac
+  done < <(go mod edit -print "$1" | sed -n '/^replace (/,/^)/p; /^replace [^(]/p')
+  while read -r line; do
+    line="${line%%//*}"; line="${line#exclude }"; line="${line% }"
+    case "$line" in "" | "(" | ")") continue ;; esac
+    go mod edit -exclude="${line// /@}"
+    count=$((count + 1))
+  done < <(go mod edit -print "$1" | sed -n '/^exclude (/,/^)/p; /^exclude [^(]/p')
+  echo "$2: copied $count replace/exclude directives from $(basename "$1")"
+}
+
+sync_kubo() {
+  # kubo's go.mod replaces go-libp2p with a patched fork and excludes some versions; a dependency's
+  # replace and exclude directives are ignored, so the wrapper copies them, read from the published
+  # go.mod of the exact version, before resolving anything.
+  new_module "$here/kubo" ocean-c2d.local/toolchain/kubo
+  local upstream_mod
+  upstream_mod="$(go mod download -json "github.com/ipfs/kubo@$KUBO_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  copy_directives "$upstream_mod" kubo
+  if [ -n "${KUBO_LIBP2P_VERSION:-}" ]; then
+    # The fork is not served by the module proxy: use the go-libp2p release that superseded it.
+    go mod edit -dropreplace=github.com/libp2p/go-libp2p
+    go get "github.com/libp2p/go-libp2p@$KUBO_LIBP2P_VERSION"
+    echo "kubo: go-libp2p @ $KUBO_LIBP2P_VERSION instead of kubo's replace (see versions.env)"
+  fi
+  go get -tool "github.com/ipfs/kubo/cmd/ipfs@$KUBO_VERSION"
+  go mod tidy
+  echo "kubo: github.com/ipfs/kubo/cmd/ipfs @ $KUBO_VERSION"
+}
+
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd kwok helm)
+[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd kwok helm kubo versitygw)
 for t in "${tools[@]}"; do
   case "$t" in
     kubernetes) sync_kubernetes ;;
     etcd) sync_simple etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 ;;
     kwok) sync_simple kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl ;;
     helm) sync_simple helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    kubo) sync_kubo ;;
+    versitygw) sync_simple versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;
   esac
 done
