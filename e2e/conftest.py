@@ -23,7 +23,7 @@ from kr8s.asyncio.objects import Namespace
 from e2e.crds import CRDS, apply_crd, established
 from e2e.waiting import wait_for, wait_for_object
 
-pytest_plugins = ["e2e.operator_fixtures"]
+pytest_plugins = ["e2e.operator_fixtures", "e2e.services"]
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "e2e" / "cluster" / "cluster.sh"

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from e2e.services import IPFSNode, S3Server
 
 # The fixtures come as a plugin (imported by pytest, with assertion rewriting), not by import here.
-pytest_plugins = ["e2e.services"]
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
