@@ -20,11 +20,13 @@ export KWOK_WORKDIR="$state/kwok"
 
 log() { echo "cluster: $*" >&2; }
 
+cluster_tools=(kubernetes etcd kwok)
+
 use_toolchain() {
   local path
-  if ! path="$("$repo/toolchain/build.sh" --path 2>/dev/null)"; then
-    "$repo/toolchain/build.sh" >&2
-    path="$("$repo/toolchain/build.sh" --path)"
+  if ! path="$("$repo/toolchain/build.sh" --path "${cluster_tools[@]}" 2>/dev/null)"; then
+    "$repo/toolchain/build.sh" "${cluster_tools[@]}" >&2
+    path="$("$repo/toolchain/build.sh" --path "${cluster_tools[@]}")"
   fi
   export PATH="$path:$PATH"
   export KWOK_KUBECTL_BINARY; KWOK_KUBECTL_BINARY="$(command -v kubectl)"
