@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import kr8s
 
 from ocean_c2d import observe
 from ocean_c2d.environments import admission, default_environment_object, environment_status
@@ -428,8 +427,8 @@ class Controller:
             await self.cluster.write_status_fields(
                 "Workflow", namespace, name, {"notifications": {kind: outcome}}
             )
-        except (kr8s.ServerError, httpx.HTTPError):
-            log.exception("Could not record the %s notification of %s/%s", kind, namespace, name)
+        except Exception:  # a background task: nobody awaits it, so say what went wrong here
+            log.exception("Could not send or record the %s notification of %s/%s", kind, namespace, name)
         finally:
             self._notifying.discard((namespace, name, kind))
 
