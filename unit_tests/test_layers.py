@@ -57,8 +57,4 @@ def test_pure_modules_import_no_io_library(module: str) -> None:
 
 def test_only_k8s_talks_to_the_kubernetes_api() -> None:
     users = sorted(p.stem for p in PACKAGE.glob("*.py") if any(n.startswith("kr8s") for n in imports(p.stem)))
-    assert users == [
-        "controller",
-        "k8s",
-        "runner",
-    ]  # controller and runner only name its error types / make the client
+    assert users == ["k8s", "runner"]  # the runner only makes the client
