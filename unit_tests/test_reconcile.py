@@ -581,3 +581,37 @@ def test_the_configure_step_saying_which_input_failed_reaches_the_status() -> No
 
     assert world.status["statusCode"] == 31
     assert "input 1 (https://example.org/a.csv): HTTP 404" in world.status["message"]
+
+
+def test_results_expire_once_the_last_of_them_is_due() -> None:
+    world = World()
+    expires = int((T0 + timedelta(hours=2)).timestamp())
+    results = [
+        {
+            "filename": "out.csv",
+            "filesize": 1,
+            "url": "ipfs://cid1/out.csv",
+            "type": "output",
+            "expiresAt": expires,
+        },
+        {
+            "filename": "algorithm.log",
+            "filesize": 1,
+            "url": "ipfs://cid2/algorithm.log",
+            "type": "algorithmLog",
+            "expiresAt": expires,
+        },
+    ]
+    world.run_to_end(publish={"termination_message": json.dumps({"results": results})})
+    assert world.status["results"][0]["expiresAt"] == expires
+
+    early = world.plan()
+    assert early.expire_results == ()
+    assert early.requeue_after == pytest.approx(expires - world.now.timestamp())
+
+    world.now = T0 + timedelta(hours=3)
+    due = world.plan()
+    assert due.expire_results == ("ipfs://cid1/out.csv", "ipfs://cid2/algorithm.log")
+
+    world.obj["status"]["resultsExpiredAt"] = "2026-01-01T15:00:00Z"
+    assert world.plan().expire_results == ()

@@ -26,10 +26,11 @@ import httpx
 
 from ocean_c2d import observe
 from ocean_c2d.environments import admission, default_environment_object, environment_status
+from ocean_c2d.expiry import expire_results
 from ocean_c2d.k8s import Cluster, ConflictError
 from ocean_c2d.metrics import FILTER_VERDICTS, RECONCILE_SECONDS, RECONCILES, WORKFLOWS_FINISHED
 from ocean_c2d.model import API_VERSION, Environment, Observed, Workflow
-from ocean_c2d.notify import send_notification
+from ocean_c2d.notify import redact_url, send_notification
 from ocean_c2d.reconcile import Admission, PlanSettings, plan
 from ocean_c2d.render import Templates
 from ocean_c2d.settings import Settings
@@ -343,6 +344,7 @@ class Controller:
             if result.writes(observed) == 0:
                 RECONCILES.labels("idle").inc()
                 self._start_notifications(namespace, name, result.notify)
+                self._start_expiry(namespace, name, result.expire_results)
                 return result.requeue_after
             applied = await self.cluster.apply(raw, result, observed, now)
             RECONCILES.labels("changed").inc()
@@ -352,6 +354,7 @@ class Controller:
             if _occupancy_changed(workflow.status, result.status):
                 self.queue_moved(namespace, workflow.spec.environment)
         self._start_notifications(namespace, name, result.notify)
+        self._start_expiry(namespace, name, result.expire_results)
         return result.requeue_after
 
     def _peers(self, namespace: str, environment: str) -> list[Workflow]:
@@ -384,6 +387,34 @@ class Controller:
         current = body.get("status") or {}
         if any(current.get(k) != v for k, v in desired.items()):
             await self.cluster.write_status_fields("ComputeEnvironment", namespace, name, desired)
+
+    # ---- expiring results ---------------------------------------------------------------------------------
+
+    def _start_expiry(self, namespace: str, name: str, urls: tuple[str, ...]) -> None:
+        key = (namespace, name, "expiry")
+        if urls and key not in self._notifying:
+            self._notifying.add(key)
+            self.spawn(self._expire(namespace, name, urls))
+
+    async def _expire(self, namespace: str, name: str, urls: tuple[str, ...]) -> None:
+        """Delete or unpin a finished Workflow's results past their expiry, then record it (that status
+        write ends the expiry; a failure is retried at the next reconcile of the Workflow)."""
+        try:
+            leftovers = await expire_results(urls, self.settings.publish)
+            for url in leftovers:
+                log.warning(
+                    "Cannot expire %s of %s/%s: not in the configured S3 bucket or IPFS node",
+                    redact_url(url),
+                    namespace,
+                    name,
+                )
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            await self.cluster.write_status_fields("Workflow", namespace, name, {"resultsExpiredAt": stamp})
+            log.info("Expired %d results of Workflow %s/%s", len(urls) - len(leftovers), namespace, name)
+        except Exception:  # a background task: nobody awaits it
+            log.exception("Could not expire the results of %s/%s; will retry", namespace, name)
+        finally:
+            self._notifying.discard((namespace, name, "expiry"))
 
     # ---- notifications -----------------------------------------------------------------------------------
 

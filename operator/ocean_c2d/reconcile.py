@@ -9,6 +9,7 @@ created twice: a stage whose Job was recorded in status (or observed) is never s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,6 +70,7 @@ class Plan:
     status: dict[str, Any] | None = None  # the new status, when it differs from the current one
     events: tuple[Event, ...] = ()
     notify: tuple[str, ...] = ()  # "start" / "stop" notifications due
+    expire_results: tuple[str, ...] = ()  # URLs of results past their expiry, to delete or unpin now
     delete_workflow: bool = False  # the finished Workflow's TTL has passed
     requeue_after: float | None = None  # reconcile again after this many seconds, even without events
 
@@ -468,7 +470,8 @@ def _conditions(draft: _Draft, admitted: bool) -> None:
 
 
 def _plan_finished(draft: _Draft, observed: Observed, settings: PlanSettings) -> Plan:
-    """A finished Workflow never moves again; all that remains is notifying, cleaning up and TTL."""
+    """A finished Workflow never moves again; all that remains is notifying, cleaning up, expiring its
+    results when their time comes (STORAGE_EXPIRY, IPFS_EXPIRY_TIME) and deleting it after its TTL."""
     _conditions(draft, admitted=bool(draft.status.get("admittedAt")))
     unwanted: tuple[tuple[str, str], ...] = ()
     if settings.cleanup:
@@ -479,7 +482,7 @@ def _plan_finished(draft: _Draft, observed: Observed, settings: PlanSettings) ->
             )
         )
     delete_workflow = False
-    requeue_after = None
+    wake_ups: list[float] = []
     finished_at = draft.status.get("finishedAt")
     if settings.workflow_ttl_seconds is not None and finished_at:
         expiry = datetime.fromisoformat(finished_at.replace("Z", "+00:00")) + timedelta(
@@ -488,8 +491,18 @@ def _plan_finished(draft: _Draft, observed: Observed, settings: PlanSettings) ->
         if draft.now >= expiry:
             delete_workflow = True
         else:
-            requeue_after = (expiry - draft.now).total_seconds()
-    return _result(draft, (), unwanted, settings, delete_workflow, requeue_after)
+            wake_ups.append((expiry - draft.now).total_seconds())
+    expire_results: tuple[str, ...] = ()
+    expiring = [r for r in draft.status.get("results") or [] if isinstance(r.get("expiresAt"), int)]
+    if expiring and "resultsExpiredAt" not in draft.status:
+        # All of one Workflow's results expire together, once the last of them is due.
+        due = max(r["expiresAt"] for r in expiring) - draft.now.timestamp()
+        if due <= 0:
+            expire_results = tuple(str(r["url"]) for r in expiring)
+        else:
+            wake_ups.append(due)
+    result = _result(draft, (), unwanted, settings, delete_workflow, min(wake_ups) if wake_ups else None)
+    return dataclasses.replace(result, expire_results=expire_results)
 
 
 def _result(

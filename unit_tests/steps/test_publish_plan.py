@@ -748,3 +748,15 @@ async def test_an_unreachable_ipfs_node_is_transient(tmp_path: Path) -> None:
     finally:
         await destination.close()
     assert caught.value.transient
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "region"), [("http://127.0.0.1:9000", None), (None, "eu-west-1")], ids=["endpoint", "aws"]
+)
+def test_an_object_url_leads_back_to_its_key(endpoint: str | None, region: str | None) -> None:
+    from ocean_c2d.storage.s3 import key_from_url, object_url
+
+    url = object_url("results", "job1/outputs/a b.csv", endpoint, region)
+    assert key_from_url(url, "results", endpoint, region) == "job1/outputs/a b.csv"
+    assert key_from_url(url, "other-bucket", endpoint, region) is None
+    assert key_from_url("ipfs://bafy/out.csv", "results", endpoint, region) is None

@@ -29,7 +29,7 @@ import mimetypes
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import boto3  # type: ignore[import-untyped]
 from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
@@ -74,6 +74,32 @@ def object_url(bucket: str, key: str, endpoint_url: str | None, region: str | No
     if endpoint_url:
         return f"{endpoint_url.rstrip('/')}/{bucket}/{quoted}"
     return f"https://{bucket}.s3.{region or DEFAULT_REGION}.amazonaws.com/{quoted}"
+
+
+def make_client(
+    region: str | None, endpoint_url: str | None, access_key_id: str | None, secret_access_key: str | None
+) -> Any:
+    """A boto3 S3 client: path-style addressing on a custom (S3-compatible) endpoint."""
+    session = boto3.session.Session(
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        region_name=region or DEFAULT_REGION,
+    )
+    config = Config(
+        connect_timeout=10,
+        read_timeout=120,
+        retries={"mode": "standard", "max_attempts": 3},
+        s3={"addressing_style": "path"} if endpoint_url else {},
+    )
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def key_from_url(url: str, bucket: str, endpoint_url: str | None, region: str | None) -> str | None:
+    """The object key of a URL that `object_url` made for `bucket`, else None (not ours)."""
+    start = object_url(bucket, "", endpoint_url, region)
+    if not url.startswith(start):
+        return None
+    return unquote(url[len(start) :]) or None
 
 
 def expires_at(now: float, expiry_hours: int) -> int | None:
@@ -147,20 +173,7 @@ class S3Destination:
             max_concurrency=4,
             preferred_transfer_client="classic",
         )
-        if client is None:
-            session = boto3.session.Session(
-                aws_access_key_id=access_key_id,
-                aws_secret_access_key=secret_access_key,
-                region_name=region or DEFAULT_REGION,
-            )
-            config = Config(
-                connect_timeout=10,
-                read_timeout=120,
-                retries={"mode": "standard", "max_attempts": 3},
-                s3={"addressing_style": "path"} if endpoint_url else {},
-            )
-            client = session.client("s3", endpoint_url=endpoint_url, config=config)
-        self._client = client
+        self._client = client or make_client(region, endpoint_url, access_key_id, secret_access_key)
 
     @property
     def description(self) -> str:
