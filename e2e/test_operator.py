@@ -487,3 +487,24 @@ async def test_results_past_their_expiry_are_unpinned_and_deleted(
         pins = await client.post(f"{ipfs_api.api_url}/api/v0/pin/ls", params={"arg": cid})
     assert cid not in (pins.json().get("Keys") or {})
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+async def test_a_custom_filtering_container_runs_with_the_algorithm_contract(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace)
+    operator = await start_operator(DEBUG_NO_CLEANUP="1", FILTERING_CONTAINER="registry.example/c2d-filter:2")
+    workflow = await create_workflow(api, namespace, "screened")
+
+    final = await wait_finished(workflow, operator)
+
+    assert (final["statusCode"], final["filter"]) == (70, {"verdict": "Pass", "reasons": []})
+    job = await Job.get("screened-filter-job", namespace=namespace, api=api)
+    [container] = job.raw["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example/c2d-filter:2"
+    assert "args" not in container  # the image's own entrypoint runs, as in the original
+    env = {e["name"] for e in container["env"]}
+    assert {"DIDS", "TRANSFORMATION_DID", "VOLUME", "LOGS", "INPUTS", "OUTPUTS", "secret"} <= env
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/data/adminlogs" not in mounts  # a third-party image never sees the admin logs
+    assert job.raw["spec"]["activeDeadlineSeconds"] == 1800
