@@ -160,19 +160,18 @@ class HttpSource:
     async def fetch(
         self, ctx: FetchContext, place: Placement, expect: Expectation = NO_EXPECTATION
     ) -> FetchResult:
-        request = HttpRequest("GET", self.url)
         ctx.log(f"downloading {self.label}")
-        result = await http_download(
-            ctx.http,
-            lambda: request,
-            place(0),
-            ctx.limits,
-            expect,
-            mode=self.mode,
-            what=self.label,
-            log=ctx.log,
-        )
-        return FetchResult((_checked(result, ctx, self.label),))
+        return await _download_one(ctx, HttpRequest("GET", self.url), place, expect, self.mode, self.label)
+
+
+async def _download_one(
+    ctx: FetchContext, request: HttpRequest, place: Placement, expect: Expectation, mode: int, label: str
+) -> FetchResult:
+    """One HTTP download to the source's first place, checked against what the input promised."""
+    result = await http_download(
+        ctx.http, lambda: request, place(0), ctx.limits, expect, mode=mode, what=label, log=ctx.log
+    )
+    return FetchResult((_checked(result, ctx, label),))
 
 
 @dataclass(frozen=True)
@@ -208,17 +207,7 @@ class IpfsSource:
             "POST", join_url(api, "/api/v0/cat"), params={"arg": self.path}, headers=headers
         )
         ctx.log(f"downloading {self.label} through {safe_url(api)}")
-        result = await http_download(
-            ctx.http,
-            lambda: request,
-            place(0),
-            ctx.limits,
-            expect,
-            mode=self.mode,
-            what=self.label,
-            log=ctx.log,
-        )
-        return FetchResult((_checked(result, ctx, self.label),))
+        return await _download_one(ctx, request, place, expect, self.mode, self.label)
 
 
 @dataclass(frozen=True)
