@@ -56,7 +56,8 @@ lock: ## regenerate requirements.lock (the image's pinned runtime dependencies) 
 	.lock-venv/bin/pip freeze --exclude ocean-c2d > requirements.lock && rm -rf .lock-venv
 
 .PHONY: unit
-unit: venv ## unit tests only (no cluster)
+unit: venv ## unit tests only (no cluster; the chart tests need helm, built first when missing)
+	toolchain/build.sh helm
 	$(BIN)/pytest unit_tests $(PYTEST_ARGS)
 
 .PHONY: e2e

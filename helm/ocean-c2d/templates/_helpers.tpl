@@ -1,0 +1,107 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "ocean-c2d.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The prefix of every object name: fullnameOverride, or <release>-<chart> (just the release when it holds the chart name). */}}
+{{- define "ocean-c2d.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ocean-c2d.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ocean-c2d.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ocean-c2d.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "ocean-c2d.labels" -}}
+helm.sh/chart: {{ include "ocean-c2d.chart" . }}
+{{ include "ocean-c2d.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ocean-c2d
+{{- end }}
+
+{{- define "ocean-c2d.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ocean-c2d.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image of the operator and of the stage steps. */}}
+{{- define "ocean-c2d.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The Secret holding the operator key and storage credentials (CREDENTIALS_SECRET). */}}
+{{- define "ocean-c2d.credentialsSecret" -}}
+{{- if .Values.credentials.create }}
+{{- printf "%s-credentials" (include "ocean-c2d.fullname" .) }}
+{{- else }}
+{{- required "credentials.existingSecret is required unless credentials.create is true" .Values.credentials.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* True ("true") when the operator watches every namespace. */}}
+{{- define "ocean-c2d.clusterwide" -}}
+{{- if eq .Values.operator.watchNamespace "*" }}true{{ end }}
+{{- end }}
+
+{{/* The namespace the operator watches (and where its Role and the ComputeEnvironments go); the release
+namespace when watchNamespace is empty or "*". */}}
+{{- define "ocean-c2d.watchNamespace" -}}
+{{- if or (not .Values.operator.watchNamespace) (eq .Values.operator.watchNamespace "*") }}
+{{- .Release.Namespace }}
+{{- else }}
+{{- .Values.operator.watchNamespace }}
+{{- end }}
+{{- end }}
+
+{{/* The RBAC rules of the operator, shared by the Role and the ClusterRole. */}}
+{{- define "ocean-c2d.rules" -}}
+- apiGroups: [oceanprotocol.com]
+  resources: [workflows]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [oceanprotocol.com]
+  resources: [workflows/status]
+  verbs: [get, patch]
+# the children's ownerReferences set blockOwnerDeletion, which needs update on the owner's finalizers
+- apiGroups: [oceanprotocol.com]
+  resources: [workflows/finalizers]
+  verbs: [update]
+- apiGroups: [oceanprotocol.com]
+  resources: [computeenvironments]
+  verbs: [get, list, watch, patch, create]
+- apiGroups: [oceanprotocol.com]
+  resources: [computeenvironments/status]
+  verbs: [get, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [configmaps, secrets, persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}

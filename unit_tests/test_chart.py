@@ -1,0 +1,305 @@
+"""The Helm chart in helm/ocean-c2d: rendered with `helm template` and linted with `helm lint --strict`
+for every scenario in its ci/ folder (the helm binary is the one toolchain/build.sh built)."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "ocean-c2d"
+SCENARIOS = sorted(path.name for path in (CHART / "ci").glob("*-values.yaml"))
+NAMESPACE = "c2d"
+CREDENTIAL_VARIABLES = {"OPERATOR_PRIVATE_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "IPFS_API_KEY"}
+METRIC_NAME = re.compile(r"ocean_c2d_[a-z_]+")
+
+
+@cache
+def helm_binary() -> str:
+    result = subprocess.run(
+        [str(ROOT / "toolchain" / "build.sh"), "--path", "helm"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"no helm binary: {result.stderr.strip()}")
+    helm = Path(result.stdout.strip().splitlines()[-1]) / "helm"
+    if not helm.exists():
+        pytest.skip(f"helm is not built at {helm}")
+    return str(helm)
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm_binary(), *args], capture_output=True, text=True, check=False, timeout=120)
+
+
+@cache
+def render(scenario: str) -> tuple[dict[str, Any], ...]:
+    result = helm("template", "c2d", str(CHART), "--namespace", NAMESPACE, "-f", str(CHART / "ci" / scenario))
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def of_kind(docs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def deployment(scenario: str) -> dict[str, Any]:
+    (found,) = of_kind(render(scenario), "Deployment")
+    return found
+
+
+def container(scenario: str) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = deployment(scenario)["spec"]["template"]["spec"]["containers"]
+    (found,) = containers
+    return found
+
+
+def env(scenario: str) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in container(scenario)["env"]}
+
+
+def scenario_values(scenario: str) -> dict[str, Any]:
+    values: dict[str, Any] | None = yaml.safe_load((CHART / "ci" / scenario).read_text())
+    return values or {}
+
+
+def declared_metrics() -> set[str]:
+    """The exported names of the operator's metrics: counters get _total, histograms _bucket/_sum/_count."""
+    source = (ROOT / "operator" / "ocean_c2d" / "metrics.py").read_text()
+    names: set[str] = set()
+    for kind, name in re.findall(r"\b(Counter|Histogram)\(\s*\"(ocean_c2d_[a-z_]+)\"", source):
+        suffixes = ("_total",) if kind == "Counter" else ("_bucket", "_sum", "_count")
+        names.update(name + suffix for suffix in suffixes)
+    return names
+
+
+def test_scenarios_exist() -> None:
+    assert set(SCENARIOS) >= {
+        "default-values.yaml",
+        "existing-secret-values.yaml",
+        "all-namespaces-values.yaml",
+        "monitoring-values.yaml",
+    }
+
+
+def test_chart_metadata_matches_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    package = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert package is not None
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == package.group(1)
+    assert chart["version"] == "0.1.0"
+    assert chart["kubeVersion"] == ">=1.28.0-0"
+
+
+def test_crds_are_copies_of_the_top_level_crds() -> None:
+    top = sorted(path.name for path in (ROOT / "crds").glob("*.yaml"))
+    assert top
+    assert sorted(path.name for path in (CHART / "crds").glob("*.yaml")) == top
+    for name in top:
+        assert filecmp.cmp(ROOT / "crds" / name, CHART / "crds" / name, shallow=False), name
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_lint_strict_passes(scenario: str) -> None:
+    result = helm(
+        "lint", "--strict", str(CHART), "--namespace", NAMESPACE, "-f", str(CHART / "ci" / scenario)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_deployment_is_one_locked_down_operator(scenario: str) -> None:
+    spec = deployment(scenario)["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container(scenario)["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "privileged" not in security or security["privileged"] is False
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_probes_and_ports(scenario: str) -> None:
+    main = container(scenario)
+    ports = {port["name"]: port["containerPort"] for port in main["ports"]}
+    assert ports == {"metrics": 8000, "health": 8080}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    variables = env(scenario)
+    assert variables["METRICS_PORT"]["value"] == "8000"
+    assert variables["HEALTH_PORT"]["value"] == "8080"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_credentials_only_by_secret_reference(scenario: str) -> None:
+    variables = env(scenario)
+    secret_name = variables["CREDENTIALS_SECRET"]["value"]
+    for name in CREDENTIAL_VARIABLES:
+        assert name in variables, name
+        assert "value" not in variables[name], f"{name} has a literal value"
+        reference = variables[name]["valueFrom"]["secretKeyRef"]
+        assert reference["name"] == secret_name
+    assert variables["OPERATOR_PRIVATE_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "operator-private-key"
+    assert not variables["OPERATOR_PRIVATE_KEY"]["valueFrom"]["secretKeyRef"].get("optional", False)
+    # No other variable may carry a credential either.
+    values = scenario_values(scenario).get("credentials", {})
+    literals = {item.get("value") for item in variables.values()}
+    for key in ("operatorPrivateKey", "awsAccessKeyId", "awsSecretAccessKey", "ipfsApiKey"):
+        if values.get(key):
+            assert values[key] not in literals, key
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_credentials_secret(scenario: str) -> None:
+    docs = render(scenario)
+    secrets = of_kind(docs, "Secret")
+    secret_name = env(scenario)["CREDENTIALS_SECRET"]["value"]
+    credentials = scenario_values(scenario).get("credentials", {})
+    if credentials.get("create"):
+        (secret,) = secrets
+        assert secret["metadata"]["name"] == secret_name
+        assert set(secret["data"]) == {
+            "operator-private-key",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "IPFS_API_KEY",
+        }
+    else:
+        assert secrets == []
+        assert secret_name == credentials.get("existingSecret", "ocean-c2d-credentials")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rbac_is_least_privilege(scenario: str) -> None:
+    docs = render(scenario)
+    cluster_wide = scenario_values(scenario).get("operator", {}).get("watchNamespace") == "*"
+    roles = of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
+    bindings = of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding")
+    assert len(roles) == 1
+    assert len(bindings) == 1
+    (role,), (binding,) = roles, bindings
+    assert role["kind"] == ("ClusterRole" if cluster_wide else "Role")
+    assert binding["kind"] == ("ClusterRoleBinding" if cluster_wide else "RoleBinding")
+    assert binding["roleRef"]["name"] != "cluster-admin"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["namespace"] == NAMESPACE
+    if not cluster_wide:
+        watched = env(scenario)["WATCH_NAMESPACE"]["value"]
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == watched
+    granted: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        for field in ("verbs", "resources", "apiGroups"):
+            assert "*" not in rule[field], rule
+        assert "nonResourceURLs" not in rule
+        for resource in rule["resources"]:
+            granted.setdefault(resource, set()).update(rule["verbs"])
+    assert {"get", "list", "watch", "patch"} <= granted["workflows"]
+    assert "patch" in granted["workflows/status"]
+    assert {"get", "list", "watch", "patch", "create"} <= granted["computeenvironments"]
+    assert granted["jobs"] == {"get", "list", "watch", "create", "delete"}
+    assert granted["pods"] == {"get", "list", "watch"}
+    assert granted["events"] == {"create"}
+    for resource in ("configmaps", "secrets", "persistentvolumeclaims", "networkpolicies"):
+        assert granted[resource] == {"get", "list", "watch", "create", "patch", "delete"}, resource
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_compute_environments_from_values(scenario: str) -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["computeEnvironments"]
+    wanted = scenario_values(scenario).get("computeEnvironments", defaults)
+    rendered = of_kind(render(scenario), "ComputeEnvironment")
+    assert [env["metadata"]["name"] for env in rendered] == [env["name"] for env in wanted]
+    for env_doc, values in zip(rendered, wanted, strict=True):
+        assert env_doc["apiVersion"] == "oceanprotocol.com/v1alpha1"
+        assert env_doc["spec"] == values["spec"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_monitoring_objects_only_when_enabled(scenario: str) -> None:
+    docs = render(scenario)
+    metrics = scenario_values(scenario).get("metrics", {})
+    monitored = scenario == "monitoring-values.yaml"
+    assert bool(metrics.get("serviceMonitor", {}).get("enabled")) == monitored
+    assert len(of_kind(docs, "ServiceMonitor")) == int(monitored)
+    assert len(of_kind(docs, "PrometheusRule")) == int(monitored)
+    (service,) = of_kind(docs, "Service")
+    assert service["spec"]["ports"][0]["port"] == 8000
+
+
+def test_metric_names_exist_in_the_operator() -> None:
+    declared = declared_metrics()
+    assert "ocean_c2d_reconciles_total" in declared
+    assert "ocean_c2d_reconcile_duration_seconds_bucket" in declared
+    docs = render("monitoring-values.yaml")
+    (configmap,) = [
+        doc for doc in of_kind(docs, "ConfigMap") if doc["metadata"]["name"].endswith("-dashboard")
+    ]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (dashboard_json,) = configmap["data"].values()
+    dashboard = json.loads(dashboard_json)
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert expressions
+    (rule,) = of_kind(docs, "PrometheusRule")
+    alerts = {alert["alert"]: alert["expr"] for group in rule["spec"]["groups"] for alert in group["rules"]}
+    assert {"OceanC2DOperatorDown", "OceanC2DReconcileErrors"} <= set(alerts)
+    used = {name for expr in [*expressions, *alerts.values()] for name in METRIC_NAME.findall(expr)}
+    assert used
+    assert used <= declared, used - declared
+
+
+def test_notes_say_what_to_run_next() -> None:
+    # Rendering NOTES.txt needs `helm install`, which needs a cluster even with --dry-run=client.
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    for command in ("get c2denv", "apply -f", "get wf -w"):
+        assert command in notes
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("operator.logLevell=INFO", "logLevell"),
+        ("metricz.port=1", "metricz"),
+        ("credentials.existingSecrets=x", "existingSecrets"),
+    ],
+)
+def test_schema_rejects_unknown_keys(setting: str, message: str) -> None:
+    result = helm("template", "c2d", str(CHART), "--set", setting)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "path"),
+    [
+        ("operator.resyncSeconds=soon", "/operator/resyncSeconds"),
+        ("metrics.port=eighty", "/metrics/port"),
+        ("dashboard.enabled=maybe", "/dashboard/enabled"),
+    ],
+)
+def test_schema_rejects_wrong_types(setting: str, path: str) -> None:
+    result = helm("template", "c2d", str(CHART), "--set", setting)
+    assert result.returncode != 0
+    assert path in result.stderr
+
+
+def test_created_secret_requires_the_operator_key() -> None:
+    result = helm("template", "c2d", str(CHART), "--set", "credentials.create=true")
+    assert result.returncode != 0
+    assert "credentials.operatorPrivateKey" in result.stderr
