@@ -26,8 +26,8 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from e2e.operator_fixtures import OPERATOR_KEY, Workflow, workflow_manifest
 from ocean_c2d.model import Environment
 from ocean_c2d.model import Workflow as WorkflowModel
-from ocean_c2d.reconcile import PlanSettings
 from ocean_c2d.render import Templates
+from ocean_c2d.settings import load_settings
 from ocean_c2d.steps.configure import run_configure
 from ocean_c2d.steps.filter import run_filter
 from ocean_c2d.steps.publish import RetryPolicy, run_publish
@@ -37,17 +37,10 @@ from unit_tests.steps.providers import FileServer
 if TYPE_CHECKING:
     from e2e.services import S3Server
 
-TEMPLATE_VALUES: dict[str, Any] = {
-    "service_account": "default",
-    "pull_secret": None,
-    "node_selector_scope": None,
-    "pull_policy": "IfNotPresent",
-    "configure_image": "ocean-c2d:test",
-    "publish_image": "ocean-c2d:test",
-    "credentials_secret": "ocean-c2d-credentials",
-    "storage_class": "",
-    "publish_env": {},
-}
+# The operator's own mapping from its settings to what the templates get, as it runs in production.
+PLAN_SETTINGS = load_settings(
+    {"OPERATOR_PRIVATE_KEY": OPERATOR_KEY, "OCEAN_C2D_IMAGE": "ocean-c2d:test"}
+).plan_settings()
 DATA = b"".join(f"row {n},{n * n}\n".encode() for n in range(1, 1001))  # 1000 lines
 RAW_CODE = """\
 import os, pathlib
@@ -104,9 +97,7 @@ async def test_configure_algorithm_filter_publish(
 
     environment = Environment(name="cpu", max_job_duration=600, storage_expiry=3600)
     templates = Templates()
-    context = templates.context(
-        workflow, environment, PlanSettings(template_values=TEMPLATE_VALUES), "secret"
-    )
+    context = templates.context(workflow, environment, PLAN_SETTINGS, "secret")
     document = context["workflow_document"]
     assert document["stages"][0]["algorithm"]["rawCode"] == RAW_CODE
     workflow_json = tmp_path / "workflow.json"

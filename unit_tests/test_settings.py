@@ -438,3 +438,28 @@ def test_a_bad_key_is_not_echoed(bad_key: str) -> None:
     # eth_keys quotes an out-of-range key as a decimal integer ("0" is too short to check for).
     if re.fullmatch(r"[0-9a-f]+", digits) and int(digits, 16) > 0:
         assert str(int(digits, 16)) not in message
+
+
+def test_plan_settings_carry_what_the_reconcile_and_the_templates_read() -> None:
+    settings = load_settings(
+        {
+            **BASE,
+            "DEBUG_NO_CLEANUP": "1",
+            "NOTIFY_STOP_URL": "https://receiver.example/stop",
+            "OCEAN_C2D_IMAGE": "ocean-c2d:9",
+            "AWS_BUCKET_OUTPUT": "results",
+            "AWS_SECRET_ACCESS_KEY": "never-in-a-template",
+            "NODE_SELECTOR": "c2d",
+            "FILTERING_CONTAINER": "filter:1",
+        }
+    )
+    planned = settings.plan_settings()
+
+    assert (planned.cleanup, planned.notify_start, planned.notify_stop) == (False, False, True)
+    assert planned.filtering_container == "filter:1"
+    values = planned.template_values
+    assert (values["configure_image"], values["publish_image"]) == ("ocean-c2d:9", "ocean-c2d:9")
+    assert values["node_selector_scope"] == "c2d"
+    assert values["credentials_secret"] == "ocean-c2d-credentials"
+    assert values["publish_env"] == {"AWS_BUCKET_OUTPUT": "results"}  # credentials go by secretKeyRef only
+    assert "never-in-a-template" not in repr(values)

@@ -29,9 +29,9 @@ from ocean_c2d.environments import admission, default_environment_object, enviro
 from ocean_c2d.expiry import expire_results
 from ocean_c2d.k8s import Cluster, ConflictError
 from ocean_c2d.metrics import FILTER_VERDICTS, RECONCILE_SECONDS, RECONCILES, WORKFLOWS_FINISHED
-from ocean_c2d.model import API_VERSION, Environment, Observed, Workflow
+from ocean_c2d.model import Environment, Observed, Workflow
 from ocean_c2d.notify import redact_url, send_notification
-from ocean_c2d.reconcile import Admission, PlanSettings, plan
+from ocean_c2d.reconcile import Admission, plan
 from ocean_c2d.render import Templates
 from ocean_c2d.settings import Settings
 from ocean_c2d.signing import notification_payload
@@ -41,41 +41,6 @@ log = logging.getLogger("ocean_c2d")
 Key = tuple[str, str, str]  # ("workflow" | "environment", namespace, name)
 CHILD_INDEXES = ("configmap_index", "secret_index", "pvc_index", "networkpolicy_index")
 CREATED_OVERLAY_SECONDS = 60.0
-
-
-def plan_settings(settings: Settings) -> PlanSettings:
-    publish = settings.publish
-    publish_env = {
-        "IPFS_OUTPUT": publish.ipfs_output,
-        "IPFS_OUTPUT_PREFIX": publish.ipfs_output_prefix,
-        "IPFS_API_CLIENT": publish.ipfs_api_client,
-        "IPFS_TYPE": publish.ipfs_type,
-        "IPFS_EXPIRY_TIME": publish.ipfs_expiry_time_seconds,
-        "AWS_REGION": publish.aws_region,
-        "AWS_BUCKET_OUTPUT": publish.aws_bucket_output,
-        "AWS_ENDPOINT_URL": publish.aws_endpoint_url,
-    }
-    return PlanSettings(
-        cleanup=not settings.debug_no_cleanup,
-        notify_start=settings.notify_start_url is not None,
-        notify_stop=settings.notify_stop_url is not None,
-        workflow_ttl_seconds=settings.workflow_ttl_seconds,
-        filtering_container=settings.filtering_container,
-        configure_timeout=settings.configure_timeout_seconds,
-        filter_timeout=settings.filter_timeout_seconds,
-        publish_timeout=settings.publish_timeout_seconds,
-        template_values={
-            "service_account": settings.service_account,
-            "pull_secret": settings.pull_secret,
-            "node_selector_scope": settings.node_selector,
-            "pull_policy": settings.pull_policy,
-            "configure_image": settings.pod_configuration_container,
-            "publish_image": settings.pod_publish_container,
-            "credentials_secret": settings.credentials_secret,
-            "storage_class": settings.storage_class,
-            "publish_env": {k: v for k, v in publish_env.items() if v is not None},
-        },
-    )
 
 
 class WorkQueue:
@@ -178,7 +143,7 @@ class Controller:
         workers: int = 8,
     ) -> None:
         self.settings = settings
-        self.plan_settings = plan_settings(settings)
+        self.plan_settings = settings.plan_settings()
         self.templates = templates
         self.cluster = cluster
         self.http = http
@@ -325,10 +290,14 @@ class Controller:
         async with lock:
             # Admission decisions of one environment are taken one at a time, on a view that includes
             # the decisions just written, so a burst can never admit more than maxJobs.
-            verdict = Admission(may_start=False)
-            if environment is not None:
-                peers = self._peers(namespace, workflow.spec.environment)
-                verdict = admission(workflow, peers, environment)
+            # Only a Workflow still waiting needs its peers: reading every Workflow of the environment
+            # on each reconcile of a running one would make a busy environment quadratic.
+            if workflow.admitted:
+                verdict = Admission(may_start=True)
+            elif environment is None:
+                verdict = Admission(may_start=False)
+            else:
+                verdict = admission(workflow, self._peers(namespace, workflow.spec.environment), environment)
             observed = self.observed(namespace, name)
             now = datetime.now(UTC)
             result = plan(
@@ -488,6 +457,3 @@ def _occupancy_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
         return "none" if stage is None else stage if stage in ("Queued", "Finished") else "running"
 
     return bucket(before) != bucket(after) or before.get("queuePosition") != after.get("queuePosition")
-
-
-__all__ = ["API_VERSION", "Controller", "WorkQueue", "plan_settings"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
+from ocean_c2d.reconcile import PlanSettings
 from ocean_c2d.signing import OperatorKey
 
 PACKAGE = "ocean-c2d"
@@ -132,6 +133,41 @@ class Settings:
     log_cfg: str | None  # the original only used it when LOG_LEVEL is unset; the caller keeps that rule
     metrics_port: int
     health_port: int
+
+    def plan_settings(self) -> PlanSettings:
+        """The part of these settings the reconcile reads, including what the child templates use."""
+        publish = self.publish
+        publish_env = {
+            "IPFS_OUTPUT": publish.ipfs_output,
+            "IPFS_OUTPUT_PREFIX": publish.ipfs_output_prefix,
+            "IPFS_API_CLIENT": publish.ipfs_api_client,
+            "IPFS_TYPE": publish.ipfs_type,
+            "IPFS_EXPIRY_TIME": publish.ipfs_expiry_time_seconds,
+            "AWS_REGION": publish.aws_region,
+            "AWS_BUCKET_OUTPUT": publish.aws_bucket_output,
+            "AWS_ENDPOINT_URL": publish.aws_endpoint_url,
+        }
+        return PlanSettings(
+            cleanup=not self.debug_no_cleanup,
+            notify_start=self.notify_start_url is not None,
+            notify_stop=self.notify_stop_url is not None,
+            workflow_ttl_seconds=self.workflow_ttl_seconds,
+            filtering_container=self.filtering_container,
+            configure_timeout=self.configure_timeout_seconds,
+            filter_timeout=self.filter_timeout_seconds,
+            publish_timeout=self.publish_timeout_seconds,
+            template_values={
+                "service_account": self.service_account,
+                "pull_secret": self.pull_secret,
+                "node_selector_scope": self.node_selector,
+                "pull_policy": self.pull_policy,
+                "configure_image": self.pod_configuration_container,
+                "publish_image": self.pod_publish_container,
+                "credentials_secret": self.credentials_secret,
+                "storage_class": self.storage_class,
+                "publish_env": {k: v for k, v in publish_env.items() if v is not None},
+            },
+        )
 
 
 # --- parse helpers: each appends "NAME: problem" to `errors` and returns a fallback instead of raising ---
