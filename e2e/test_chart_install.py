@@ -56,19 +56,8 @@ async def test_helm_install_upgrade_and_uninstall(
     await secret.create()
 
     # --skip-crds: the session already installed crds/ (the chart's copies are identical, a unit test says).
-    notes = await helm(
-        helm_path,
-        kubeconfig,
-        "install",
-        "c2d",
-        str(CHART),
-        "-n",
-        namespace,
-        "--skip-crds",
-        "--wait",
-        "--timeout",
-        "120s",
-    )
+    release = ("c2d", str(CHART), "-n", namespace, "--skip-crds", "--wait", "--timeout", "120s")
+    notes = await helm(helm_path, kubeconfig, "install", *release)
     assert "get c2denv" in notes  # NOTES.txt rendered for this release
 
     deployment = await Deployment.get("c2d-ocean-c2d", namespace=namespace, api=api)
@@ -80,21 +69,7 @@ async def test_helm_install_upgrade_and_uninstall(
     environments = [e async for e in ComputeEnvironment.list(namespace=namespace, api=api)]
     assert environments  # the chart's default environment was accepted by the CRD's schema
 
-    await helm(
-        helm_path,
-        kubeconfig,
-        "upgrade",
-        "c2d",
-        str(CHART),
-        "-n",
-        namespace,
-        "--skip-crds",
-        "--wait",
-        "--timeout",
-        "120s",
-        "--set",
-        "operator.logLevel=DEBUG",
-    )
+    await helm(helm_path, kubeconfig, "upgrade", *release, "--set", "operator.logLevel=DEBUG")
     await deployment.refresh()
     [container] = deployment.raw["spec"]["template"]["spec"]["containers"]
     assert {e["name"]: e.get("value") for e in container["env"]}.get("LOG_LEVEL") == "DEBUG"
