@@ -18,7 +18,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=toolchain/versions.env
 source "$here/versions.env"
 cache="${OCEAN_C2D_CACHE:-$HOME/.cache/ocean-c2d}"
-all_tools=(kubernetes etcd kwok helm kubo versitygw)
+all_tools=(kubernetes etcd kwok helm kubo versitygw chart-testing prometheus actionlint)
 
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
@@ -51,7 +51,14 @@ ldflags_for() { # <tool>: version stamps, so the binaries report their real vers
     versitygw)
       # Upstream's Makefile sets these; otherwise `versitygw --version` reports "git".
       echo "-s -w -X main.Version=$VERSITYGW_VERSION -X main.BuildTime=$(date -u +%Y-%m-%dT%H:%M:%SZ)" ;;
-    # kubo's version is a constant in its source (ipfs.CurrentVersionNumber); nothing to stamp.
+    prometheus)
+      # Module v0.MNN.P is Prometheus M.NN.P (v0.316.0 = 3.16.0), which `promtool --version` reports.
+      local n="${PROMETHEUS_VERSION#v0.}" p=github.com/prometheus/common/version
+      echo "-s -w -X $p.Version=$((${n%%.*} / 100)).$((${n%%.*} % 100)).${n#*.} -X $p.Branch=HEAD" \
+        "-X $p.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)" ;;
+    chart-testing)
+      echo "-s -w -X github.com/helm/chart-testing/v3/ct/cmd.Version=$CHART_TESTING_VERSION" ;;
+    # kubo's version is a constant in its source; actionlint reads its module version: nothing to stamp.
     *) echo "-s -w" ;;
   esac
 }

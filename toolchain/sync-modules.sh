@@ -91,7 +91,7 @@ sync_kubo() {
 }
 
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd kwok helm kubo versitygw)
+[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd kwok helm kubo versitygw chart-testing prometheus actionlint)
 for t in "${tools[@]}"; do
   case "$t" in
     kubernetes) sync_kubernetes ;;
@@ -100,6 +100,11 @@ for t in "${tools[@]}"; do
     helm) sync_simple helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
     kubo) sync_kubo ;;
     versitygw) sync_simple versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw ;;
+    chart-testing) sync_simple chart-testing "$CHART_TESTING_VERSION" github.com/helm/chart-testing/v3/ct ;;
+    prometheus)
+      sync_simple prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus \
+        github.com/prometheus/prometheus/cmd/promtool ;;
+    actionlint) sync_simple actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;
   esac
 done

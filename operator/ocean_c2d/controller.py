@@ -24,11 +24,11 @@ from typing import Any
 
 import httpx
 
-from ocean_c2d import observe
+from ocean_c2d import metrics, observe, telemetry
 from ocean_c2d.environments import admission, default_environment_object, environment_status
 from ocean_c2d.expiry import expire_results
 from ocean_c2d.k8s import Cluster, ConflictError
-from ocean_c2d.metrics import FILTER_VERDICTS, RECONCILE_SECONDS, RECONCILES, WORKFLOWS_FINISHED
+from ocean_c2d.metrics import NOTIFICATIONS, RECONCILE_SECONDS, RECONCILES, ClusterLevels
 from ocean_c2d.model import Environment, Observed, Workflow
 from ocean_c2d.notify import redact_url, send_notification
 from ocean_c2d.reconcile import Admission, plan
@@ -71,6 +71,11 @@ class WorkQueue:
         elif key not in self._waiting:
             self._waiting.add(key)
             self._queue.put_nowait(key)
+
+    @property
+    def depth(self) -> int:
+        """Keys waiting for a worker (not those in progress or on a timer)."""
+        return len(self._waiting)
 
     def _fire(self, key: Key) -> None:
         self._timers.pop(key, None)
@@ -257,6 +262,28 @@ class Controller:
         key = self.settings.operator_key.private_key.to_bytes()
         return hmac.new(key, f"ocean-c2d/job-secret/{uid}".encode(), hashlib.sha256).hexdigest()[:32]
 
+    def levels(self) -> ClusterLevels:
+        """The cluster-state gauges of /metrics, from the view (called at every scrape, on the loop)."""
+        workflows = [
+            Workflow.from_object(body)
+            for namespace, name in list(self.views.indexes.get("workflow_index", {}))
+            if (body := self.current_workflow(namespace, name)) is not None
+        ]
+        by_environment: dict[tuple[str, str], list[Workflow]] = {}
+        for workflow in workflows:
+            by_environment.setdefault((workflow.namespace, workflow.spec.environment), []).append(workflow)
+        resources = [
+            level
+            for namespace, name in sorted(self.views.indexes.get("environment_index", {}))
+            if (body := self.environment(namespace, name)) is not None
+            for level in telemetry.environment_levels(
+                namespace, Environment.from_object(body), by_environment.get((namespace, name), [])
+            )
+        ]
+        return ClusterLevels(
+            telemetry.workflow_counts(workflows), resources, telemetry.oldest_stage_starts(workflows)
+        )
+
     # ---- reconciles ------------------------------------------------------------------------------------
 
     async def _reconcile_key(self, key: Key) -> float | None:
@@ -319,7 +346,7 @@ class Controller:
             RECONCILES.labels("changed").inc()
         self._remember(namespace, name, raw, applied)
         if result.status is not None:
-            _count_transitions(workflow, result.status)
+            metrics.record(namespace, telemetry.transition_observations(workflow, result.status))
             if _occupancy_changed(workflow.status, result.status):
                 self.queue_moved(namespace, workflow.spec.environment)
         self._start_notifications(namespace, name, result.notify)
@@ -427,6 +454,7 @@ class Controller:
             await self.cluster.write_status_fields(
                 "Workflow", namespace, name, {"notifications": {kind: outcome}}
             )
+            NOTIFICATIONS.labels(kind, outcome["state"]).inc()
         except Exception:  # a background task: nobody awaits it, so say what went wrong here
             log.exception("Could not send or record the %s notification of %s/%s", kind, namespace, name)
         finally:
@@ -437,16 +465,6 @@ def _deleting(job: observe.JobRecord) -> observe.JobRecord:
     return observe.JobRecord(
         job.component, job.name, job.state, job.started, job.finished, job.failure_reason, deleting=True
     )
-
-
-def _count_transitions(workflow: Workflow, status: dict[str, Any]) -> None:
-    """Count what this status write changed: a filter verdict, a Workflow finishing."""
-    before = workflow.status
-    verdict = (status.get("filter") or {}).get("verdict")
-    if verdict and verdict != (before.get("filter") or {}).get("verdict"):
-        FILTER_VERDICTS.labels(verdict).inc()
-    if status.get("stage") == "Finished" and before.get("stage") != "Finished":
-        WORKFLOWS_FINISHED.labels(workflow.spec.environment, status.get("reason", "")).inc()
 
 
 def _occupancy_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:

@@ -249,6 +249,7 @@ def _advance(
             # Recorded as created, gone now: deleted by someone. Never re-run a stage.
             _stage_failed(draft, stage_name, None, "its Job was deleted before it finished")
             record["finishedAt"] = st.format_time(draft.now)
+            record["reason"] = "JobDeleted"
             _next_stage(draft, stage_name, environment, settings)
             continue
         if job.state is JobState.PENDING:

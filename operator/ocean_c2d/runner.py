@@ -76,9 +76,11 @@ async def run(settings: Settings) -> None:
     )
     api = await kr8s.asyncio.api()
     namespace = await watched_namespace(settings, api)
-    metrics.serve(settings.metrics_port)
+    metrics_server = await metrics.serve(settings.metrics_port)
     async with httpx.AsyncClient() as http:
         controller = Controller(settings, templates, Cluster(api), http)
+        metrics.collect_cluster_state(controller.levels)
+        metrics.WORK_QUEUE_DEPTH.set_function(lambda: controller.queue.depth)
         if namespace is not None:
             await controller.ensure_default_environment(namespace)
         kopf_settings = kopf.OperatorSettings()
@@ -102,6 +104,7 @@ async def run(settings: Settings) -> None:
         finally:
             queue.cancel()
             resync.cancel()
+            await metrics_server.cleanup()
 
 
 async def _resync(controller: Controller, every_seconds: int) -> None:

@@ -1,0 +1,156 @@
+"""What the metrics say, computed from Workflows and ComputeEnvironments (pure: no I/O, no registry).
+
+Two kinds of numbers:
+- levels (workflows per stage, environment capacity and use) are recomputed from the cluster's objects at
+  every scrape, so they are right the moment a restarted operator has listed the cluster;
+- events (a stage took 40 s, a Workflow waited 3 s in the queue, it finished as AlgorithmFailed) are read
+  off the difference between a Workflow's status before and after one of our own status writes. Each
+  transition is written exactly once, so each is counted once; a restart starts the counters at zero,
+  which Prometheus' rate() and histogram_quantile() expect of any counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ocean_c2d.environments import occupancy
+from ocean_c2d.model import Environment, Workflow, parse_time
+from ocean_c2d.status import Stage
+
+NEW = "New"  # a Workflow the operator has not written a status to yet
+STAGES = (NEW, *(stage.value for stage in Stage))
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One sample for a histogram or one increment of a counter, named by `metric`."""
+
+    metric: str  # stage_duration | queue_wait | workflow_duration | finished | publish | filter_verdict
+    labels: tuple[str, ...]
+    value: float = 1.0
+
+
+@dataclass(frozen=True)
+class ResourceLevel:
+    namespace: str
+    environment: str
+    resource: str  # jobs, cpu, gpu, memory, disk (kube-state-metrics' naming)
+    unit: str  # job, core, gpu, byte
+    allocatable: float
+    in_use: float
+
+
+def workflow_counts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, str], int]:
+    """(namespace, environment, stage) -> how many Workflows are there. Every stage of every environment
+    that has a Workflow appears, at 0 when empty, so a stage that drains shows 0 rather than vanishing."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for workflow in workflows:
+        group = (workflow.namespace, workflow.spec.environment)
+        for stage in STAGES:
+            counts.setdefault((*group, stage), 0)
+        stage = workflow.stage.value if workflow.stage is not None else NEW
+        counts[(*group, stage)] += 1
+    return counts
+
+
+# The status stage a Workflow is in -> its record under status.stages, which holds when that began.
+STAGE_RECORDS = {
+    Stage.CONFIGURING: "configure",
+    Stage.RUNNING_ALGORITHM: "algorithm",
+    Stage.FILTERING: "filter",
+    Stage.PUBLISHING: "publish",
+}
+
+
+def oldest_stage_starts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, str], float]:
+    """(namespace, environment, stage) -> when the Workflow longest in that stage entered it (Unix
+    seconds), for the stages a Workflow passes through (Queued counts from its creation). An alert on
+    `time() - this` finds a Workflow stuck in a stage without the operator keeping any timer."""
+    oldest: dict[tuple[str, str, str], float] = {}
+    for workflow in workflows:
+        stage = workflow.stage
+        if stage is None or stage is Stage.FINISHED:
+            continue
+        if stage is Stage.QUEUED:
+            since: datetime | None = workflow.created
+        else:
+            record = (workflow.status.get("stages") or {}).get(STAGE_RECORDS[stage]) or {}
+            since = parse_time(record.get("startedAt"))
+        if since is None:
+            continue  # entered the stage; its Job (and its start) are being created right now
+        key = (workflow.namespace, workflow.spec.environment, stage.value)
+        oldest[key] = min(oldest.get(key, since.timestamp()), since.timestamp())
+    return oldest
+
+
+def environment_levels(
+    namespace: str, environment: Environment, peers: Iterable[Workflow]
+) -> list[ResourceLevel]:
+    """Allocatable (maxJobs slots of the environment's size) against in use (the running Workflows)."""
+    running = occupancy(peers).running
+    per_job = (
+        ("jobs", "job", 1.0),
+        ("cpu", "core", float(environment.n_cpu)),
+        ("gpu", "gpu", float(environment.n_gpu)),
+        ("memory", "byte", environment.ram_gb * GIB),
+        ("disk", "byte", environment.disk_gb * GIB),
+    )
+    slots = environment.max_jobs
+    return [
+        ResourceLevel(namespace, environment.name, resource, unit, size * slots, size * running)
+        for resource, unit, size in per_job
+    ]
+
+
+def transition_observations(workflow: Workflow, after: dict[str, Any]) -> list[Observation]:
+    """What the status write `workflow.status` -> `after` makes happen, as metric samples."""
+    before = workflow.status
+    environment = workflow.spec.environment
+    found: list[Observation] = []
+
+    if after.get("admittedAt") and not before.get("admittedAt"):
+        waited = _seconds_between(workflow.created, parse_time(after["admittedAt"]))
+        if waited is not None:
+            found.append(Observation("queue_wait", (environment,), waited))
+
+    stages_before = before.get("stages") or {}
+    for stage, record in sorted((after.get("stages") or {}).items()):
+        if not record.get("finishedAt") or (stages_before.get(stage) or {}).get("finishedAt"):
+            continue
+        outcome = stage_outcome(record)
+        took = _seconds_between(parse_time(record.get("startedAt")), parse_time(record["finishedAt"]))
+        if took is not None:
+            found.append(Observation("stage_duration", (environment, stage, outcome), took))
+        if stage == "publish":
+            found.append(Observation("publish", (environment, outcome)))
+
+    verdict = (after.get("filter") or {}).get("verdict")
+    if verdict and verdict != (before.get("filter") or {}).get("verdict"):
+        found.append(Observation("filter_verdict", (environment, verdict)))
+
+    if after.get("stage") == Stage.FINISHED.value and before.get("stage") != Stage.FINISHED.value:
+        outcome = str(after.get("reason") or "Succeeded")
+        found.append(Observation("finished", (environment, outcome)))
+        total = _seconds_between(workflow.created, parse_time(after.get("finishedAt")))
+        if total is not None:
+            found.append(Observation("workflow_duration", (environment, outcome), total))
+    return found
+
+
+def stage_outcome(record: dict[str, Any]) -> str:
+    """Succeeded, Stopped, or Failed: few values, so the label stays cheap; the reason is in the status."""
+    if record.get("reason") == "Stopped":
+        return "Stopped"
+    if record.get("exitCode") in (None, 0) and record.get("reason") in (None, "Completed"):
+        return "Succeeded"
+    return "Failed"
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())

@@ -1,0 +1,242 @@
+"""telemetry: the metric samples a Workflow's transitions produce, and the levels read from the cluster's
+objects; metrics: how they land in the registry (checked through the exposition text)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ocean_c2d import metrics
+from ocean_c2d.model import Environment, FilterPolicy, JobState, Workflow
+from ocean_c2d.reconcile import Admission
+from ocean_c2d.status import Stage
+from ocean_c2d.telemetry import (
+    GIB,
+    STAGES,
+    Observation,
+    environment_levels,
+    oldest_stage_starts,
+    stage_outcome,
+    transition_observations,
+    workflow_counts,
+)
+from unit_tests.test_reconcile import ADMIT, World
+
+
+def run_collecting(world: World, **outcomes: dict[str, Any]) -> list[Observation]:
+    """World.run_to_end, gathering what each status write would record."""
+    found: list[Observation] = []
+    for _ in range(12):
+        result = world.plan()
+        if result.status is not None:
+            found += transition_observations(world.workflow, result.status)
+        world.reconcile()
+        if world.status.get("stage") == Stage.FINISHED.value:
+            return found
+        pending = [s for s, j in world.jobs.items() if j.state is JobState.PENDING]
+        if pending:
+            world.finish(pending[0], **outcomes.get(pending[0], {}))
+    raise AssertionError("the Workflow never finished")
+
+
+def by_metric(found: list[Observation], metric: str) -> list[Observation]:
+    return [o for o in found if o.metric == metric]
+
+
+def test_a_successful_workflow_yields_each_stage_once_then_its_end() -> None:
+    world = World()  # created 11:59:00, admitted at T0 = 12:00:00; each stage takes 30 s
+    found = run_collecting(world)
+    assert by_metric(found, "queue_wait") == [Observation("queue_wait", ("cpu",), 60.0)]
+    stages = by_metric(found, "stage_duration")
+    assert [(o.labels, o.value) for o in stages] == [
+        (("cpu", "configure", "Succeeded"), 30.0),
+        (("cpu", "algorithm", "Succeeded"), 30.0),
+        (("cpu", "publish", "Succeeded"), 30.0),
+    ]
+    assert by_metric(found, "publish") == [Observation("publish", ("cpu", "Succeeded"))]
+    assert by_metric(found, "finished") == [Observation("finished", ("cpu", "Succeeded"))]
+    # created 11:59:00, finished 12:01:30
+    assert by_metric(found, "workflow_duration") == [
+        Observation("workflow_duration", ("cpu", "Succeeded"), 150.0)
+    ]
+
+
+def test_a_failed_algorithm_is_counted_under_its_outcome() -> None:
+    world = World()
+    found = run_collecting(world, algorithm={"state": JobState.FAILED, "exit_code": 1})
+    stages = {o.labels[1]: o.labels[2] for o in by_metric(found, "stage_duration")}
+    assert stages == {"configure": "Succeeded", "algorithm": "Failed", "publish": "Succeeded"}
+    assert by_metric(found, "finished") == [Observation("finished", ("cpu", "AlgorithmFailed"))]
+
+
+def test_filter_verdicts_are_counted_when_they_change() -> None:
+    environment = Environment(name="cpu", max_jobs=2, max_job_duration=600, filter=FilterPolicy(enabled=True))
+    world = World(environment=environment)
+    found = run_collecting(world, filter={"state": JobState.FAILED, "exit_code": 51})
+    assert by_metric(found, "filter_verdict") == [Observation("filter_verdict", ("cpu", "Block"))]
+    assert by_metric(found, "finished")[0].labels == ("cpu", "ResultsBlocked")
+
+
+def test_a_reconcile_that_changes_nothing_observes_nothing() -> None:
+    world = World()
+    run_collecting(world)
+    assert transition_observations(world.workflow, world.status) == []
+
+
+def test_a_workflow_that_never_started_has_no_queue_wait_but_an_end() -> None:
+    world = World(environment=None)
+    result = world.plan(Admission(may_start=False))
+    assert result.status is not None
+    found = transition_observations(world.workflow, result.status)
+    assert [o.metric for o in found] == ["finished", "workflow_duration"]
+    assert found[0].labels == ("cpu", "UnknownEnvironment")
+
+
+def test_a_stopped_stage_and_a_deleted_job_are_not_successes() -> None:
+    assert stage_outcome({"reason": "Stopped", "finishedAt": "x"}) == "Stopped"
+    assert stage_outcome({"reason": "JobDeleted"}) == "Failed"
+    assert stage_outcome({"exitCode": 0, "reason": "Completed"}) == "Succeeded"
+    assert stage_outcome({"exitCode": 0}) == "Succeeded"
+    assert stage_outcome({}) == "Succeeded"  # a Job that succeeded without a pod left to read
+    assert stage_outcome({"exitCode": 137, "reason": "OOMKilled"}) == "Failed"
+    assert stage_outcome({"reason": "DeadlineExceeded"}) == "Failed"
+
+
+def test_a_job_deleted_mid_stage_is_recorded_as_such() -> None:
+    world = World()
+    world.reconcile(ADMIT)
+    world.jobs.clear()  # someone deleted the configure Job
+    world.now += timedelta(seconds=5)
+    result = world.plan()
+    assert result.status is not None
+    assert result.status["stages"]["configure"]["reason"] == "JobDeleted"
+    [stage] = by_metric(transition_observations(world.workflow, result.status), "stage_duration")
+    assert stage.labels == ("cpu", "configure", "Failed")
+
+
+def wf(
+    name: str,
+    environment: str,
+    stage: str | None,
+    namespace: str = "c2d",
+    created: str = "2026-01-01T00:00:00Z",
+    **status: Any,
+) -> Workflow:
+    body: dict[str, Any] = {
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created},
+        "spec": {"environment": environment},
+    }
+    if stage:
+        body["status"] = {"stage": stage, **status}
+    return Workflow.from_object(body)
+
+
+def test_oldest_stage_start_is_the_earliest_entry_per_stage() -> None:
+    def algorithm_since(at: str) -> dict[str, Any]:
+        return {
+            "stages": {"configure": {"startedAt": "2026-01-01T00:00:00Z"}, "algorithm": {"startedAt": at}}
+        }
+
+    oldest = oldest_stage_starts(
+        [
+            wf("a", "cpu", "RunningAlgorithm", **algorithm_since("2026-01-01T01:00:00Z")),
+            wf("b", "cpu", "RunningAlgorithm", **algorithm_since("2026-01-01T00:30:00Z")),
+            wf("c", "cpu", "Queued", created="2026-01-01T00:10:00Z"),
+            wf("d", "cpu", "Queued", created="2026-01-01T00:05:00Z"),
+            wf("e", "cpu", "Finished", **algorithm_since("2025-01-01T00:00:00Z")),
+            wf("f", "cpu", "Publishing"),  # its Job is being created: no start recorded yet
+            wf("g", "cpu", None),
+        ]
+    )
+    epoch = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert oldest == {
+        ("c2d", "cpu", "RunningAlgorithm"): epoch + 1800,
+        ("c2d", "cpu", "Queued"): epoch + 300,
+    }
+
+
+def test_workflow_counts_cover_every_stage_of_every_environment() -> None:
+    counts = workflow_counts(
+        [
+            wf("a", "cpu", None),
+            wf("b", "cpu", "Queued"),
+            wf("c", "cpu", "Queued"),
+            wf("d", "gpu", "RunningAlgorithm"),
+            wf("e", "gpu", "Finished", namespace="other"),
+        ]
+    )
+    assert counts[("c2d", "cpu", "New")] == 1
+    assert counts[("c2d", "cpu", "Queued")] == 2
+    assert counts[("c2d", "cpu", "Finished")] == 0
+    assert counts[("c2d", "gpu", "RunningAlgorithm")] == 1
+    assert counts[("other", "gpu", "Finished")] == 1
+    assert len(counts) == 3 * len(STAGES)
+    assert sum(counts.values()) == 5
+
+
+def test_environment_levels_compare_slots_with_running_workflows() -> None:
+    environment = Environment(name="gpu", n_cpu=4, n_gpu=1, ram_gb=8, disk_gb=20, max_jobs=3)
+    peers = [wf("a", "gpu", "RunningAlgorithm"), wf("b", "gpu", "Queued"), wf("c", "gpu", "Finished")]
+    levels = {level.resource: level for level in environment_levels("c2d", environment, peers)}
+    assert (levels["jobs"].allocatable, levels["jobs"].in_use) == (3, 1)
+    assert (levels["cpu"].allocatable, levels["cpu"].in_use, levels["cpu"].unit) == (12, 4, "core")
+    assert (levels["gpu"].allocatable, levels["gpu"].in_use) == (3, 1)
+    assert (levels["memory"].allocatable, levels["memory"].in_use) == (24 * GIB, 8 * GIB)
+    assert (levels["disk"].in_use, levels["disk"].unit) == (20 * GIB, "byte")
+
+
+def exposition() -> dict[str, list[tuple[dict[str, str], float]]]:
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.REGISTRY).decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    return sum(v for found, v in samples.get(name, []) if all(found.get(k) == x for k, x in labels.items()))
+
+
+def test_recorded_observations_reach_the_exposition_with_the_namespace() -> None:
+    before = exposition()
+    metrics.record(
+        "telemetry-test",
+        [
+            Observation("stage_duration", ("cpu", "algorithm", "Succeeded"), 42.0),
+            Observation("finished", ("cpu", "Succeeded")),
+            Observation("queue_wait", ("cpu",), 3.0),
+        ],
+    )
+    after = exposition()
+    labels = {"namespace": "telemetry-test", "environment": "cpu"}
+    assert value(after, "ocean_c2d_stage_duration_seconds_count", **labels, stage="algorithm") == 1
+    assert value(after, "ocean_c2d_stage_duration_seconds_sum", **labels, stage="algorithm") == 42.0
+    assert value(after, "ocean_c2d_stage_duration_seconds_bucket", **labels, le="60.0") == 1
+    assert value(after, "ocean_c2d_stage_duration_seconds_bucket", **labels, le="30.0") == 0
+    finished = value(after, "ocean_c2d_workflows_finished_total", **labels, outcome="Succeeded")
+    assert finished == value(before, "ocean_c2d_workflows_finished_total", **labels, outcome="Succeeded") + 1
+    assert value(after, "ocean_c2d_queue_wait_seconds_sum", **labels) == 3.0
+
+
+def test_the_cluster_state_gauges_are_computed_at_scrape_time() -> None:
+    levels = metrics.ClusterLevels(workflows={("ns", "cpu", "Queued"): 2}, resources=[])
+    metrics.collect_cluster_state(lambda: levels)
+    assert value(exposition(), "ocean_c2d_workflows", namespace="ns", stage="Queued") == 2
+    levels.workflows[("ns", "cpu", "Queued")] = 5  # the next scrape sees the cluster as it is then
+    environment = Environment(name="cpu", n_cpu=2, max_jobs=4)
+    levels.resources.extend(environment_levels("ns", environment, [wf("a", "cpu", "Configuring", "ns")]))
+    samples = exposition()
+    assert value(samples, "ocean_c2d_workflows", namespace="ns", stage="Queued") == 5
+    assert value(samples, "ocean_c2d_environment_allocatable", environment="cpu", resource="cpu") == 8
+    assert value(samples, "ocean_c2d_environment_in_use", environment="cpu", resource="cpu") == 2
+    metrics.collect_cluster_state(lambda: metrics.ClusterLevels({}, []))  # replaces, never duplicates
+    assert "ocean_c2d_workflows" not in exposition()
+
+
+def test_build_info_names_the_version() -> None:
+    [(labels, one)] = exposition()["ocean_c2d_build_info"]
+    assert one == 1
+    assert labels["version"] not in ("", "unknown")
