@@ -1,5 +1,6 @@
 """`helm install`, `helm upgrade` and `helm uninstall` of the chart against the test cluster: every rendered
-object passes the API server's own validation (admission, schemas, RBAC object rules)."""
+object passes the API server's own validation (admission, schemas, RBAC object rules); and the operator,
+running as the chart's ServiceAccount, completes a Workflow with exactly the permissions the chart grants."""
 
 from __future__ import annotations
 
@@ -10,31 +11,76 @@ from pathlib import Path
 
 import kr8s.asyncio
 import pytest
+import yaml
 from kr8s.asyncio.objects import Deployment, Secret
 
-from e2e.operator_fixtures import OPERATOR_KEY, ComputeEnvironment
+from e2e.operator_fixtures import (
+    OPERATOR_KEY,
+    ComputeEnvironment,
+    StartOperator,
+    create_workflow,
+    wait_finished,
+)
 from e2e.waiting import wait_for, wait_for_deletion
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "ocean-c2d"
+# What `kubectl auth can-i --list` shows for the chart's ServiceAccount in the watched namespace.
+EXPECTED_PERMISSIONS = Path(__file__).resolve().parent / "expected" / "operator-can-i.txt"
 
 
 @pytest.fixture(scope="module")
 def helm_path() -> str:
-    """The PATH fragment holding the built helm."""
-    build = [str(REPO / "toolchain" / "build.sh"), "--path", "helm"]
+    """The PATH fragment holding the built helm and kubectl."""
+    build = [str(REPO / "toolchain" / "build.sh"), "--path", "helm", "kubernetes"]
     return subprocess.run(build, capture_output=True, text=True, check=True).stdout.strip()
 
 
-async def helm(tools: str, kubeconfig: str, *args: str) -> str:
+async def tool(tools: str, kubeconfig: str, *args: str) -> str:
     env = {**os.environ, "KUBECONFIG": kubeconfig, "PATH": f"{tools}:{os.environ['PATH']}"}
     process = await asyncio.create_subprocess_exec(
-        "helm", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    output, _ = await process.communicate()
-    text = output.decode()
-    assert process.returncode == 0, f"helm {' '.join(args)} failed:\n{text}"
-    return text
+    output, errors = await process.communicate()
+    assert process.returncode == 0, f"{' '.join(args)} failed:\n{output.decode()}{errors.decode()}"
+    return output.decode()
+
+
+async def helm(tools: str, kubeconfig: str, *args: str) -> str:
+    return await tool(tools, kubeconfig, "helm", *args)
+
+
+async def service_account_kubeconfig(
+    tools: str, kubeconfig: str, namespace: str, account: str, path: Path
+) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount (a TokenRequest token, as a pod gets)."""
+    token = (
+        await tool(tools, kubeconfig, "kubectl", "create", "token", account, "-n", namespace, "--duration=1h")
+    ).strip()
+    write_token_kubeconfig(Path(kubeconfig), token, account, namespace, path)
+    return path
+
+
+def write_token_kubeconfig(admin_config: Path, token: str, user: str, namespace: str, path: Path) -> None:
+    """The admin kubeconfig's cluster (server, CA) with a bearer-token user instead of the admin's."""
+    admin = yaml.safe_load(admin_config.read_text())
+    cluster = admin["clusters"][0]["name"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": cluster, "user": user, "namespace": namespace}}],
+        "current-context": user,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+def permission_lines(can_i_list: str) -> list[str]:
+    """`kubectl auth can-i --list` as sorted lines with single spaces (its column widths vary)."""
+    lines = (line for line in can_i_list.splitlines() if line.strip() and not line.startswith("#"))
+    return sorted(" ".join(line.split()) for line in lines)
 
 
 def deployment_available(deployment: Deployment) -> bool:
@@ -77,3 +123,45 @@ async def test_helm_install_upgrade_and_uninstall(
     await helm(helm_path, kubeconfig, "uninstall", "c2d", "-n", namespace, "--wait", "--timeout", "120s")
     await wait_for_deletion(deployment, timeout=60)
     assert not await deployment.exists()
+
+
+async def test_the_operator_runs_a_workflow_with_only_the_charts_permissions(
+    kubeconfig: str,
+    api: kr8s.asyncio.Api,
+    namespace: str,
+    helm_path: str,
+    start_operator: StartOperator,
+    tmp_path: Path,
+) -> None:
+    # The chart without its operator pod (on this cluster no container would run it): the operator runs
+    # here as a process, authenticated as the release's ServiceAccount and nothing else.
+    release = ("c2d", str(CHART), "-n", namespace, "--skip-crds", "--wait", "--timeout", "120s")
+    await helm(helm_path, kubeconfig, "install", *release, "--set", "operator.replicas=0")
+    account = "c2d-ocean-c2d"
+    as_operator = await service_account_kubeconfig(
+        helm_path, kubeconfig, namespace, account, tmp_path / "operator.kubeconfig"
+    )
+
+    listed = await tool(helm_path, str(as_operator), "kubectl", "auth", "can-i", "--list", "-n", namespace)
+    expected = permission_lines(EXPECTED_PERMISSIONS.read_text())
+    assert permission_lines(listed) == expected, (
+        "the ServiceAccount's permissions changed; if intended, update "
+        f"{EXPECTED_PERMISSIONS.relative_to(REPO)} with:\n{listed}"
+    )
+    # Nothing cluster-wide beyond what every authenticated identity may do.
+    for verb, resource in (("list", "namespaces"), ("get", "nodes"), ("list", "secrets")):
+        denied = await asyncio.create_subprocess_exec(
+            "kubectl", "auth", "can-i", verb, resource, "--all-namespaces",
+            env={**os.environ, "KUBECONFIG": str(as_operator), "PATH": f"{helm_path}:{os.environ['PATH']}"},
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        answer, _ = await denied.communicate()
+        assert answer.decode().strip() == "no", (verb, resource)
+
+    operator = await start_operator(KUBECONFIG=str(as_operator))
+    workflow = await create_workflow(api, namespace, "rbac-proof", environment="cpu-small")
+    final = await wait_finished(workflow, operator, timeout=120)
+    assert final["reason"] == "Succeeded", final
+    assert final["statusCode"] == 70
+    assert await operator.total("ocean_c2d_kubernetes_requests_total", code="403") == 0
+    assert "Forbidden" not in operator.log.read_text(), operator.log_tail()

@@ -74,13 +74,17 @@ def scenario_values(scenario: str) -> dict[str, Any]:
 
 
 def declared_metrics() -> set[str]:
-    """The exported names of the operator's metrics: counters get _total, histograms _bucket/_sum/_count."""
-    source = (ROOT / "operator" / "ocean_c2d" / "metrics.py").read_text()
-    names: set[str] = set()
-    for kind, name in re.findall(r"\b(Counter|Histogram)\(\s*\"(ocean_c2d_[a-z_]+)\"", source):
-        suffixes = ("_total",) if kind == "Counter" else ("_bucket", "_sum", "_count")
-        names.update(name + suffix for suffix in suffixes)
-    return names
+    """The exported names of the operator's metrics, read from its registry (the cluster-state gauges
+    with an empty cluster): counters get _total, histograms _bucket/_sum/_count."""
+    from ocean_c2d import metrics
+
+    metrics.collect_cluster_state(lambda: metrics.ClusterLevels({}, []))
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return {
+        family.name + suffix
+        for family in metrics.REGISTRY.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
 
 
 def test_scenarios_exist() -> None:
@@ -257,8 +261,17 @@ def test_metric_names_exist_in_the_operator() -> None:
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     assert expressions
     (rule,) = of_kind(docs, "PrometheusRule")
+    # The PrometheusRule carries the rule file promtool tests, unchanged.
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     alerts = {alert["alert"]: alert["expr"] for group in rule["spec"]["groups"] for alert in group["rules"]}
-    assert {"OceanC2DOperatorDown", "OceanC2DReconcileErrors"} <= set(alerts)
+    assert {
+        "OceanC2DOperatorDown",
+        "OceanC2DWorkflowStuckInStage",
+        "OceanC2DWorkflowFailureRateHigh",
+        "OceanC2DEnvironmentSaturated",
+        "OceanC2DNotificationsFailing",
+        "OceanC2DReconcileErrors",
+    } <= set(alerts)
     used = {name for expr in [*expressions, *alerts.values()] for name in METRIC_NAME.findall(expr)}
     assert used
     assert used <= declared, used - declared

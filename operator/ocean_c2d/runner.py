@@ -85,6 +85,10 @@ async def run(settings: Settings) -> None:
             await controller.ensure_default_environment(namespace)
         kopf_settings = kopf.OperatorSettings()
         kopf_settings.posting.enabled = False  # we post the Events we mean, not every log line
+        # No watching of namespaces or CRDs: the watched namespace is fixed and the CRDs are installed
+        # before the operator (helm's crds/). Scanning would need cluster-wide list/watch on namespaces and
+        # CustomResourceDefinitions, which the chart's least-privilege RBAC does not grant.
+        kopf_settings.scanning.disabled = True
         queue = asyncio.create_task(controller.queue.run())
         resync = asyncio.create_task(_resync(controller, settings.resync_seconds))
         log.info(
