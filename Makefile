@@ -24,12 +24,17 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: venv
 venv: $(VENV)/.installed ## create the virtualenv and install the package with its dev tools
 
+# What the local cluster and `make run` need; the rest (kubo, versitygw, ct, prometheus, actionlint) is for
+# the tests.
+CLUSTER_TOOLS := kubernetes etcd kwok helm
+
 .PHONY: toolchain
-toolchain: ## build the cluster binaries (etcd, kube-*, kubectl, kwok, helm) that are not cached yet
+toolchain: ## build every Go tool (cluster, test servers, ct, promtool, actionlint) not cached yet
 	toolchain/build.sh
 
 .PHONY: cluster-up
-cluster-up: toolchain ## start the local cluster (no-op when it runs); prints where its kubeconfig is
+cluster-up: ## start the local cluster (no-op when it runs); prints where its kubeconfig is
+	toolchain/build.sh $(CLUSTER_TOOLS)
 	e2e/cluster/cluster.sh up
 
 .PHONY: cluster-down
@@ -56,8 +61,8 @@ lock: ## regenerate requirements.lock (the image's pinned runtime dependencies) 
 	.lock-venv/bin/pip freeze --exclude ocean-c2d > requirements.lock && rm -rf .lock-venv
 
 .PHONY: unit
-unit: venv ## unit tests only (no cluster; the chart tests need helm, built first when missing)
-	toolchain/build.sh helm
+unit: venv ## unit tests only (no cluster; the chart and monitoring tests need helm, ct, promtool, actionlint)
+	toolchain/build.sh helm chart-testing prometheus actionlint
 	$(BIN)/pytest unit_tests $(PYTEST_ARGS)
 
 .PHONY: e2e

@@ -83,6 +83,13 @@ build_tool() { # <tool>
       -o "$dir.partial/$name" "$pkg")
     echo "toolchain: built $name in $((SECONDS - start))s"
   done
+  if [ "$tool" = chart-testing ]; then
+    # ct reads its default yamllint and Chart.yaml schema configs from etc/, as in its release archive.
+    local module
+    module="$(cd "$here/$tool" && go list -m -f '{{.Dir}}' github.com/helm/chart-testing/v3)"
+    mkdir -p "$dir.partial/etc" && cp "$module/etc/chart_schema.yaml" "$module/etc/lintconf.yaml" "$dir.partial/etc/"
+    chmod u+w "$dir.partial/etc/"*
+  fi
   rm -rf "$dir" && mv "$dir.partial" "$dir" && touch "$dir/.complete"
 }
 
