@@ -131,7 +131,7 @@ async def _wait_until_answering(
 
 
 @asynccontextmanager
-async def _server(
+async def background_server(
     argv: Sequence[str], env: Mapping[str, str], log: Path, method: str, ready_url: str
 ) -> AsyncIterator[float]:
     """Run `argv` with its output in `log`; yield the seconds it took to answer `ready_url`."""
@@ -178,7 +178,7 @@ async def ipfs_api(toolchain_path: str, tmp_path_factory: pytest.TempPathFactory
     api_url = f"http://127.0.0.1:{port}"
     log = home / "server.log"
     argv = [ipfs, "daemon", "--offline"]
-    async with _server(argv, env, log, "POST", f"{api_url}/api/v0/id") as ready_seconds:
+    async with background_server(argv, env, log, "POST", f"{api_url}/api/v0/id") as ready_seconds:
         yield IPFSNode(api_url=api_url, repo=repo, log=log, ready_seconds=ready_seconds)
 
 
@@ -226,7 +226,7 @@ async def s3_server(toolchain_path: str, tmp_path_factory: pytest.TempPathFactor
     ]
     endpoint_url = f"http://127.0.0.1:{port}"
     log = home / "server.log"
-    async with _server(argv, env, log, "GET", f"{endpoint_url}/health") as ready_seconds:
+    async with background_server(argv, env, log, "GET", f"{endpoint_url}/health") as ready_seconds:
         yield S3Server(
             endpoint_url=endpoint_url,
             access_key=access_key,

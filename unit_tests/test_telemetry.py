@@ -240,3 +240,21 @@ def test_build_info_names_the_version() -> None:
     [(labels, one)] = exposition()["ocean_c2d_build_info"]
     assert one == 1
     assert labels["version"] not in ("", "unknown")
+
+
+def test_every_outcome_of_a_seen_environment_starts_at_zero() -> None:
+    # Without it, rate()/increase() never see a counter's first step: the first failure would be lost.
+    metrics.initialise_environment("fresh-ns", "fresh-env")
+    samples = exposition()
+    finished = {
+        labels["outcome"]: v
+        for labels, v in samples["ocean_c2d_workflows_finished_total"]
+        if labels["namespace"] == "fresh-ns"
+    }
+    assert finished["AlgorithmFailed"] == 0
+    assert set(finished) >= {"Succeeded", "AlgorithmFailed", "ResultsUploadFailed", "Stopped"}
+    assert value(samples, "ocean_c2d_publish_total", namespace="fresh-ns", outcome="Failed") == 0
+    assert ({"namespace": "fresh-ns", "environment": "fresh-env", "outcome": "Failed"}, 0.0) in samples[
+        "ocean_c2d_publish_total"
+    ]
+    assert ({"kind": "stop", "outcome": "Failed"}, 0.0) in samples["ocean_c2d_notifications_total"]

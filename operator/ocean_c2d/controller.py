@@ -374,6 +374,7 @@ class Controller:
         if body is None:
             return
         environment = Environment.from_object(body)
+        metrics.initialise_environment(namespace, name)
         desired = environment_status(
             environment,
             self._peers(namespace, name),

@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ocean_c2d.status import Outcome
 from ocean_c2d.telemetry import Observation, ResourceLevel
 
 REGISTRY = CollectorRegistry()
@@ -127,6 +128,28 @@ _BY_NAME: dict[str, Histogram | Counter] = {
     "publish": PUBLISHES,
     "filter_verdict": FILTER_VERDICTS,
 }
+
+
+STAGE_OUTCOMES = ("Succeeded", "Failed", "Stopped")
+
+# A labelled counter exists only from its first increment, and rate()/increase() cannot see that first
+# step (there is no earlier sample). The rare outcomes are the ones that matter (the first failure must
+# reach the alerts), so every known label combination starts at 0.
+for _result in ("changed", "idle", "conflict", "error"):
+    RECONCILES.labels(_result)
+for _kind in ("start", "stop"):
+    for _state in ("Sent", "Failed"):
+        NOTIFICATIONS.labels(_kind, _state)
+
+
+def initialise_environment(namespace: str, environment: str) -> None:
+    """Start the per-environment counters at 0 (see above); cheap and idempotent."""
+    for workflow_outcome in Outcome:
+        WORKFLOWS_FINISHED.labels(namespace, environment, workflow_outcome.value)
+    for stage_outcome in STAGE_OUTCOMES:
+        PUBLISHES.labels(namespace, environment, stage_outcome)
+    for verdict in ("Pass", "Block"):
+        FILTER_VERDICTS.labels(namespace, environment, verdict)
 
 
 def record(namespace: str, observations: Iterable[Observation]) -> None:
