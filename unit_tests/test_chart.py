@@ -316,3 +316,39 @@ def test_created_secret_requires_the_operator_key() -> None:
     result = helm("template", "c2d", str(CHART), "--set", "credentials.create=true")
     assert result.returncode != 0
     assert "credentials.operatorPrivateKey" in result.stderr
+
+
+def test_templates_config_map_and_extra_env() -> None:
+    result = helm(
+        "template", "c2d", str(CHART), "--namespace", NAMESPACE,
+        "--set", "operator.templatesConfigMap=my-templates",
+        "--set-string", "operator.extraEnv.CONFIGURE_TIMEOUT_SECONDS=900",
+        "--set", "operator.replicas=0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    docs = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    (found,) = of_kind(docs, "Deployment")
+    assert found["spec"]["replicas"] == 0
+    pod = found["spec"]["template"]["spec"]
+    (operator,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert env["TEMPLATES_DIR"] == "/etc/ocean-c2d/templates"
+    assert env["CONFIGURE_TIMEOUT_SECONDS"] == "900"
+    mounts = {m["name"]: m for m in operator["volumeMounts"]}
+    assert mounts["templates"] == {
+        "name": "templates",
+        "mountPath": "/etc/ocean-c2d/templates",
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["templates"]["configMap"]["name"] == "my-templates"
+    # By default: the built-in templates, no extra variables.
+    default_env = {e["name"] for e in container("default-values.yaml")["env"]}
+    assert "TEMPLATES_DIR" not in default_env
+    assert "CONFIGURE_TIMEOUT_SECONDS" not in default_env
+
+
+@pytest.mark.parametrize("setting", ["operator.replicas=2", "operator.extraEnv.9LIVES=x"])
+def test_schema_rejects_more_than_one_operator_and_bad_variable_names(setting: str) -> None:
+    result = helm("template", "c2d", str(CHART), "--set", setting)
+    assert result.returncode != 0
