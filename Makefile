@@ -52,7 +52,7 @@ lint: venv ## ruff (lint + format check), mypy, shellcheck, hadolint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/shellcheck -x toolchain/*.sh e2e/cluster/*.sh samples/*.sh .ci/run
+	$(BIN)/shellcheck -x toolchain/*.sh e2e/cluster/*.sh e2e/kind/*.sh samples/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
 
 .PHONY: lock
@@ -68,6 +68,10 @@ unit: venv ## unit tests only (no cluster; the chart and monitoring tests need h
 .PHONY: e2e
 e2e: venv toolchain ## e2e tests only, on the cluster KUBECONFIG names or the local one
 	$(BIN)/pytest e2e $(PYTEST_ARGS)
+
+.PHONY: kind-e2e
+kind-e2e: ## for machines with Docker and kind: the e2e suite with the operator in-cluster (e2e/kind/run.sh)
+	e2e/kind/run.sh $(PYTEST_ARGS)
 
 .PHONY: test
 test: venv toolchain lint ## every check and test: lint, unit and e2e in one pytest run

@@ -1,4 +1,13 @@
-"""The operator as a real process against the test cluster, and helpers to drive Workflows."""
+"""The operator against the test cluster, and helpers to drive Workflows.
+
+Two ways to run the operator, chosen by OCEAN_C2D_E2E_OPERATOR:
+- `process` (the default; what CI runs here): `ocean-c2d run` as a local process with the e2e templates;
+- `in-cluster` (e2e/kind/run.sh, for machines with Docker): the chart installed in the test's namespace
+  with the image OCEAN_C2D_E2E_IMAGE, the e2e templates from a ConfigMap, /metrics through a
+  port-forward. Tests that need the operator to reach this machine's loopback are marked `local_only`
+  and deselected there.
+Both give the tests the same handle: metrics, kill (a crash), stop, log.
+"""
 
 from __future__ import annotations
 
@@ -39,10 +48,9 @@ def free_port() -> int:
         return port
 
 
-@dataclass
-class OperatorProcess:
-    process: asyncio.subprocess.Process
-    log: Path
+class Operator:
+    """What a test can do with a running operator, however it runs."""
+
     metrics_port: int
 
     async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,8 +72,31 @@ class OperatorProcess:
             if sample == name and set(labels.items()) <= set(sample_labels)
         )
 
+    async def log_text(self) -> str:
+        raise NotImplementedError
+
+    async def log_tail(self, lines: int = 40) -> str:
+        return "\n".join((await self.log_text()).splitlines()[-lines:])
+
     async def kill(self) -> None:
-        """SIGKILL: no cleanup, no goodbye, as a crash or an OOM kill would end it."""
+        """End it the way a crash would: no cleanup, no goodbye."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class OperatorProcess(Operator):
+    process: asyncio.subprocess.Process
+    log: Path
+    metrics_port: int
+
+    async def log_text(self) -> str:
+        return await asyncio.to_thread(self.log.read_text, errors="replace")
+
+    async def kill(self) -> None:
+        """SIGKILL, as an OOM kill would end it."""
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGKILL)
             await self.process.wait()
@@ -79,27 +110,47 @@ class OperatorProcess:
             except TimeoutError:
                 await self.kill()
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+StartOperator = Callable[..., Awaitable[Operator]]
+
+IN_CLUSTER = os.environ.get("OCEAN_C2D_E2E_OPERATOR", "process") == "in-cluster"
+# e2e/kind/run.sh taints the real (kind) nodes with this, so only the operator runs there and every
+# Workflow pod lands on kwok's fake nodes, whose pods finish as their annotations say.
+OPERATOR_NODE_TAINT = "ocean-c2d/operator-only"
 
 
-StartOperator = Callable[..., Awaitable[OperatorProcess]]
-
-
-@pytest.fixture
-async def start_operator(
-    namespace: str, kubeconfig: str, ocean_crds: list[str], api: kr8s.asyncio.Api, tmp_path: Path
-) -> AsyncIterator[StartOperator]:
-    """Start `ocean-c2d run` watching the test's namespace, with the e2e templates (kwok annotations)."""
+async def _credentials(api: kr8s.asyncio.Api, namespace: str) -> None:
     secret = await Secret(
         {"metadata": {"name": "ocean-c2d-credentials"}, "stringData": {"operator-private-key": OPERATOR_KEY}},
         namespace=namespace,
         api=api,
     )
     await secret.create()
-    started: list[OperatorProcess] = []
 
-    async def start(**extra_env: str) -> OperatorProcess:
+
+@pytest.fixture
+async def start_operator(
+    namespace: str, kubeconfig: str, ocean_crds: list[str], api: kr8s.asyncio.Api, tmp_path: Path
+) -> AsyncIterator[StartOperator]:
+    """Start the operator watching the test's namespace, with the e2e templates (kwok annotations)."""
+    await _credentials(api, namespace)
+    started: list[Operator] = []
+    if IN_CLUSTER:
+        from e2e.in_cluster import InClusterRelease
+
+        release = InClusterRelease(namespace, kubeconfig, tmp_path)
+        await release.prepare(api)
+
+        async def start(**extra_env: str) -> Operator:
+            operator = await release.start(extra_env)
+            started.append(operator)
+            return operator
+
+        yield start
+        await release.uninstall()
+        return
+
+    async def start_process(**extra_env: str) -> Operator:
         log = tmp_path / f"operator-{len(started)}.log"
         metrics_port = free_port()
         env = {
@@ -121,7 +172,7 @@ async def start_operator(
         started.append(operator)
         return operator
 
-    yield start
+    yield start_process
     for operator in started:
         await operator.stop()
 
@@ -174,11 +225,9 @@ def finished(obj: APIObject) -> bool:
     return status(obj).get("stage") == "Finished"
 
 
-async def wait_finished(
-    workflow: APIObject, operator: OperatorProcess, timeout: float = 90
-) -> dict[str, Any]:
+async def wait_finished(workflow: APIObject, operator: Operator, timeout: float = 90) -> dict[str, Any]:
     try:
         await wait_for(workflow, finished, timeout=timeout)
     except TimeoutError as error:
-        raise AssertionError(f"{error}\n--- operator log ---\n{operator.log_tail()}") from None
+        raise AssertionError(f"{error}\n--- operator log ---\n{await operator.log_tail()}") from None
     return status(workflow)

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from e2e.operator_fixtures import (
-    OperatorProcess,
+    Operator,
     StartOperator,
     create_environment,
     create_workflow,
@@ -160,7 +160,7 @@ def exposed_names(text: str) -> set[str]:
     }
 
 
-async def run_workflows(api: kr8s.asyncio.Api, namespace: str, operator: OperatorProcess) -> None:
+async def run_workflows(api: kr8s.asyncio.Api, namespace: str, operator: Operator) -> None:
     """Six Workflows through a 2-slot environment: four succeed, one algorithm fails, one runs longer;
     one more through an environment that filters results."""
     await create_environment(api, namespace, maxJobs=2)

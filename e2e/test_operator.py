@@ -19,7 +19,7 @@ from kr8s.asyncio.objects import APIObject, Job
 
 from e2e.operator_fixtures import (
     OPERATOR_ADDRESS,
-    OperatorProcess,
+    Operator,
     StartOperator,
     create_environment,
     create_workflow,
@@ -282,6 +282,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     receiver.server.close()
 
 
+@pytest.mark.local_only  # the operator reaches servers on this machine's loopback
 async def test_notifications_reach_a_real_receiver_signed_by_the_operator(
     api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator, receiver: Receiver
 ) -> None:
@@ -329,7 +330,7 @@ async def test_deleting_a_workflow_removes_its_children(
     assert await children(api, namespace, "doomed") == {}
 
 
-async def wait_for_metric(operator: OperatorProcess, name: str, at_least: float, timeout: float = 30) -> None:
+async def wait_for_metric(operator: Operator, name: str, at_least: float, timeout: float = 30) -> None:
     """Metrics cannot be watched: read them until `name` reaches `at_least` (bounded in time)."""
     async with asyncio.timeout(timeout):
         # An idle reconcile leaves nothing in the cluster to watch (that is the point): read /metrics.
@@ -423,6 +424,7 @@ async def test_a_filter_that_blocks_withholds_the_outputs(
     assert await operator.total("ocean_c2d_workflows_finished_total", outcome="ResultsBlocked") == 1
 
 
+@pytest.mark.local_only  # the operator reaches servers on this machine's loopback
 async def test_results_past_their_expiry_are_unpinned_and_deleted(
     api: kr8s.asyncio.Api,
     namespace: str,

@@ -39,16 +39,18 @@ reachable() {
 # kwokctl replaces its default Stages when it is given any, so the config holds kwok's own node
 # Stages (read from the kwok module the toolchain was built from, not copied into this repo)
 # followed by the pod Stages of pod-stages.yaml.
-write_kwok_config() {
+print_stages() { # kwok's own node Stages (read from the pinned kwok module) and our pod Stages
   local kwok_dir
   kwok_dir="$(cd "$repo/toolchain/kwok" && GOFLAGS=-mod=mod go mod download -json sigs.k8s.io/kwok | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
-  {
-    cat "$kwok_dir/kustomize/stage/node/fast/node-initialize.yaml"
-    echo "---"
-    cat "$kwok_dir/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml"
-    echo "---"
-    cat "$here/pod-stages.yaml"
-  } >"$state/kwok-config.yaml"
+  cat "$kwok_dir/kustomize/stage/node/fast/node-initialize.yaml"
+  echo "---"
+  cat "$kwok_dir/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml"
+  echo "---"
+  cat "$here/pod-stages.yaml"
+}
+
+write_kwok_config() {
+  print_stages >"$state/kwok-config.yaml"
 }
 
 up() {
@@ -92,5 +94,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   kubeconfig) echo "$kubeconfig" ;;
-  *) echo "usage: $0 up|down|kubeconfig" >&2; exit 2 ;;
+  stages) print_stages ;;  # for a cluster that runs kwok in-cluster (e2e/kind/run.sh)
+  *) echo "usage: $0 up|down|kubeconfig|stages" >&2; exit 2 ;;
 esac
