@@ -106,6 +106,8 @@ async def test_helm_install_upgrade_and_uninstall(
     release = ("c2d", str(CHART), "-n", namespace, "--skip-crds", "--wait", "--timeout", "120s")
     notes = await helm(helm_path, kubeconfig, "install", *release)
     assert "get c2denv" in notes  # NOTES.txt rendered for this release
+    assert "rollout status deployment/c2d-ocean-c2d" in notes
+    assert "kubectl apply --server-side -f <chart>/crds/" in notes
 
     deployment = await Deployment.get("c2d-ocean-c2d", namespace=namespace, api=api)
     await wait_for(deployment, deployment_available, timeout=60)
@@ -138,7 +140,8 @@ async def test_the_operator_runs_a_workflow_with_only_the_charts_permissions(
     # The chart without its operator pod (on this cluster no container would run it): the operator runs
     # here as a process, authenticated as the release's ServiceAccount and nothing else.
     release = ("c2d", str(CHART), "-n", namespace, "--skip-crds", "--wait", "--timeout", "120s")
-    await helm(helm_path, kubeconfig, "install", *release, "--set", "operator.replicas=0")
+    notes = await helm(helm_path, kubeconfig, "install", *release, "--set", "operator.replicas=0")
+    assert "operator.replicas is 0" in notes  # NOTES.txt says how to run it instead
     account = "c2d-ocean-c2d"
     as_operator = await service_account_kubeconfig(
         helm_path, kubeconfig, namespace, account, tmp_path / "operator.kubeconfig"
