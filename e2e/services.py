@@ -33,8 +33,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from unit_tests.built_tools import built
+
 REPO = Path(__file__).resolve().parent.parent
-BUILD_SCRIPT = REPO / "toolchain" / "build.sh"
 TOOLS = ("kubo", "versitygw")  # only these: the data-plane tests need none of the cluster's tools
 # A cold start of either server takes well under a second; this bounds a stuck or busy machine.
 READY_TIMEOUT = 60.0
@@ -70,12 +71,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def toolchain_path() -> str:
     """The PATH fragment holding the built servers (`toolchain/build.sh --path kubo versitygw`)."""
-    argv = [str(BUILD_SCRIPT), "--path", *TOOLS]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        command = f"toolchain/build.sh --path {' '.join(TOOLS)}"
-        pytest.fail(f"{command} exited {result.returncode}: {result.stderr.strip()}", pytrace=False)
-    return result.stdout.strip()
+    return built(*TOOLS)
 
 
 def _binary(toolchain_path: str, name: str) -> str:

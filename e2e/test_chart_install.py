@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 from pathlib import Path
 
 import kr8s.asyncio
@@ -22,6 +21,7 @@ from e2e.operator_fixtures import (
     wait_finished,
 )
 from e2e.waiting import wait_for, wait_for_deletion
+from unit_tests.built_tools import built
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "ocean-c2d"
@@ -32,8 +32,7 @@ EXPECTED_PERMISSIONS = Path(__file__).resolve().parent / "expected" / "operator-
 @pytest.fixture(scope="module")
 def helm_path() -> str:
     """The PATH fragment holding the built helm and kubectl."""
-    build = [str(REPO / "toolchain" / "build.sh"), "--path", "helm", "kubernetes"]
-    return subprocess.run(build, capture_output=True, text=True, check=True).stdout.strip()
+    return built("helm", "kubernetes")
 
 
 async def tool(tools: str, kubeconfig: str, *args: str) -> str:

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ from e2e.operator_fixtures import (
     wait_finished,
 )
 from e2e.services import background_server
+from unit_tests.built_tools import built
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "ocean-c2d"
@@ -58,12 +58,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def prometheus_tools() -> str:
-    result = subprocess.run(
-        [str(REPO / "toolchain" / "build.sh"), "--path", "prometheus"], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.fail(f"toolchain/build.sh --path prometheus: {result.stderr.strip()}", pytrace=False)
-    return result.stdout.strip()
+    return built("prometheus")
 
 
 @asynccontextmanager

@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from functools import cache
 from pathlib import Path
 
 import yaml
+
+from unit_tests.built_tools import binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm" / "ocean-c2d" / "files" / "alerts.yaml"
 CASES = ROOT / "unit_tests" / "monitoring" / "alerts-test.yaml"
 
 
-@cache
 def promtool() -> str:
-    built = subprocess.run(
-        [str(ROOT / "toolchain" / "build.sh"), "--path", "prometheus"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return str(Path(built) / "promtool")
+    return binary("prometheus", "promtool")
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from unit_tests.built_tools import binary
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "ocean-c2d"
 SCENARIOS = sorted(path.name for path in (CHART / "ci").glob("*-values.yaml"))
@@ -22,24 +24,10 @@ CREDENTIAL_VARIABLES = {"OPERATOR_PRIVATE_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_AC
 METRIC_NAME = re.compile(r"ocean_c2d_[a-z_]+")
 
 
-@cache
-def helm_binary() -> str:
-    result = subprocess.run(
-        [str(ROOT / "toolchain" / "build.sh"), "--path", "helm"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"no helm binary: {result.stderr.strip()}")
-    helm = Path(result.stdout.strip().splitlines()[-1]) / "helm"
-    if not helm.exists():
-        pytest.skip(f"helm is not built at {helm}")
-    return str(helm)
-
-
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([helm_binary(), *args], capture_output=True, text=True, check=False, timeout=120)
+    return subprocess.run(
+        [binary("helm", "helm"), *args], capture_output=True, text=True, check=False, timeout=120
+    )
 
 
 @cache

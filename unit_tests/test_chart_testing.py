@@ -8,19 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
+
+from unit_tests.built_tools import built
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "ocean-c2d"
-
-
-@cache
-def built(tool: str) -> str:
-    """Where toolchain/build.sh keeps `tool`'s binaries."""
-    return subprocess.run(
-        [str(ROOT / "toolchain" / "build.sh"), "--path", tool], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def ct_lint(*charts: Path) -> subprocess.CompletedProcess[str]:

