@@ -35,9 +35,11 @@ from e2e.operator_fixtures import (
     create_environment,
     create_workflow,
     free_port,
+    status,
     wait_finished,
 )
 from e2e.services import background_server
+from e2e.waiting import wait_for
 from unit_tests.built_tools import built
 
 REPO = Path(__file__).resolve().parent.parent
@@ -287,3 +289,51 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
     await asyncio.to_thread(plot_panels, panels, png, start)
     assert png.stat().st_size > 20_000  # a real picture, not an empty canvas
     print(f"dashboard rendered to {png} ({png.stat().st_size} bytes, {len(panels)} panels)")
+
+
+async def test_levels_come_from_the_cluster_right_after_a_restart(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    await create_environment(api, namespace, maxJobs=1, nCPU=2, ramGB=4)
+    first = await start_operator()
+    running = await create_workflow(api, namespace, "long", sim={"algorithm.run-for": "120s"})
+    await wait_for(running, lambda w: status(w).get("stage") == "RunningAlgorithm", timeout=60)
+    waiting = await create_workflow(api, namespace, "waiting")
+    await wait_for(waiting, lambda w: status(w).get("stage") == "Queued", timeout=60)
+
+    await first.kill()
+    second = await start_operator()
+    # The new process has written nothing yet; what it reports is what the cluster holds.
+    levels = {
+        ("ocean_c2d_workflows", "stage", "RunningAlgorithm"): 1.0,
+        ("ocean_c2d_workflows", "stage", "Queued"): 1.0,
+        ("ocean_c2d_workflows", "stage", "Finished"): 0.0,
+        ("ocean_c2d_environment_in_use", "resource", "cpu"): 2.0,
+        ("ocean_c2d_environment_allocatable", "resource", "cpu"): 2.0,
+        ("ocean_c2d_environment_in_use", "resource", "memory"): 4.0 * 1024**3,
+        ("ocean_c2d_environment_in_use", "resource", "jobs"): 1.0,
+    }
+
+    async def reported() -> dict[tuple[str, str, str], float]:
+        try:
+            samples = await second.metrics()
+        except httpx.TransportError:
+            return {}  # the new process is not listening yet
+        return {
+            key: sum(
+                v for (name, labels), v in samples.items() if name == key[0] and (key[1], key[2]) in labels
+            )
+            for key in levels
+        }
+
+    # Bounded: the levels appear once kopf has listed the cluster, a moment after the start.
+    async with asyncio.timeout(30):
+        while (found := await reported()) != levels:  # noqa: ASYNC110  (/metrics cannot be watched)
+            await asyncio.sleep(0.2)
+    assert found == levels
+    assert (
+        await second.total("ocean_c2d_workflows_finished_total") == 0
+    )  # counters start again; levels do not
+    oldest = await second.total("ocean_c2d_stage_oldest_start_timestamp_seconds", stage="RunningAlgorithm")
+    started = status(running)["stages"]["algorithm"]["startedAt"]
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(oldest)) == started
