@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ocean_c2d.status import Outcome
-from ocean_c2d.telemetry import Observation, ResourceLevel
+from ocean_c2d.telemetry import STAGE_OUTCOMES, Observation, ResourceLevel
 
 REGISTRY = CollectorRegistry()
 
@@ -128,9 +128,6 @@ _BY_NAME: dict[str, Histogram | Counter] = {
     "publish": PUBLISHES,
     "filter_verdict": FILTER_VERDICTS,
 }
-
-
-STAGE_OUTCOMES = ("Succeeded", "Failed", "Stopped")
 
 # A labelled counter exists only from its first increment, and rate()/increase() cannot see that first
 # step (there is no earlier sample). The rare outcomes are the ones that matter (the first failure must

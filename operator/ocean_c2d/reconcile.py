@@ -28,6 +28,8 @@ STAGE_OF_JOB = {
     FILTER: Stage.FILTERING,
     PUBLISH: Stage.PUBLISHING,
 }
+# The status stage -> the Job stage (and status.stages record) that runs during it.
+JOB_OF_STAGE: dict[str, str] = {stage.value: job for job, stage in STAGE_OF_JOB.items()}
 
 
 IMAGE_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
@@ -270,8 +272,7 @@ def _advance(
 
 
 def _current_job_stage(draft: _Draft) -> str | None:
-    stage = draft.status.get("stage")
-    return next((name for name, value in STAGE_OF_JOB.items() if value.value == stage), None)
+    return JOB_OF_STAGE.get(draft.status.get("stage") or "")
 
 
 def _deadline(stage: str, workflow: Workflow, environment: Environment, settings: PlanSettings) -> int:

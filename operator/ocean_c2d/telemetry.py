@@ -18,6 +18,7 @@ from typing import Any
 
 from ocean_c2d.environments import occupancy
 from ocean_c2d.model import Environment, Workflow, parse_time
+from ocean_c2d.reconcile import JOB_OF_STAGE
 from ocean_c2d.status import Stage
 
 NEW = "New"  # a Workflow the operator has not written a status to yet
@@ -57,15 +58,6 @@ def workflow_counts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, str],
     return counts
 
 
-# The status stage a Workflow is in -> its record under status.stages, which holds when that began.
-STAGE_RECORDS = {
-    Stage.CONFIGURING: "configure",
-    Stage.RUNNING_ALGORITHM: "algorithm",
-    Stage.FILTERING: "filter",
-    Stage.PUBLISHING: "publish",
-}
-
-
 def oldest_stage_starts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, str], float]:
     """(namespace, environment, stage) -> when the Workflow longest in that stage entered it (Unix
     seconds), for the stages a Workflow passes through (Queued counts from its creation). An alert on
@@ -78,7 +70,7 @@ def oldest_stage_starts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, s
         if stage is Stage.QUEUED:
             since: datetime | None = workflow.created
         else:
-            record = (workflow.status.get("stages") or {}).get(STAGE_RECORDS[stage]) or {}
+            record = (workflow.status.get("stages") or {}).get(JOB_OF_STAGE[stage]) or {}
             since = parse_time(record.get("startedAt"))
         if since is None:
             continue  # entered the stage; its Job (and its start) are being created right now
@@ -141,13 +133,16 @@ def transition_observations(workflow: Workflow, after: dict[str, Any]) -> list[O
     return found
 
 
+STAGE_SUCCEEDED, STAGE_FAILED, STAGE_STOPPED = STAGE_OUTCOMES = ("Succeeded", "Failed", "Stopped")
+
+
 def stage_outcome(record: dict[str, Any]) -> str:
-    """Succeeded, Stopped, or Failed: few values, so the label stays cheap; the reason is in the status."""
+    """One of STAGE_OUTCOMES: few values, so the label stays cheap; the reason is in the status."""
     if record.get("reason") == "Stopped":
-        return "Stopped"
+        return STAGE_STOPPED
     if record.get("exitCode") in (None, 0) and record.get("reason") in (None, "Completed"):
-        return "Succeeded"
-    return "Failed"
+        return STAGE_SUCCEEDED
+    return STAGE_FAILED
 
 
 def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
