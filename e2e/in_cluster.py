@@ -22,27 +22,13 @@ import httpx
 import kr8s.asyncio
 from kr8s.asyncio.objects import ConfigMap
 
-from e2e.operator_fixtures import OPERATOR_NODE_TAINT, REPO, Operator, free_port
+from e2e.operator_fixtures import OPERATOR_NODE_TAINT, REPO, Operator, free_port, run_command
 
 CHART = REPO / "helm" / "ocean-c2d"
 RELEASE = "op"
 DEPLOYMENT = f"deploy/{RELEASE}-ocean-c2d"
 TEMPLATES_CONFIGMAP = "e2e-templates"
 METRICS_PORT = 8000
-
-
-async def _run(kubeconfig: str, *argv: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        env={**os.environ, "KUBECONFIG": kubeconfig},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    text = output.decode(errors="replace")
-    if process.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited {process.returncode}:\n{text}")
-    return text
 
 
 class InClusterOperator(Operator):
@@ -52,17 +38,20 @@ class InClusterOperator(Operator):
         self.metrics_port = port
 
     async def log_text(self) -> str:
-        return await _run(
-            self.release.kubeconfig, "kubectl", "-n", self.release.namespace, "logs", DEPLOYMENT
+        release = self.release
+        return await run_command(
+            "kubectl", "-n", release.namespace, "logs", DEPLOYMENT, kubeconfig=release.kubeconfig
         )
 
     async def kill(self) -> None:
         await self._stop_forward()
         namespace, kubeconfig = self.release.namespace, self.release.kubeconfig
-        await _run(kubeconfig, "kubectl", "-n", namespace, "scale", DEPLOYMENT, "--replicas=0")
-        await _run(
-            kubeconfig, "kubectl", "-n", namespace, "delete", "pod", "--grace-period=0", "--force",
-            "-l", f"app.kubernetes.io/instance={RELEASE}", "--ignore-not-found",
+        await run_command(
+            "kubectl", "-n", namespace, "scale", DEPLOYMENT, "--replicas=0", kubeconfig=kubeconfig
+        )
+        await run_command(
+            "kubectl", "-n", namespace, "delete", "pod", "--grace-period=0", "--force",
+            "-l", f"app.kubernetes.io/instance={RELEASE}", "--ignore-not-found", kubeconfig=kubeconfig,
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -108,9 +97,9 @@ class InClusterRelease:
         }
         values_file = self.workdir / f"values-{len(self.operators)}.json"
         await asyncio.to_thread(values_file.write_text, json.dumps(values))
-        await _run(
-            self.kubeconfig, "helm", "upgrade", "--install", RELEASE, str(CHART), "-n", self.namespace,
-            "--skip-crds", "--wait", "--timeout", "180s", "-f", str(values_file),
+        await run_command(
+            "helm", "upgrade", "--install", RELEASE, str(CHART), "-n", self.namespace,
+            "--skip-crds", "--wait", "--timeout", "180s", "-f", str(values_file), kubeconfig=self.kubeconfig,
         )  # fmt: skip
         port = free_port()
         forward = await asyncio.create_subprocess_exec(
@@ -126,7 +115,9 @@ class InClusterRelease:
     async def uninstall(self) -> None:
         for operator in self.operators:
             await operator.stop()
-        await _run(self.kubeconfig, "helm", "uninstall", RELEASE, "-n", self.namespace, "--wait")
+        await run_command(
+            "helm", "uninstall", RELEASE, "-n", self.namespace, "--wait", kubeconfig=self.kubeconfig
+        )
 
 
 async def _until_answering(url: str, forward: asyncio.subprocess.Process, timeout: float = 60) -> None:

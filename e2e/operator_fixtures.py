@@ -48,6 +48,23 @@ def free_port() -> int:
         return port
 
 
+async def run_command(*argv: str, kubeconfig: str, tools: str | None = None, check: bool = True) -> str:
+    """Run a CLI (helm, kubectl) against the test cluster and return its stdout; `tools` (a PATH
+    fragment, e.g. the built helm and kubectl) comes first on the PATH. With `check`, a non-zero exit
+    fails the test with both outputs."""
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
+    if tools:
+        env["PATH"] = f"{tools}:{os.environ['PATH']}"
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    output, errors = await process.communicate()
+    text = output.decode(errors="replace")
+    if check and process.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {process.returncode}:\n{text}{errors.decode()}")
+    return text
+
+
 class Operator:
     """What a test can do with a running operator, however it runs."""
 
@@ -134,7 +151,6 @@ async def start_operator(
 ) -> AsyncIterator[StartOperator]:
     """Start the operator watching the test's namespace, with the e2e templates (kwok annotations)."""
     await _credentials(api, namespace)
-    started: list[Operator] = []
     if IN_CLUSTER:
         from e2e.in_cluster import InClusterRelease
 
@@ -142,13 +158,13 @@ async def start_operator(
         await release.prepare(api)
 
         async def start(**extra_env: str) -> Operator:
-            operator = await release.start(extra_env)
-            started.append(operator)
-            return operator
+            return await release.start(extra_env)  # the release stops its operators on uninstall
 
         yield start
         await release.uninstall()
         return
+
+    started: list[Operator] = []
 
     async def start_process(**extra_env: str) -> Operator:
         log = tmp_path / f"operator-{len(started)}.log"

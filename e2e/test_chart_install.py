@@ -4,8 +4,6 @@ running as the chart's ServiceAccount, completes a Workflow with exactly the per
 
 from __future__ import annotations
 
-import asyncio
-import os
 from pathlib import Path
 
 import kr8s.asyncio
@@ -18,6 +16,7 @@ from e2e.operator_fixtures import (
     ComputeEnvironment,
     StartOperator,
     create_workflow,
+    run_command,
     wait_finished,
 )
 from e2e.waiting import wait_for, wait_for_deletion
@@ -35,18 +34,8 @@ def helm_path() -> str:
     return built("helm", "kubernetes")
 
 
-async def tool(tools: str, kubeconfig: str, *args: str) -> str:
-    env = {**os.environ, "KUBECONFIG": kubeconfig, "PATH": f"{tools}:{os.environ['PATH']}"}
-    process = await asyncio.create_subprocess_exec(
-        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    output, errors = await process.communicate()
-    assert process.returncode == 0, f"{' '.join(args)} failed:\n{output.decode()}{errors.decode()}"
-    return output.decode()
-
-
 async def helm(tools: str, kubeconfig: str, *args: str) -> str:
-    return await tool(tools, kubeconfig, "helm", *args)
+    return await run_command("helm", *args, kubeconfig=kubeconfig, tools=tools)
 
 
 async def service_account_kubeconfig(
@@ -54,7 +43,17 @@ async def service_account_kubeconfig(
 ) -> Path:
     """A kubeconfig that authenticates as the ServiceAccount (a TokenRequest token, as a pod gets)."""
     token = (
-        await tool(tools, kubeconfig, "kubectl", "create", "token", account, "-n", namespace, "--duration=1h")
+        await run_command(
+            "kubectl",
+            "create",
+            "token",
+            account,
+            "-n",
+            namespace,
+            "--duration=1h",
+            kubeconfig=kubeconfig,
+            tools=tools,
+        )
     ).strip()
     write_token_kubeconfig(Path(kubeconfig), token, account, namespace, path)
     return path
@@ -146,7 +145,9 @@ async def test_the_operator_runs_a_workflow_with_only_the_charts_permissions(
         helm_path, kubeconfig, namespace, account, tmp_path / "operator.kubeconfig"
     )
 
-    listed = await tool(helm_path, str(as_operator), "kubectl", "auth", "can-i", "--list", "-n", namespace)
+    listed = await run_command(
+        "kubectl", "auth", "can-i", "--list", "-n", namespace, kubeconfig=str(as_operator), tools=helm_path
+    )
     expected = permission_lines(EXPECTED_PERMISSIONS.read_text())
     assert permission_lines(listed) == expected, (
         "the ServiceAccount's permissions changed; if intended, update "
@@ -154,13 +155,11 @@ async def test_the_operator_runs_a_workflow_with_only_the_charts_permissions(
     )
     # Nothing cluster-wide beyond what every authenticated identity may do.
     for verb, resource in (("list", "namespaces"), ("get", "nodes"), ("list", "secrets")):
-        denied = await asyncio.create_subprocess_exec(
+        answer = await run_command(
             "kubectl", "auth", "can-i", verb, resource, "--all-namespaces",
-            env={**os.environ, "KUBECONFIG": str(as_operator), "PATH": f"{helm_path}:{os.environ['PATH']}"},
-            stdout=asyncio.subprocess.PIPE,
+            kubeconfig=str(as_operator), tools=helm_path, check=False,  # "no" exits 1
         )  # fmt: skip
-        answer, _ = await denied.communicate()
-        assert answer.decode().strip() == "no", (verb, resource)
+        assert answer.strip() == "no", (verb, resource)
 
     operator = await start_operator(KUBECONFIG=str(as_operator))
     workflow = await create_workflow(api, namespace, "rbac-proof", environment="cpu-small")

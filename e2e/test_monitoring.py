@@ -107,22 +107,25 @@ async def promtool_check_metrics(tools: str, exposition: str) -> tuple[int, str]
     return process.returncode, output.decode()
 
 
+async def prometheus_api(client: httpx.AsyncClient, prometheus: Prometheus, path: str, **params: str) -> Any:
+    """The `data` of a Prometheus HTTP API answer, which must say success."""
+    body = (await client.get(f"{prometheus.url}/api/v1/{path}", params=params)).json()
+    assert body.get("status") == "success", (path, params, body)
+    return body["data"]
+
+
 async def query(client: httpx.AsyncClient, prometheus: Prometheus, expr: str) -> list[dict[str, Any]]:
-    response = await client.get(f"{prometheus.url}/api/v1/query", params={"query": expr})
-    body = response.json()
-    assert body.get("status") == "success", (expr, body)
-    result: list[dict[str, Any]] = body["data"]["result"]
+    result: list[dict[str, Any]] = (await prometheus_api(client, prometheus, "query", query=expr))["result"]
     return result
 
 
 async def query_range(
     client: httpx.AsyncClient, prometheus: Prometheus, expr: str, start: float, end: float
 ) -> list[dict[str, Any]]:
-    params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1"}
-    response = await client.get(f"{prometheus.url}/api/v1/query_range", params=params)
-    body = response.json()
-    assert body.get("status") == "success", (expr, body)
-    result: list[dict[str, Any]] = body["data"]["result"]
+    data = await prometheus_api(
+        client, prometheus, "query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step="1"
+    )
+    result: list[dict[str, Any]] = data["result"]
     return result
 
 
@@ -248,8 +251,7 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
         # Every name a query or rule uses was exposed during the run (histograms by their _bucket/_sum/
         # _count): what Prometheus scraped, since a level like "oldest Workflow in a stage" exists only
         # while some Workflow is in one.
-        response = await client.get(f"{prometheus.url}/api/v1/label/__name__/values")
-        exposed = set(response.json()["data"])
+        exposed = set(await prometheus_api(client, prometheus, "label/__name__/values"))
         assert exposed_names(exposition) <= exposed
         used = {
             name
@@ -273,7 +275,7 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
         assert not empty, f"dashboard panels without data: {empty}"
 
         # The alert rules evaluate without errors against the real series.
-        rules = (await client.get(f"{prometheus.url}/api/v1/rules")).json()["data"]["groups"]
+        rules = (await prometheus_api(client, prometheus, "rules"))["groups"]
         health = {
             rule["name"]: (rule["health"], rule.get("lastError", "")) for g in rules for rule in g["rules"]
         }
