@@ -25,13 +25,17 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import boto3  # type: ignore[import-untyped]
 import httpx
 import pytest
+from botocore.config import Config  # type: ignore[import-untyped]
 
 from unit_tests.built_tools import built
 
@@ -59,6 +63,24 @@ class S3Server:
     root: Path  # the posix backend's top directory: one subdirectory per bucket
     log: Path
     ready_seconds: float
+
+    def client(self, secret_key: str | None = None) -> Any:
+        """A boto3 S3 client of this server (path-style, no retries); `secret_key` overrides the real one."""
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+
+def new_bucket(client: Any, prefix: str = "test") -> str:
+    """A bucket with a fresh name, created."""
+    bucket = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return bucket
 
 
 def free_port() -> int:

@@ -7,16 +7,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3  # type: ignore[import-untyped]
 import httpx
 import pytest
-from botocore.config import Config  # type: ignore[import-untyped]
 
+from e2e.services import new_bucket
 from ocean_c2d.steps.configure import run_configure
 from ocean_c2d.steps.sources import NonceSource
 
@@ -34,17 +32,6 @@ class NoSleep:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-
-
-def s3_client(server: S3Server) -> Any:
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name=server.region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
 
 
 def make_job(root: Path, inputs: list[dict[str, Any]], ipfs: IPFSNode, s3: S3Server) -> dict[str, str]:
@@ -102,9 +89,8 @@ async def test_ipfs_and_s3_inputs_land_in_the_volume(
     in_s3 = b"s3 input " + os.urandom(5000)
     plain_cid = await ipfs_add(http, ipfs_api, "plain.bin", plain, wrap=False)
     dir_cid = await ipfs_add(http, ipfs_api, "table.csv", wrapped, wrap=True)
-    client = s3_client(s3_server)
-    bucket = f"inputs-{uuid.uuid4().hex[:10]}"
-    client.create_bucket(Bucket=bucket)
+    client = s3_server.client()
+    bucket = new_bucket(client, "inputs")
     client.put_object(Bucket=bucket, Key="sets/2024/data.csv", Body=in_s3)
 
     inputs = [
@@ -136,9 +122,8 @@ async def test_ipfs_and_s3_inputs_land_in_the_volume(
 async def test_missing_s3_key_fails_with_31_naming_the_input(
     ipfs_api: IPFSNode, s3_server: S3Server, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    client = s3_client(s3_server)
-    bucket = f"inputs-{uuid.uuid4().hex[:10]}"
-    client.create_bucket(Bucket=bucket)
+    client = s3_server.client()
+    bucket = new_bucket(client, "inputs")
     first = b"present"
     client.put_object(Bucket=bucket, Key="present.txt", Body=first)
     inputs = [{"url": f"s3://{bucket}/present.txt"}, {"url": f"s3://{bucket}/absent/missing.csv"}]

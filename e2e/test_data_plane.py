@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3  # type: ignore[import-untyped]
 import httpx
 import kr8s.asyncio
 import pytest
-from botocore.config import Config  # type: ignore[import-untyped]
 
 from e2e.operator_fixtures import OPERATOR_KEY, Workflow, workflow_manifest
+from e2e.services import new_bucket
 from ocean_c2d.model import Environment
 from ocean_c2d.model import Workflow as WorkflowModel
 from ocean_c2d.render import Templates
@@ -153,16 +152,8 @@ async def test_configure_algorithm_filter_publish(
     assert json.loads(filter_termination.read_text()) == {"verdict": "Pass", "reasons": []}
 
     # 5. publish to the real S3 server.
-    s3 = boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-        region_name=s3_server.region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
-    bucket = f"results-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=bucket)
+    s3 = s3_server.client()
+    bucket = new_bucket(s3, "results")
     publish_env = {
         "WORKFLOW": str(workflow_json),
         "WORKFLOWID": name,

@@ -432,7 +432,6 @@ async def test_results_past_their_expiry_are_unpinned_and_deleted(
     ipfs_api: IPFSNode,
     s3_server: S3Server,
 ) -> None:
-    import boto3  # type: ignore[import-untyped]
 
     from ocean_c2d.storage.s3 import object_url
 
@@ -442,13 +441,7 @@ async def test_results_past_their_expiry_are_unpinned_and_deleted(
         pins = await client.post(f"{ipfs_api.api_url}/api/v0/pin/ls", params={"arg": cid})
         assert cid in pins.json()["Keys"]
     bucket, key = f"expiry-{namespace[-6:]}", "expiring/outputs/out.csv"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-        region_name=s3_server.region,
-    )
+    s3 = s3_server.client()
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key=key, Body=b"1,2,3\n")
     past = int(datetime.now(UTC).timestamp()) - 10

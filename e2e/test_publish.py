@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import boto3  # type: ignore[import-untyped]
 import httpx
-from botocore.config import Config  # type: ignore[import-untyped]
 
+from e2e.services import new_bucket
 from ocean_c2d.steps.publish import RetryPolicy, destination_from_env, run_publish
 from ocean_c2d.storage import Destination
 from ocean_c2d.storage.ipfs import cid_from_url, kubo_client, unpin_expired
@@ -38,23 +37,6 @@ EXPECTED_TYPES = {
     "configure.log": "configrationLog",
     "publish.log": "publishLog",
 }
-
-
-def s3_client(server: S3Server) -> Any:
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name=server.region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
-
-
-def new_bucket(client: Any) -> str:
-    bucket = f"publish-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    return bucket
 
 
 def sha256(data: bytes) -> str:
@@ -135,8 +117,8 @@ def check_shape(results: list[dict[str, Any]], expected_names: set[str]) -> None
 
 
 async def test_publish_to_s3(s3_server: S3Server, tmp_path: Path) -> None:
-    client = s3_client(s3_server)
-    bucket = new_bucket(client)
+    client = s3_server.client()
+    bucket = new_bucket(client, "publish")
     volume = tmp_path / "data"
     files = make_volume(volume)
     workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
@@ -205,8 +187,8 @@ async def test_publish_to_s3(s3_server: S3Server, tmp_path: Path) -> None:
 
 
 async def test_publish_to_s3_logs_only_when_outputs_withheld(s3_server: S3Server, tmp_path: Path) -> None:
-    client = s3_client(s3_server)
-    bucket = new_bucket(client)
+    client = s3_server.client()
+    bucket = new_bucket(client, "publish")
     volume = tmp_path / "data"
     make_volume(volume, big=False)
     workflow_id = f"wf-{uuid.uuid4().hex[:8]}"

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aioipfs  # type: ignore[import-untyped]
-import boto3  # type: ignore[import-untyped]
 import httpx
 import pytest
 from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
+from e2e.services import new_bucket
 
 if TYPE_CHECKING:
     from e2e.services import IPFSNode, S3Server
@@ -41,23 +40,6 @@ def pinned_version(name: str) -> str:
     raise KeyError(name)
 
 
-def s3_client(server: S3Server, secret_key: str | None = None) -> Any:
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=secret_key or server.secret_key,
-        region_name=server.region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
-
-
-def new_bucket(client: Any) -> str:
-    bucket = f"test-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    return bucket
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
@@ -67,7 +49,7 @@ def sha256_of(path: Path) -> str:
 
 
 def test_s3_multipart_upload_list_download(s3_server: S3Server, tmp_path: Path) -> None:
-    client = s3_client(s3_server)
+    client = s3_server.client()
     bucket = new_bucket(client)
     assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
     # The posix backend: the bucket is a directory under the server's root.
@@ -95,7 +77,7 @@ def test_s3_multipart_upload_list_download(s3_server: S3Server, tmp_path: Path) 
 
 
 def test_s3_metadata_and_expires_round_trip(s3_server: S3Server) -> None:
-    client = s3_client(s3_server)
+    client = s3_server.client()
     bucket = new_bucket(client)
     expires = datetime(2031, 5, 17, 8, 30, tzinfo=UTC)
     metadata = {"workflow-id": "wf-123", "sha256": hashlib.sha256(b"{}").hexdigest()}
@@ -120,7 +102,7 @@ def test_s3_metadata_and_expires_round_trip(s3_server: S3Server) -> None:
 
 def test_s3_refuses_a_wrong_secret(s3_server: S3Server) -> None:
     with pytest.raises(ClientError) as refused:
-        s3_client(s3_server, secret_key="not-the-secret").list_buckets()
+        s3_server.client(secret_key="not-the-secret").list_buckets()
     assert refused.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
 
 
