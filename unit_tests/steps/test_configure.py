@@ -9,7 +9,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,18 +125,6 @@ def mode_of(path: Path) -> int:
 
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
-def stack() -> Iterator[OceanStack]:
-    with OceanStack(expected_consumer=ADDRESS) as servers:
-        yield servers
 
 
 def did_input(asset: Asset, **extra: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -38,7 +38,6 @@ from ocean_c2d.steps.streaming import (
 from unit_tests.steps.providers import Asset, OceanStack
 
 KEY = OperatorKey.from_hex("0x95c716e9df3bc4ffd7299e7861ce401de810e8d245d3127b8e7b430f4ca7fd27")
-ADDRESS = "0x6D39A833d1a6789AECa50dB85CB830bc08319F45"
 DID = "did:op:" + "c3" * 32
 
 
@@ -52,18 +51,6 @@ class FakeSleep:
 
 def entries(path: Path) -> list[Path]:
     return sorted(path.iterdir())
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
-def stack() -> Iterator[OceanStack]:
-    with OceanStack(expected_consumer=ADDRESS) as servers:
-        yield servers
 
 
 def context(
