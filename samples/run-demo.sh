@@ -26,7 +26,9 @@ kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -
 if ! kubectl -n "$namespace" get secret ocean-c2d-credentials >/dev/null 2>&1; then
   # A throwaway operator key for the demo; a real deployment brings its own (see README).
   key="$("$repo/.venv/bin/python" -c 'import secrets; print("0x" + secrets.token_hex(32))')"
-  kubectl -n "$namespace" create secret generic ocean-c2d-credentials --from-literal=operator-private-key="$key"
+  # From stdin, not --from-literal: a key on a command line is visible to every process listing.
+  printf '%s' "$key" | kubectl -n "$namespace" create secret generic ocean-c2d-credentials \
+    --from-file=operator-private-key=/dev/stdin
 fi
 helm upgrade --install "$release" "$repo/helm/ocean-c2d" -n "$namespace" --skip-crds --wait \
   --set operator.replicas=0 --set-json 'computeEnvironments=[]'
@@ -37,14 +39,24 @@ token="$(kubectl -n "$namespace" create token "$release" --duration=1h)"
 server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
 ca="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.certificate-authority}')"
 operator_config="$state/operator.kubeconfig"
+# Written by the shell itself (a heredoc, mode 0600): the token never appears on a command line.
 (
   umask 077
-  export KUBECONFIG="$operator_config"
   rm -f "$operator_config"
-  kubectl config set-cluster local --server="$server" --certificate-authority="$ca" >/dev/null
-  kubectl config set-credentials "$release" --token="$token" >/dev/null
-  kubectl config set-context "$release" --cluster=local --user="$release" --namespace="$namespace" >/dev/null
-  kubectl config use-context "$release" >/dev/null
+  cat >"$operator_config" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+  - name: local
+    cluster: {server: "$server", certificate-authority: "$ca"}
+users:
+  - name: $release
+    user: {token: "$token"}
+contexts:
+  - name: $release
+    context: {cluster: local, user: $release, namespace: $namespace}
+current-context: $release
+EOF
 )
 
 key="$(kubectl -n "$namespace" get secret ocean-c2d-credentials -o jsonpath='{.data.operator-private-key}' | base64 -d)"

@@ -15,8 +15,9 @@ apply_namespace "$namespace"
 apply_namespace c2d-jobs  # existing-secret-values.yaml watches it
 key="0x$(openssl rand -hex 32)"
 for secret in ocean-c2d-credentials my-c2d-credentials; do
-  kubectl -n "$namespace" create secret generic "$secret" --from-literal=operator-private-key="$key" \
-    --dry-run=client -o yaml | kubectl apply -f -
+  # The key from stdin, never on a command line.
+  printf '%s' "$key" | kubectl -n "$namespace" create secret generic "$secret" \
+    --from-file=operator-private-key=/dev/stdin --dry-run=client -o yaml | kubectl apply -f -
 done
 kubectl apply --server-side \
   -f "$crds/monitoring.coreos.com_servicemonitors.yaml" \
