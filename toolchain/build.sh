@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the Go tools the local cluster and the chart tests need, and the S3 (versitygw) and IPFS
-# (kubo) servers of the data-plane tests, from the wrapper modules under toolchain/<tool>/, into a
-# version-keyed cache outside the repository:
+# Builds the Go tools the local cluster (with its real node: kubelet, kube-router) and the chart tests
+# need, and the S3 (versitygw) and IPFS (kubo) servers of the data-plane tests, from the wrapper modules
+# under toolchain/<tool>/, into a version-keyed cache outside the repository:
 #
 #   ${OCEAN_C2D_CACHE:-~/.cache/ocean-c2d}/bin/<tool>-<key>/
 #
@@ -18,7 +18,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=toolchain/versions.env
 source "$here/versions.env"
 cache="${OCEAN_C2D_CACHE:-$HOME/.cache/ocean-c2d}"
-all_tools=(kubernetes etcd kwok helm kubo versitygw chart-testing prometheus actionlint)
+all_tools=(kubernetes etcd kwok helm kubo versitygw chart-testing prometheus actionlint kube-router)
 
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 

@@ -32,7 +32,7 @@ sync_kubernetes() {
     count=$((count + 1))
   done < <(sed -n 's|^[[:space:]]*\(k8s.io/[A-Za-z0-9._-]*\) => ./staging/src/.*|\1|p' "$upstream_mod")
   echo "kubernetes: pinned $count staging modules at $staging (read from k8s.io/kubernetes@$KUBERNETES_VERSION go.mod)"
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     go get -tool "k8s.io/kubernetes/cmd/$c@$KUBERNETES_VERSION"
   done
   go mod tidy
@@ -91,7 +91,7 @@ sync_kubo() {
 }
 
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd kwok helm kubo versitygw chart-testing prometheus actionlint)
+[ ${#tools[@]} -gt 0 ] || tools=(kubernetes etcd kwok helm kubo versitygw chart-testing prometheus actionlint kube-router)
 for t in "${tools[@]}"; do
   case "$t" in
     kubernetes) sync_kubernetes ;;
@@ -105,6 +105,8 @@ for t in "${tools[@]}"; do
       sync_simple prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus \
         github.com/prometheus/prometheus/cmd/promtool ;;
     actionlint) sync_simple actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint ;;
+    kube-router)
+      sync_simple kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;
   esac
 done

@@ -34,7 +34,8 @@ FREE_FORM = {
         "spec.algorithm.userData",
         "spec.algorithm.customData",
     },
-    "computeenvironments.yaml": {"spec.tolerations[]"},
+    # An environment is the cluster admin's object; its Kubernetes-typed fields are checked at Job creation.
+    "computeenvironments.yaml": {"spec.tolerations[]", "spec.affinity"},
 }
 
 

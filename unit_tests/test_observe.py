@@ -511,3 +511,46 @@ def test_a_stage_ends_when_its_pod_ends_before_the_job_controller_says_so(
     assert view.jobs["algorithm"].state is expected
     if expected is not JobState.PENDING:
         assert view.jobs["algorithm"].finished == at("2026-01-01T12:02:00Z")
+
+
+def test_a_failed_isolation_check_fails_the_stage_though_the_container_never_ran() -> None:
+    body = pod_body("algorithm", "n0net", "2026-01-01T12:00:02Z", {"waiting": {"reason": "PodInitializing"}})
+    body["status"]["phase"] = "Failed"
+    body["status"]["initContainerStatuses"] = [
+        {"name": "isolation-check", "state": terminated(23, "Error")},
+    ]
+    view = observed([_pending_job("algorithm")], [pod_record(body)], [])
+    assert view.jobs["algorithm"].state is JobState.FAILED
+    assert view.jobs["algorithm"].init_failure == "isolation-check"
+    assert view.jobs["algorithm"].exit_code is None
+
+
+def test_a_completed_init_container_is_no_failure() -> None:
+    body = pod_body(
+        "algorithm", "ok000", "2026-01-01T12:00:02Z", {"running": {"startedAt": "2026-01-01T12:00:05Z"}}
+    )
+    body["status"]["initContainerStatuses"] = [
+        {"name": "isolation-check", "state": terminated(0, "Completed")}
+    ]
+    assert pod_record(body).init_failure is None
+
+
+@pytest.mark.parametrize(
+    ("phase", "deleting", "running"),
+    [
+        ("Pending", False, True),
+        ("Running", False, True),
+        ("Running", True, True),  # deleted, but its processes run until the kubelet has killed them
+        ("Succeeded", False, False),
+        ("Failed", True, False),
+    ],
+)
+def test_a_stage_has_a_running_pod_until_its_containers_ended(
+    phase: str, deleting: bool, running: bool
+) -> None:
+    body = pod_body("algorithm", "p0d00", "2026-01-01T12:00:02Z", {"running": {}}, phase=phase)
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = "2026-01-01T12:01:00Z"
+    view = observed([], [pod_record(body)], [])
+    assert ("algorithm" in view.running_pods) is running
+    assert observed([], [], []).running_pods == frozenset()

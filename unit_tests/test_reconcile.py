@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from ocean_c2d import status as st
 from ocean_c2d.model import Environment, FilterPolicy, JobState, Observed, StageJob, Workflow
 from ocean_c2d.reconcile import Admission, Plan, PlanSettings, plan
 from ocean_c2d.render import Templates, spec_hash
@@ -31,6 +32,8 @@ TEMPLATE_VALUES: dict[str, Any] = {
     "credentials_secret": "ocean-c2d-credentials",
     "storage_class": "",
     "publish_env": {},
+    "isolation_probe_address": None,
+    "isolation_timeout": 60,
 }
 SETTINGS = PlanSettings(template_values=TEMPLATE_VALUES, notify_start=True, notify_stop=True)
 ENVIRONMENT = Environment(name="cpu", max_jobs=2, max_job_duration=600)
@@ -74,6 +77,7 @@ class World:
         self.jobs: dict[str, StageJob] = {}
         self.others: dict[tuple[str, str], str] = {}
         self.created_jobs: list[str] = []
+        self.running_pods: set[str] = set()  # stages whose pod may still run (deleting or not)
         self.now = T0
 
     @property
@@ -85,7 +89,12 @@ class World:
         return dict(self.obj.get("status") or {})
 
     def observed(self) -> Observed:
-        return Observed(jobs=dict(self.jobs), others=frozenset(self.others), hashes=dict(self.others))
+        return Observed(
+            jobs=dict(self.jobs),
+            others=frozenset(self.others),
+            hashes=dict(self.others),
+            running_pods=frozenset(self.running_pods),
+        )
 
     def plan(self, admission: Admission = ADMIT) -> Plan:
         return plan(
@@ -433,6 +442,70 @@ def test_stop_ends_the_current_stage_and_still_publishes(stop_in: str, expected_
         world.reconcile()
     assert (world.status["statusCode"], world.status["reason"]) == (72, "Stopped")
     assert world.created_jobs == [f"job1-{stage}-job" for stage in expected_jobs]
+
+
+@pytest.mark.parametrize("ending", ["stop", "timeout"])
+def test_the_next_stage_waits_until_the_algorithm_pod_is_gone(ending: str) -> None:
+    """A stopped or timed-out algorithm's pod is deleted, but its processes run until the kubelet has
+    killed them: publish (which reads the same volume) must not start before."""
+    world = World()
+    world.reconcile()
+    world.finish("configure")
+    world.reconcile()
+    world.running_pods = {"algorithm"}
+    if ending == "stop":
+        world.stop()
+    else:
+        world.finish("algorithm", JobState.FAILED, failure_reason="DeadlineExceeded")
+    world.now += timedelta(seconds=3)
+    result = world.reconcile()
+
+    assert world.status["stage"] == "Publishing"
+    assert "job1-publish-job" not in world.created_jobs
+    assert not any(m["kind"] == "Job" for m in result.desired)
+    assert "endedAt" not in world.status["stages"]["algorithm"]
+    assert world.reconcile().status is None  # waiting writes nothing
+
+    world.running_pods = set()  # the pod is gone
+    world.now += timedelta(seconds=7)
+    world.reconcile()
+
+    assert world.created_jobs[-1] == "job1-publish-job"
+    assert world.status["stages"]["algorithm"]["endedAt"] == st.format_time(world.now)
+    assert world.status["stages"]["publish"]["startedAt"] == st.format_time(world.now)
+
+
+def test_an_algorithm_that_exited_by_itself_ended_when_its_job_finished() -> None:
+    world = World()
+    world.run_to_end()
+
+    record = world.status["stages"]["algorithm"]
+    assert record["endedAt"] == record["finishedAt"]
+
+
+def test_an_isolation_check_that_never_saw_egress_blocked_fails_closed() -> None:
+    world = World(environment=FILTERING)
+    world.run_to_end(algorithm={"state": JobState.FAILED, "init_failure": "isolation-check"})
+
+    status = world.status
+    assert (status["statusCode"], status["reason"]) == (23, "NetworkNotIsolated")
+    assert "NetworkPolicy" in status["message"]
+    # The algorithm never ran: nothing to filter; publish still runs (the logs).
+    assert world.created_jobs == ["job1-configure-job", "job1-algorithm-job", "job1-publish-job"]
+
+
+def test_a_filter_pod_that_was_not_isolated_blocks_the_results() -> None:
+    world = World(environment=FILTERING)
+    world.run_to_end(filter={"state": JobState.FAILED, "init_failure": "isolation-check"})
+
+    assert world.status["filter"]["verdict"] == "Block"
+    assert "NetworkPolicy" in world.status["filter"]["reasons"][0]
+    assert world.last_job_manifest["metadata"]["name"] == "job1-publish-job"
+    publish_env = {
+        e["name"]: e.get("value")
+        for e in world.last_job_manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert publish_env["PUBLISH_OUTPUTS"] == "false"
 
 
 def test_a_deleted_running_algorithm_is_never_recreated() -> None:

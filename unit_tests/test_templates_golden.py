@@ -29,6 +29,7 @@ from ocean_c2d.render import (
     SPEC_HASH_ANNOTATION,
     TemplateError,
     Templates,
+    pod_affinity,
 )
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -57,6 +58,8 @@ BASE_VALUES: dict[str, Any] = {
     "credentials_secret": CREDENTIALS,
     "storage_class": "",
     "publish_env": {},
+    "isolation_probe_address": None,
+    "isolation_timeout": 60,
 }
 
 
@@ -509,10 +512,13 @@ def test_every_gpu_pod_gets_the_pull_secret_and_the_scope_affinity() -> None:
                 {"matchExpressions": [{"key": "scope", "operator": "In", "values": ["c2d"]}]}
             ]
         }
+        # Every stage runs where the environment says (its volume is there too); only the algorithm
+        # gets the GPUs.
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}
+        assert spec["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
         if manifest["metadata"]["labels"]["component"] != "algorithm":
-            # The environment's GPU node selector is for the algorithm only.
-            assert "nodeSelector" not in spec
-            assert "tolerations" not in spec
             assert "nvidia.com/gpu" not in only_container(manifest)["resources"]["limits"]
 
 
@@ -656,3 +662,41 @@ def test_a_template_with_a_syntax_error_is_named_in_the_load_error(tmp_path: Pat
     (tmp_path / "filter-job.yaml.j2").write_text("kind: Job\n{% if %}\n")
     with pytest.raises(TemplateError, match=r"filter-job\.yaml\.j2"):
         Templates(tmp_path)
+
+
+def test_algorithm_and_filter_pods_wait_for_their_isolation_unless_the_network_is_allowed() -> None:
+    for stage in ("algorithm", "filter"):
+        [check] = pod_spec(job("cpu", stage))["initContainers"]
+        assert check["name"] == "isolation-check"
+        assert check["args"] == ["isolation-check"]
+        assert check["image"] == BASE_VALUES["configure_image"]  # our own image, not the algorithm's
+        assert env(check)["ISOLATION_TIMEOUT_SECONDS"]["value"] == "60"
+        # The gpu scenario's environment allows network: nothing to wait for.
+        assert "initContainers" not in pod_spec(job("gpu", stage))
+    for stage in ("configure", "publish"):
+        assert "initContainers" not in pod_spec(job("cpu", stage))
+
+
+def test_the_scope_affinity_is_anded_into_every_term_of_the_environments_affinity() -> None:
+    zone = {"key": "zone", "operator": "In", "values": ["a"]}
+    gpu = {"key": "gpu", "operator": "Exists"}
+    environment = Environment(
+        name="e",
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [zone]}, {"matchExpressions": [gpu]}]
+                }
+            },
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []},
+        },
+    )
+    scope = {"key": "scope", "operator": "In", "values": ["c2d"]}
+    merged = pod_affinity(environment, "c2d")
+    terms = merged["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [zone, scope]}, {"matchExpressions": [gpu, scope]}]
+    assert merged["podAntiAffinity"] == environment.affinity["podAntiAffinity"]
+    assert environment.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0] == {"matchExpressions": [zone]}  # the environment's own value is not changed
+    assert pod_affinity(Environment(name="e"), None) == {}

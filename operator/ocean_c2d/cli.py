@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.add_parser(
         "publish", help="stage step: upload outputs and logs; the result list is the termination message"
     )
+    subcommands.add_parser(
+        "isolation-check",
+        help="init step of algorithm and filter pods: exit 0 once egress is blocked, 23 if it never is",
+    )
     return parser
 
 
@@ -48,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ocean_c2d.steps.publish import main as publish_main
 
         return publish_main()
+    elif args.command == "isolation-check":
+        from ocean_c2d.steps.isolation import main as isolation_main
+
+        return isolation_main()
     return 0
 
 

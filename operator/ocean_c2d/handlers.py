@@ -10,6 +10,10 @@ Job, pod and child that exists: that is what lets a restarted operator resume wi
 from __future__ import annotations
 
 import copy
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -28,6 +32,33 @@ def _ns(namespace: str | None) -> str:
 def _controller(memo: Any) -> Controller:
     controller: Controller = memo.controller
     return controller
+
+
+# ---- login ---------------------------------------------------------------------------------------------
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server as a pod reaches it, by the rule client-go's in-cluster config follows: the
+    KUBERNETES_SERVICE_HOST and _PORT the kubelet sets in every container (an IPv6 host in brackets)."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    try:
+        bracketed = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        bracketed = False
+    return f"https://[{host}]:{port}" if bracketed else f"https://{host}:{port}"
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account's token at the address of `in_cluster_server`: kopf's own login
+    dials https://kubernetes.default.svc, a name only cluster DNS resolves. Outside a pod, the kubeconfig."""
+    info = kopf.login_with_service_account(**kwargs)
+    if info is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    server = in_cluster_server(os.environ)
+    return dataclasses.replace(info, server=server) if server else info
 
 
 # ---- indexes: the operator's view of the cluster -----------------------------------------------------

@@ -155,6 +155,7 @@ class Environment:
     storage_expiry: int = 0
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] = field(default_factory=dict)  # a pod affinity, as the pod spec has it
     allow_network: bool = False
     storage_class_name: str | None = None
     filter: FilterPolicy = field(default_factory=FilterPolicy)
@@ -179,6 +180,7 @@ class Environment:
             storage_expiry=int(spec.get("storageExpiry", 0)),
             node_selector=dict(spec.get("nodeSelector") or {}),
             tolerations=tuple(spec.get("tolerations") or ()),
+            affinity=dict(spec.get("affinity") or {}),
             allow_network=bool(spec.get("allowNetwork", False)),
             storage_class_name=spec.get("storageClassName") or None,
             filter=FilterPolicy(
@@ -210,6 +212,7 @@ class StageJob:
     termination_message: str | None = None
     waiting_reason: str | None = None  # e.g. ErrImagePull, ImagePullBackOff: never started
     deleting: bool = False
+    init_failure: str | None = None  # the init container that ended non-zero (e.g. the isolation check)
 
 
 @dataclass(frozen=True)
@@ -219,3 +222,6 @@ class Observed:
     jobs: dict[str, StageJob] = field(default_factory=dict)  # by stage name: configure, algorithm, ...
     others: frozenset[tuple[str, str]] = frozenset()  # (kind, name) of the non-Job children present
     hashes: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> spec hash annotation
+    # Stages with a pod whose containers may still run (not Succeeded or Failed, deleting or not). Its
+    # processes can still write to the data volume, so the next stage waits until it is gone.
+    running_pods: frozenset[str] = frozenset()

@@ -38,6 +38,12 @@ class PodRecord:
     phase: str = "Pending"
     finished: datetime | None = None
     disrupted: bool = False  # evicted, preempted, drained: the Job controller retries such a pod
+    init_failure: str | None = None  # the first init container that terminated with a non-zero exit
+
+    @property
+    def running(self) -> bool:
+        """Its containers may still run: the kubelet sets Succeeded/Failed only once all have ended."""
+        return self.phase not in ("Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,14 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
     terminated = state.get("terminated") or {}
     waiting = state.get("waiting") or {}
     conditions = status.get("conditions") or []
+    init_failure = next(
+        (
+            str(s.get("name"))
+            for s in status.get("initContainerStatuses") or []
+            if ((s.get("state") or {}).get("terminated") or {}).get("exitCode") not in (None, 0)
+        ),
+        None,
+    )
     return PodRecord(
         component=(metadata.get("labels") or {}).get("component", ""),
         name=metadata["name"],
@@ -86,6 +100,7 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
         phase=str(status.get("phase") or "Pending"),
         finished=parse_time(terminated.get("finishedAt")),
         disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions),
+        init_failure=init_failure,
     )
 
 
@@ -97,7 +112,7 @@ def _outcome_from_pod(job: JobRecord, pod: PodRecord | None) -> tuple[JobState, 
         return job.state, job.finished
     if pod.phase == "Succeeded":
         return JobState.SUCCEEDED, pod.finished
-    if pod.phase == "Failed" and pod.exit_code not in (None, 0):
+    if pod.phase == "Failed" and (pod.exit_code not in (None, 0) or pod.init_failure):
         return JobState.FAILED, pod.finished
     return job.state, job.finished
 
@@ -120,7 +135,10 @@ def observed(
 ) -> Observed:
     """One Workflow's children as the reconcile sees them: a stage Job joined with its newest pod."""
     newest_pod: dict[str, PodRecord] = {}
+    running: set[str] = set()
     for candidate in pods:
+        if candidate.running:
+            running.add(candidate.component)
         current = newest_pod.get(candidate.component)
         if current is None or _moment(candidate.created) >= _moment(current.created):
             newest_pod[candidate.component] = candidate
@@ -139,10 +157,12 @@ def observed(
             termination_message=pod.termination_message if pod else None,
             waiting_reason=pod.waiting_reason if pod else None,
             deleting=job.deleting,
+            init_failure=pod.init_failure if pod else None,
         )
     children = list(children)
     return Observed(
         jobs=stage_jobs,
         others=frozenset((c.kind, c.name) for c in children),
         hashes={(c.kind, c.name): c.spec_hash for c in children if c.spec_hash},
+        running_pods=frozenset(running),
     )

@@ -19,7 +19,11 @@ from ocean_c2d import status as st
 from ocean_c2d.model import Environment, JobState, Observed, StageJob, Workflow
 from ocean_c2d.render import Templates, spec_hash
 from ocean_c2d.status import Outcome, Stage
-from ocean_c2d.steps.contract import EXIT_ALGORITHM_PROVISIONING_FAILED, EXIT_RESULTS_BLOCKED
+from ocean_c2d.steps.contract import (
+    EXIT_ALGORITHM_PROVISIONING_FAILED,
+    EXIT_RESULTS_BLOCKED,
+    ISOLATION_CHECK_CONTAINER,
+)
 
 CONFIGURE, ALGORITHM, FILTER, PUBLISH = "configure", "algorithm", "filter", "publish"
 STAGE_OF_JOB = {
@@ -233,6 +237,12 @@ def _advance(
             if stop:
                 _stop_stage(draft, stage_name, environment, settings)
                 continue
+            # A pod of an earlier stage still runs (a stopped or timed-out algorithm being killed: `sh`
+            # as PID 1 ignores SIGTERM, and a Job's deletion returns before its pod is gone). Its
+            # processes could still write to the volume the next stage reads: wait for the pod to end.
+            if observed.running_pods - {stage_name}:
+                return ()
+            _record_algorithm_end(draft)
             # Not created yet: create it. The shell writes this status only after the create succeeded.
             # Outputs leave only when no filter blocked them; logs are published either way.
             blocked = draft.status.get("filter", {}).get("verdict") == "Block"
@@ -269,6 +279,17 @@ def _advance(
         else:
             _stage_failed(draft, stage_name, job, None)
         _next_stage(draft, stage_name, environment, settings)
+
+
+def _record_algorithm_end(draft: _Draft) -> None:
+    """`stages.algorithm.endedAt`: when its processes were over. An algorithm that exited by itself ended
+    when its Job finished; one that was stopped, timed out or deleted ended when its pod was seen gone,
+    which is now (the next stage starts only then)."""
+    record = draft.status.get("stages", {}).get(ALGORITHM)
+    if not record or not record.get("finishedAt") or "endedAt" in record:
+        return
+    killed = record.get("reason") in ("Stopped", "DeadlineExceeded", "JobDeleted")
+    record["endedAt"] = st.format_time(draft.now) if killed else record["finishedAt"]
 
 
 def _current_job_stage(draft: _Draft) -> str | None:
@@ -320,7 +341,14 @@ def _stage_failed(draft: _Draft, stage: str, job: StageJob | None, why: str | No
         never_started = (
             job is not None and job.exit_code is None and job.waiting_reason in IMAGE_PULL_FAILURES
         )
-        if never_started:
+        if job is not None and job.init_failure == ISOLATION_CHECK_CONTAINER:
+            draft.fail(
+                Outcome.NETWORK_NOT_ISOLATED,
+                "The algorithm was not started: its pod could still reach the network at the isolation"
+                " check's deadline (the cluster does not enforce the Workflow's NetworkPolicy, or not in"
+                " time)",
+            )
+        elif never_started:
             draft.fail(Outcome.CONTAINER_CREATION_FAILED, f"The algorithm container never started: {detail}")
         elif job is not None and job.failure_reason == "DeadlineExceeded":
             draft.fail(Outcome.ALGORITHM_TIMED_OUT, f"The algorithm ran past its time limit: {detail}")
@@ -328,7 +356,11 @@ def _stage_failed(draft: _Draft, stage: str, job: StageJob | None, why: str | No
             draft.fail(Outcome.ALGORITHM_FAILED, f"The algorithm failed: {detail}")
     elif stage == FILTER:
         reasons = _parse_reasons(job.termination_message if job else None)
-        if code != EXIT_RESULTS_BLOCKED:
+        if job is not None and job.init_failure == ISOLATION_CHECK_CONTAINER:
+            reasons = [
+                "the filter pod could still reach the network (NetworkPolicy not enforced); results withheld"
+            ]
+        elif code != EXIT_RESULTS_BLOCKED:
             reasons = [f"the filter failed ({detail}); results withheld", *reasons]
         draft.status["filter"] = {"verdict": "Block", "reasons": reasons}
         draft.fail(Outcome.RESULTS_BLOCKED, "Results blocked by the filter: " + "; ".join(reasons))
@@ -376,7 +408,7 @@ def _next_stage(draft: _Draft, finished: str, environment: Environment, settings
         else:
             draft.enter(Stage.PUBLISHING, st.PUBLISHING_RESULTS)
     elif finished == ALGORITHM:
-        algorithm_ran = outcome is not Outcome.CONTAINER_CREATION_FAILED
+        algorithm_ran = outcome not in (Outcome.CONTAINER_CREATION_FAILED, Outcome.NETWORK_NOT_ISOLATED)
         if algorithm_ran and _filter_wanted(environment, settings):
             draft.enter(Stage.FILTERING, st.FILTERING_RESULTS)
         else:

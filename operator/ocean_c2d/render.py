@@ -64,6 +64,23 @@ def algorithm_resources(environment: Environment) -> dict[str, str]:
     return resources
 
 
+def pod_affinity(environment: Environment, scope: str | None) -> dict[str, Any]:
+    """The environment's affinity, with NODE_SELECTOR's required `scope` term ANDed into each of its node
+    selector terms (terms are ORed, so the scope must be in every one)."""
+    affinity: dict[str, Any] = json.loads(json.dumps(environment.affinity))
+    if scope:
+        term = {"key": "scope", "operator": "In", "values": [scope]}
+        required = affinity.setdefault("nodeAffinity", {}).setdefault(
+            "requiredDuringSchedulingIgnoredDuringExecution", {}
+        )
+        terms = required.setdefault("nodeSelectorTerms", [])
+        if not terms:
+            terms.append({})
+        for selector in terms:
+            selector.setdefault("matchExpressions", []).append(term)
+    return affinity
+
+
 def _json(value: Any) -> str:
     """The `json` filter. An undefined variable is an error naming it, never a serialisation crash."""
     if isinstance(value, jinja2.Undefined):
@@ -147,6 +164,7 @@ class Templates:
             "workflow_document": document,
             "filter_image": settings.filtering_container,
             **settings.template_values,
+            "pod_affinity": pod_affinity(environment, settings.template_values.get("node_selector_scope")),
         }
 
     def render(self, template: str, context: dict[str, Any]) -> dict[str, Any] | None:

@@ -127,6 +127,11 @@ class Settings:
     filter_timeout_seconds: int
     publish_timeout_seconds: int
     resync_seconds: int
+    # The isolation check of algorithm and filter pods (steps/isolation.py): the address they must fail to
+    # reach before the algorithm starts (None = the API server, KUBERNETES_SERVICE_HOST:PORT in the pod),
+    # and how long the policy may take to hold before the Workflow ends NetworkNotIsolated.
+    isolation_probe_address: str | None
+    isolation_timeout_seconds: int
 
     watch_namespace: str | None  # None = the operator's own namespace; "*" = all namespaces
     log_level: str | None  # upper-case
@@ -166,6 +171,8 @@ class Settings:
                 "credentials_secret": self.credentials_secret,
                 "storage_class": self.storage_class,
                 "publish_env": {k: v for k, v in publish_env.items() if v is not None},
+                "isolation_probe_address": self.isolation_probe_address,
+                "isolation_timeout": self.isolation_timeout_seconds,
             },
         )
 
@@ -372,6 +379,18 @@ def _publish(environ: Mapping[str, str], errors: list[str]) -> PublishSettings:
     )
 
 
+def _host_port(environ: Mapping[str, str], name: str, errors: list[str]) -> str | None:
+    """`host:port` (an IPv6 host in brackets), or None when unset."""
+    raw = _str(environ, name)
+    if raw is None:
+        return None
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in raw):
+        errors.append(f"{name}: expected host:port, got {raw!r}")
+        return None
+    return raw
+
+
 def _watch_namespace(environ: Mapping[str, str], errors: list[str]) -> str | None:
     """None (the operator's own namespace), "*" (all namespaces) or a namespace name."""
     raw = _str(environ, "WATCH_NAMESPACE")
@@ -413,6 +432,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     publish_timeout_seconds = _int(environ, "PUBLISH_TIMEOUT_SECONDS", errors, default=3600, minimum=1)
     # The slow safety timer that catches missed events; below 10 s it would hammer the API server.
     resync_seconds = _int(environ, "RESYNC_SECONDS", errors, default=600, minimum=10)
+    isolation_probe_address = _host_port(environ, "ISOLATION_PROBE_ADDRESS", errors)
+    isolation_timeout_seconds = _int(
+        environ, "ISOLATION_TIMEOUT_SECONDS", errors, default=60, minimum=1, maximum=3600
+    )
     watch_namespace = _watch_namespace(environ, errors)
     log_level = _choice(environ, "LOG_LEVEL", errors, LOG_LEVELS, ignore_case=True)
     log_cfg = _str(environ, "LOG_CFG")
@@ -450,6 +473,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         filter_timeout_seconds=filter_timeout_seconds,
         publish_timeout_seconds=publish_timeout_seconds,
         resync_seconds=resync_seconds,
+        isolation_probe_address=isolation_probe_address,
+        isolation_timeout_seconds=isolation_timeout_seconds,
         watch_namespace=watch_namespace,
         log_level=log_level,
         log_cfg=log_cfg,

@@ -2,7 +2,7 @@
 
 The codes are the original operator-engine's (1, 20, 30, 31, 32, 40, 50, 60, 70), so Ocean clients read
 them unchanged, plus distinct codes for what the original hid behind 70 "Job finished": ocean-node's numbers
-where it has one (22, 41, 62), and our own otherwise (43, 51, 72, 90).
+where it has one (22, 41, 62), and our own otherwise (23, 43, 51, 72, 90).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ class Code:
 WARMING_UP = Code(1, "Warming up")
 CONFIGURING_VOLUMES = Code(20, "Configuring volumes")
 CONTAINER_CREATION_FAILED = Code(22, "Container creation failed")
+# Ours: the algorithm (or filter) pod's isolation check saw egress open at its deadline, so the algorithm
+# never started (the cluster does not enforce NetworkPolicy, or not in time). Fails closed.
+NETWORK_NOT_ISOLATED = Code(23, "Network isolation not enforced")
 PROVISIONING_SUCCESS = Code(30, "Provisioning success")
 DATA_PROVISIONING_FAILED = Code(31, "Data provisioning failed")
 ALGORITHM_PROVISIONING_FAILED = Code(32, "Algorithm provisioning failed")
@@ -62,6 +65,7 @@ class Outcome(enum.StrEnum):
     DATA_PROVISIONING_FAILED = "DataProvisioningFailed"
     ALGORITHM_PROVISIONING_FAILED = "AlgorithmProvisioningFailed"
     CONTAINER_CREATION_FAILED = "ContainerCreationFailed"
+    NETWORK_NOT_ISOLATED = "NetworkNotIsolated"
     ALGORITHM_FAILED = "AlgorithmFailed"
     ALGORITHM_TIMED_OUT = "AlgorithmTimedOut"
     RESULTS_BLOCKED = "ResultsBlocked"
@@ -76,6 +80,7 @@ FINAL_CODES: dict[Outcome, Code] = {
     Outcome.DATA_PROVISIONING_FAILED: DATA_PROVISIONING_FAILED,
     Outcome.ALGORITHM_PROVISIONING_FAILED: ALGORITHM_PROVISIONING_FAILED,
     Outcome.CONTAINER_CREATION_FAILED: CONTAINER_CREATION_FAILED,
+    Outcome.NETWORK_NOT_ISOLATED: NETWORK_NOT_ISOLATED,
     Outcome.ALGORITHM_FAILED: ALGORITHM_FAILED,
     Outcome.ALGORITHM_TIMED_OUT: ALGORITHM_TIMED_OUT,
     Outcome.RESULTS_BLOCKED: RESULTS_BLOCKED,

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK = 0
+# The isolation check (an init container of algorithm and filter pods) saw egress still open at its deadline.
+EXIT_NOT_ISOLATED = 23
+# The init container that runs it; the operator reads its outcome by this name.
+ISOLATION_CHECK_CONTAINER = "isolation-check"
 EXIT_DATA_PROVISIONING_FAILED = 31
 EXIT_ALGORITHM_PROVISIONING_FAILED = 32
 EXIT_RESULTS_BLOCKED = 51
