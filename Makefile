@@ -52,7 +52,7 @@ lint: venv ## ruff (lint + format check), mypy, shellcheck, hadolint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/shellcheck -x toolchain/*.sh e2e/cluster/*.sh e2e/kind/*.sh samples/*.sh .ci/run
+	$(BIN)/shellcheck -x toolchain/*.sh e2e/cluster/*.sh e2e/images/*.sh e2e/kind/*.sh samples/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
 
 .PHONY: lock
