@@ -24,9 +24,9 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: venv
 venv: $(VENV)/.installed ## create the virtualenv and install the package with its dev tools
 
-# What the local cluster and `make run` need; the rest (kubo, versitygw, ct, prometheus, actionlint) is for
-# the tests.
-CLUSTER_TOOLS := kubernetes etcd kwok helm
+# What the local cluster (with its real node: kubelet is in kubernetes, kube-router) and `make run` need
+# (versitygw: the demo's S3 server); the rest (kubo, ct, prometheus, actionlint) is for the tests.
+CLUSTER_TOOLS := kubernetes etcd kwok kube-router helm versitygw
 
 .PHONY: toolchain
 toolchain: ## build every Go tool (cluster, test servers, ct, promtool, actionlint) not cached yet

@@ -23,16 +23,19 @@ from kr8s.asyncio.objects import Namespace
 from e2e.crds import CRDS, apply_crd, established
 from e2e.waiting import wait_for, wait_for_object
 
-pytest_plugins = ["e2e.operator_fixtures", "e2e.services"]
+pytest_plugins = ["e2e.operator_fixtures", "e2e.services", "e2e.real_node"]
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "e2e" / "cluster" / "cluster.sh"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under e2e/ needs a cluster: mark it so `-m "not e2e"` deselects it."""
+    """Everything under e2e/ needs a cluster: mark it so `-m "not e2e"` deselects it; the tests that
+    use the real node (fixture `real_node`) are marked `real` too."""
     for item in items:
         item.add_marker(pytest.mark.e2e)
+        if "real_node" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real)
 
 
 async def _reachable(kubeconfig: str) -> bool:

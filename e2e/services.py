@@ -214,14 +214,28 @@ def _xattrs_supported(directory: Path) -> bool:
 @pytest.fixture(scope="session")
 async def s3_server(toolchain_path: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[S3Server]:
     """versitygw (posix backend on a temporary directory) on a free loopback port."""
+    async with start_s3_server(toolchain_path, tmp_path_factory.mktemp("s3"), "127.0.0.1") as server:
+        yield server
+
+
+def free_port_on(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def start_s3_server(toolchain_path: str, home: Path, host: str) -> AsyncIterator[S3Server]:
+    """versitygw on a free port of `host`: loopback, or the real node's veth address (its pods reach
+    this machine only there)."""
     versitygw = _binary(toolchain_path, "versitygw")
-    home = tmp_path_factory.mktemp("s3")
     root = home / "root"
     root.mkdir()
     access_key = "ocean-c2d-test"
     secret_key = secrets.token_urlsafe(30)
     region = "us-east-1"
-    port = free_port()
+    port = free_port_on(host)
     # The root credentials go in the environment (versitygw's ROOT_* variables), not on the command
     # line; the caller's own VGW_* settings (IAM, events, TLS...) are left out.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VGW_", "ROOT_"))}
@@ -234,7 +248,7 @@ async def s3_server(toolchain_path: str, tmp_path_factory: pytest.TempPathFactor
     argv = [
         versitygw,
         "--port",
-        f"127.0.0.1:{port}",
+        f"{host}:{port}",
         "--region",
         region,
         "--health",
@@ -242,7 +256,7 @@ async def s3_server(toolchain_path: str, tmp_path_factory: pytest.TempPathFactor
         *posix,
         str(root),
     ]
-    endpoint_url = f"http://127.0.0.1:{port}"
+    endpoint_url = f"http://{host}:{port}"
     log = home / "server.log"
     async with background_server(argv, env, log, "GET", f"{endpoint_url}/health") as ready_seconds:
         yield S3Server(

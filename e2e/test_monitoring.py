@@ -160,11 +160,14 @@ def exposed_names(text: str) -> set[str]:
     }
 
 
+async def create_environments(api: kr8s.asyncio.Api, namespace: str) -> None:
+    await create_environment(api, namespace, maxJobs=2)
+    await create_environment(api, namespace, name="filtered", filter={"enabled": True})
+
+
 async def run_workflows(api: kr8s.asyncio.Api, namespace: str, operator: Operator) -> None:
     """Six Workflows through a 2-slot environment: four succeed, one algorithm fails, one runs longer;
     one more through an environment that filters results."""
-    await create_environment(api, namespace, maxJobs=2)
-    await create_environment(api, namespace, name="filtered", filter={"enabled": True})
     plans: dict[str, dict[str, str]] = {
         "ok-1": {},
         "ok-2": {"algorithm.run-for": "3s"},
@@ -231,13 +234,21 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
         httpx.AsyncClient(timeout=10) as client,
     ):
         start = time.time()
+        await create_environments(api, namespace)
+        # increase() sees an increment only between two scraped samples. The operator starts each
+        # environment's counters at 0, but on a busy machine its environment reconcile or the next
+        # scrape can come after a fast failure (it failed 4 times in 4 at load 4-8: the series began at
+        # 1). A real deployment scrapes long before its first failure; here, wait for the 0 sample.
+        selector = f'namespace="{namespace}", outcome="AlgorithmFailed"'
+        for environment in ("cpu", "filtered"):
+            counter = f'ocean_c2d_workflows_finished_total{{{selector}, environment="{environment}"}}'
+            await until_scraped(client, prometheus, counter, 0)
         await run_workflows(api, namespace, operator)
         finished = f'sum(ocean_c2d_workflows_finished_total{{namespace="{namespace}"}})'
         await until_scraped(client, prometheus, finished, 7)
         await until_scraped(client, prometheus, 'sum(ocean_c2d_notifications_total{outcome="Failed"})', 7)
         end = time.time()
         # The single failure shows in increase(): its counter existed at 0 before it happened.
-        selector = f'namespace="{namespace}", outcome="AlgorithmFailed"'
         failed = f"sum(increase(ocean_c2d_workflows_finished_total{{{selector}}}[1h]))"
         [failures] = await query(client, prometheus, failed)
         assert float(failures["value"][1]) > 0.5

@@ -554,3 +554,12 @@ def test_a_stage_has_a_running_pod_until_its_containers_ended(
     view = observed([], [pod_record(body)], [])
     assert ("algorithm" in view.running_pods) is running
     assert observed([], [], []).running_pods == frozenset()
+
+
+def test_a_pod_killed_by_its_jobs_deadline_waits_for_the_job_to_say_why() -> None:
+    """Past activeDeadlineSeconds the Job controller deletes the pod, whose algorithm dies of SIGTERM
+    (143) before the Job's Failed condition (DeadlineExceeded) is written: that exit is no verdict."""
+    body = pod_body("algorithm", "dead1", "2026-01-01T12:00:02Z", terminated(143, "Error"), phase="Failed")
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T12:01:00Z"
+    view = observed([_pending_job("algorithm")], [pod_record(body)], [])
+    assert view.jobs["algorithm"].state is JobState.PENDING

@@ -314,8 +314,13 @@ def test_the_configure_job_gets_the_operator_key_only_as_a_mounted_file(scenario
         "name": "PRIVATE_KEY_FILE",
         "value": "/var/run/ocean-c2d/credentials/operator-private-key",
     }
-    for name, variable in variables.items():
-        assert "valueFrom" not in variable, f"{name} reads a Secret or field directly"
+    # The only Secret values by reference: the s3:// input credentials, under keys of their own (never the
+    # publish step's writer keys), mapped to the names boto3 reads.
+    by_reference = {name: v["valueFrom"] for name, v in variables.items() if "valueFrom" in v}
+    assert by_reference == {
+        name: {"secretKeyRef": {"name": CREDENTIALS, "key": f"INPUTS_{name}", "optional": True}}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
     [credentials] = [v for v in pod_spec(manifest)["volumes"] if v["name"] == "credentials"]
     assert credentials == {
         "name": "credentials",

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The local Kubernetes cluster the e2e tests run against: real etcd, kube-apiserver,
 # kube-controller-manager and kube-scheduler built from source (toolchain/build.sh), launched by
-# `kwokctl --runtime binary`, with kwok keeping fake nodes Ready and playing pod lifecycles.
+# `kwokctl --runtime binary`, with kwok keeping fake nodes Ready and playing pod lifecycles, and one
+# real node (e2e/cluster/node.sh: kubelet, containerd, kube-router in a network namespace) where
+# containers really run.
 #
 #   e2e/cluster/cluster.sh up          build what is missing, start the cluster (no-op if it runs)
 #   e2e/cluster/cluster.sh down        stop it and delete its state
 #   e2e/cluster/cluster.sh kubeconfig  print the kubeconfig path
 #
-# Everything lives under ${OCEAN_C2D_CACHE:-~/.cache/ocean-c2d}/cluster, outside the repository;
-# the kubeconfig is at <that>/kubeconfig.
+# The real node needs root and apt-get; OCEAN_C2D_REAL_NODE=0 starts the control plane and the fake
+# nodes only. Everything lives under ${OCEAN_C2D_CACHE:-~/.cache/ocean-c2d}/cluster, outside the
+# repository; the kubeconfig is at <that>/kubeconfig, the real node's settings at <that>/node.env.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -18,7 +21,12 @@ name=ocean-c2d
 kubeconfig="$state/kubeconfig"
 export KWOK_WORKDIR="$state/kwok"
 
+real_node="${OCEAN_C2D_REAL_NODE:-1}"
+[ "$real_node" = 0 ] || real_node=1
+
 log() { echo "cluster: $*" >&2; }
+now() { echo "${EPOCHREALTIME/,/.}"; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 
 cluster_tools=(kubernetes etcd kwok)
 
@@ -51,19 +59,66 @@ print_stages() { # kwok's own node Stages (read from the pinned kwok module) and
 
 write_kwok_config() {
   print_stages >"$state/kwok-config.yaml"
+  if [ "$real_node" = 1 ]; then
+    # The serving certificate (kwokctl's admin certificate) also names the real node's way to the API
+    # server (the host end of its veth) and the kubernetes Service, which in-cluster clients dial.
+    cat >>"$state/kwok-config.yaml" <<'EOF'
+---
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  kubeApiserverCertSANs: [10.250.0.1, 10.0.0.1, kubernetes, kubernetes.default, kubernetes.default.svc,
+    kubernetes.default.svc.cluster.local]
+EOF
+  fi
+}
+
+# Extra component flags. kwok v0.8.0 groups --extra-args by component and indexes each group by the
+# position of that component's first argument, so every component's first argument must come before
+# any component's second one: the first block names each component once, the repeats follow.
+extra_args() {
+  local pki="$KWOK_WORKDIR/clusters/$name/pki" a
+  local args=(kube-controller-manager=enable-hostpath-provisioner=true)
+  if [ "$real_node" = 1 ]; then
+    args+=(
+      # kwok keeps only the fake nodes (annotated in nodes.yaml) and their pods; the kubelet has the real one.
+      kwok-controller=manage-all-nodes=false
+      # The API server reaches the kubelet (logs, exec) at its InternalIP, with a client certificate
+      # the kubelet's x509 authentication accepts.
+      kube-apiserver=kubelet-preferred-address-types=InternalIP
+      kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
+      kube-apiserver=kubelet-client-certificate="$pki/admin.crt"
+      kube-apiserver=kubelet-client-key="$pki/admin.key"
+    )
+  fi
+  for a in "${args[@]}"; do printf -- '--extra-args\n%s\n' "$a"; done
+}
+
+# A control plane created without the real node's flags (OCEAN_C2D_REAL_NODE=0) has a kwok that
+# manages every node, so it would fight the kubelet.
+has_real_node_flags() {
+  grep -q manage-nodes-with-annotation-selector "$KWOK_WORKDIR/clusters/$name/kwok.yaml" 2>/dev/null
 }
 
 up() {
+  local total start args
+  total="$(now)"
+  # Before the control plane: fail fast where the real node cannot run, and create the veth before
+  # kwokctl writes the serving certificate (it names every local IP in it).
+  [ "$real_node" = 0 ] || "$here/node.sh" prepare
+  [ "$real_node" = 0 ] || cluster_tools+=(kube-router)
   use_toolchain
   mkdir -p "$state"
-  if reachable; then
-    log "already running ($kubeconfig)"
+  if reachable && { [ "$real_node" = 0 ] || has_real_node_flags; }; then
+    log "control plane already running ($kubeconfig)"
   else
-    local start=$SECONDS
+    start="$(now)"
+    if reachable; then log "the control plane runs without the real node's flags: recreating it"; fi
     # A cluster whose processes are gone (the machine or session ended) is recreated from scratch.
     kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
     rm -f "$kubeconfig"
     write_kwok_config
+    mapfile -t args < <(extra_args)
     log "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok ..."
     kwokctl create cluster --name "$name" --runtime binary \
       --etcd-binary "$(command -v etcd)" \
@@ -72,21 +127,27 @@ up() {
       --kube-scheduler-binary "$(command -v kube-scheduler)" \
       --kwok-controller-binary "$(command -v kwok)" \
       --kube-authorization --kube-admission \
-      --extra-args kube-controller-manager=enable-hostpath-provisioner=true \
+      "${args[@]}" \
       --config "$state/kwok-config.yaml" \
       --kubeconfig "$kubeconfig" \
       --wait 3m >&2
-    log "control plane up in $((SECONDS - start))s"
+    log "control plane up in $(since "$start")"
   fi
-  kubectl --kubeconfig "$kubeconfig" apply -f "$here/nodes.yaml" -f "$here/storage.yaml" >&2
-  kubectl --kubeconfig "$kubeconfig" wait --for=condition=Ready node --all --timeout=120s >&2
-  log "ready; export KUBECONFIG=$kubeconfig"
+  start="$(now)"
+  kubectl --kubeconfig "$kubeconfig" apply -f "$here/nodes.yaml" -f "$here/storage.yaml" >/dev/null
+  kubectl --kubeconfig "$kubeconfig" wait --for=condition=Ready node -l type=kwok --timeout=120s >/dev/null
+  log "fake nodes Ready in $(since "$start")"
+  [ "$real_node" = 0 ] || "$here/node.sh" up
+  log "ready in $(since "$total"); export KUBECONFIG=$kubeconfig"
 }
 
 down() {
   use_toolchain
+  # The real node first, whatever OCEAN_C2D_REAL_NODE says now: its mounts must be gone before the
+  # state directory is deleted (node.sh down fails, and stops this, when some are left).
+  "$here/node.sh" down
   kwokctl delete cluster --name "$name" >&2 || true
-  rm -rf "$state"
+  rm -rf --one-file-system "$state"
   log "deleted"
 }
 

@@ -39,6 +39,7 @@ class PodRecord:
     finished: datetime | None = None
     disrupted: bool = False  # evicted, preempted, drained: the Job controller retries such a pod
     init_failure: str | None = None  # the first init container that terminated with a non-zero exit
+    deleting: bool = False  # deleted (a Job's deadline, a stop): how it ends is not the stage's outcome
 
     @property
     def running(self) -> bool:
@@ -101,6 +102,7 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
         finished=parse_time(terminated.get("finishedAt")),
         disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions),
         init_failure=init_failure,
+        deleting=bool(metadata.get("deletionTimestamp")),
     )
 
 
@@ -108,7 +110,8 @@ def _outcome_from_pod(job: JobRecord, pod: PodRecord | None) -> tuple[JobState, 
     """A stage's outcome as soon as its pod ended, not a second later when the Job controller (which
     batches pod events) marks the Job: every stage Job runs one pod at a time, retries only disrupted
     pods, and fails on any non-zero exit (backoffLimit 0, or a podFailurePolicy that says FailJob)."""
-    if job.state is not JobState.PENDING or pod is None or pod.disrupted:
+    # A pod being deleted dies of its SIGTERM (exit 143): the Job says why (DeadlineExceeded, say).
+    if job.state is not JobState.PENDING or pod is None or pod.disrupted or pod.deleting:
         return job.state, job.finished
     if pod.phase == "Succeeded":
         return JobState.SUCCEEDED, pod.finished
