@@ -37,6 +37,14 @@ cluster-up: ## start the local cluster (no-op when it runs); prints where its ku
 	toolchain/build.sh $(CLUSTER_TOOLS)
 	e2e/cluster/cluster.sh up
 
+# The local cluster, unless KUBECONFIG names a cluster that answers (the e2e suite then uses that one).
+.PHONY: local-cluster
+local-cluster: toolchain
+	@if [ -n "$${KUBECONFIG:-}" ] && PATH="$$(toolchain/build.sh --path kubernetes):$$PATH" \
+	    kubectl --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then \
+	  echo "make: using the cluster KUBECONFIG names"; \
+	else e2e/cluster/cluster.sh up; fi
+
 .PHONY: cluster-down
 cluster-down: ## stop the local cluster and delete its state
 	e2e/cluster/cluster.sh down
@@ -65,8 +73,11 @@ unit: venv ## unit tests only (no cluster; the chart and monitoring tests need h
 	toolchain/build.sh helm chart-testing prometheus actionlint
 	$(BIN)/pytest unit_tests $(PYTEST_ARGS)
 
+# The local cluster (with its real node and images) is started before pytest, not inside its first
+# test's fixture: a cold start builds images for a minute or more, several on a busy machine, which is
+# no test's time limit to spend. It keeps running afterwards (make cluster-down).
 .PHONY: e2e
-e2e: venv toolchain ## e2e tests only, on the cluster KUBECONFIG names or the local one
+e2e: venv toolchain local-cluster ## e2e tests only, on the cluster KUBECONFIG names or the local one
 	$(BIN)/pytest e2e $(PYTEST_ARGS)
 
 .PHONY: kind-e2e
@@ -74,5 +85,5 @@ kind-e2e: ## for machines with Docker and kind: the e2e suite with the operator 
 	e2e/kind/run.sh $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv toolchain lint ## every check and test: lint, unit and e2e in one pytest run
+test: venv toolchain lint local-cluster ## every check and test: lint, unit and e2e in one pytest run
 	$(BIN)/pytest unit_tests e2e -rfEs $(PYTEST_ARGS)
