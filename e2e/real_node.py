@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ from e2e.services import S3Server, free_port_on, new_bucket, start_s3_server
 
 CACHE = Path(os.environ.get("OCEAN_C2D_CACHE") or Path.home() / ".cache" / "ocean-c2d")
 NODE_ENV = CACHE / "cluster" / "node.env"
+
+
+def moment(text: str) -> float:
+    """An API server timestamp (RFC 3339, Z) as seconds since the epoch."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -13,17 +13,15 @@ import signal
 import stat
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
 import kr8s.asyncio
 import pytest
-from botocore.config import Config  # type: ignore[import-untyped]
+from samples.demo import client as s3_client
 
 from e2e.operator_fixtures import run_command
-from e2e.real_node import CACHE, RealNode, read_env_file
+from e2e.real_node import CACHE, RealNode, moment, read_env_file
 from unit_tests.built_tools import built
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,21 +88,6 @@ async def run_demo(kubeconfig: str) -> str:
     output = "".join(lines)
     assert process.returncode == 0, f"run-demo.sh exited {process.returncode}:\n{output}"
     return output
-
-
-def moment(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def s3_client(values: dict[str, str]) -> Any:
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=values["AWS_ENDPOINT_URL"],
-        aws_access_key_id=values["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=values["AWS_SECRET_ACCESS_KEY"],
-        region_name=values["AWS_REGION"],
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
 
 
 def published(values: dict[str, str], url: str) -> tuple[bytes, float]:

@@ -30,6 +30,7 @@ from e2e.real_node import (
     RealNode,
     RealStack,
     create_real_environment,
+    moment,
     python_algorithm,
     start_real_stack,
     tcp_canary,
@@ -67,10 +68,6 @@ async def run_real(
 
 def results_by_name(stack: RealStack, final: dict[str, Any]) -> dict[str, bytes]:
     return {r["filename"]: stack.object(r["url"]) for r in final.get("results") or []}
-
-
-def moment(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 async def events_of(api: kr8s.asyncio.Api, namespace: str, name: str) -> list[str]:
