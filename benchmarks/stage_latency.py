@@ -27,7 +27,8 @@ import kr8s.asyncio
 from kr8s.asyncio.objects import Namespace, Secret
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.operator_fixtures import OPERATOR_KEY, ComputeEnvironment, Workflow, free_port, workflow_manifest
+from e2e.operator_fixtures import OPERATOR_KEY, ComputeEnvironment, Workflow, workflow_manifest
+from e2e.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 NEXT_STAGE = {"configure": "algorithm", "algorithm": "publish"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import pytest
 from kr8s.asyncio.objects import APIObject, Secret, new_class
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.services import free_port
 from e2e.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,13 +39,6 @@ ComputeEnvironment = new_class(
 )
 DID = "did:op:" + "0123456789abcdef" * 4
 ALGO_DID = "did:op:" + "fedcba9876543210" * 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def run_command(*argv: str, kubeconfig: str, tools: str | None = None, check: bool = True) -> str:

@@ -237,10 +237,14 @@ class RealStack:
     node: RealNode
 
     def object(self, url: str) -> bytes:
-        """The bytes of a published result, by its status URL ({endpoint}/{bucket}/{key})."""
-        key = url.removeprefix(f"{self.s3.endpoint_url}/{self.bucket}/")
-        body: bytes = self.s3.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        return body
+        return published(self.s3, self.bucket, url)
+
+
+def published(s3: S3Server, bucket: str, url: str) -> bytes:
+    """The bytes of a published result, by its status URL ({endpoint}/{bucket}/{key})."""
+    key = url.removeprefix(f"{s3.endpoint_url}/{bucket}/")
+    body: bytes = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
 
 
 async def start_real_stack(

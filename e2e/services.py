@@ -84,10 +84,7 @@ def new_bucket(client: Any, prefix: str = "test") -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_port_on("127.0.0.1")
 
 
 @pytest.fixture(scope="session")

@@ -34,11 +34,10 @@ from e2e.operator_fixtures import (
     StartOperator,
     create_environment,
     create_workflow,
-    free_port,
     status,
     wait_finished,
 )
-from e2e.services import background_server
+from e2e.services import background_server, free_port
 from e2e.waiting import wait_for
 from unit_tests.built_tools import built
 

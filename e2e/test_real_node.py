@@ -31,6 +31,7 @@ from e2e.real_node import (
     RealStack,
     create_real_environment,
     moment,
+    published,
     python_algorithm,
     start_real_stack,
     tcp_canary,
@@ -422,11 +423,7 @@ async def test_the_charts_operator_pod_completes_a_workflow_on_the_real_node(
     )
     await secret.create()
     image = real_node.project_image
-    key, value, effect = real_node.taint
-    placement = {
-        "nodeSelector": {real_node.label[0]: real_node.label[1]},
-        "tolerations": [{"key": key, "operator": "Equal", "value": value, "effect": effect}],
-    }
+    placement = real_node.placement()
     await run_command(
         "helm",
         "install",
@@ -483,9 +480,7 @@ async def test_the_charts_operator_pod_completes_a_workflow_on_the_real_node(
         final = status(workflow)
         assert (final["statusCode"], final["reason"]) == (70, "Succeeded"), final
         [log] = [r for r in final["results"] if r["filename"] == "algorithm.log"]
-        key_name = log["url"].removeprefix(f"{node_s3.endpoint_url}/{bucket}/")
-        body = node_s3.client().get_object(Bucket=bucket, Key=key_name)["Body"].read()
-        assert b"from a pod-run operator" in body
+        assert b"from a pod-run operator" in published(node_s3, bucket, log["url"])
     finally:
         await run_command(
             "helm",

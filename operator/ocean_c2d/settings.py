@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from ocean_c2d.reconcile import PlanSettings
 from ocean_c2d.signing import OperatorKey
+from ocean_c2d.steps.contract import split_host_port
 
 PACKAGE = "ocean-c2d"
 
@@ -384,9 +385,10 @@ def _host_port(environ: Mapping[str, str], name: str, errors: list[str]) -> str 
     raw = _str(environ, name)
     if raw is None:
         return None
-    host, _, port = raw.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in raw):
-        errors.append(f"{name}: expected host:port, got {raw!r}")
+    try:
+        split_host_port(raw)
+    except ValueError as error:
+        errors.append(f"{name}: {error}")
         return None
     return raw
 

@@ -25,6 +25,14 @@ TERMINATION_LOG = Path("/dev/termination-log")
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port` (an IPv6 host in brackets) as (host without brackets, port); ValueError otherwise."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address):
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
 class StepError(Exception):
     """A classified failure of a step: its exit code and a message safe to show the consumer."""
 

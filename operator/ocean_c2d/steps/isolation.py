@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ocean_c2d.steps.contract import EXIT_NOT_ISOLATED, write_termination_message
+from ocean_c2d.steps.contract import EXIT_NOT_ISOLATED, split_host_port, write_termination_message
 
 # Blocked this many times in a row counts as enforced: a policy, once programmed, stays.
 CONSECUTIVE_BLOCKS = 3
@@ -42,8 +42,7 @@ def probe_target(environ: Mapping[str, str]) -> tuple[str, int]:
     """ISOLATION_PROBE_ADDRESS (host:port), else the API server's in-cluster address."""
     address = environ.get("ISOLATION_PROBE_ADDRESS") or ""
     if address:
-        host, _, port = address.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_host_port(address)
     host = environ.get("KUBERNETES_SERVICE_HOST") or ""
     port = environ.get("KUBERNETES_SERVICE_PORT") or "443"
     if not host:
