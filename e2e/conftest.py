@@ -23,7 +23,8 @@ from kr8s.asyncio.objects import Namespace
 from e2e.crds import CRDS, apply_crd, established
 from e2e.waiting import wait_for, wait_for_object
 
-pytest_plugins = ["e2e.operator_fixtures", "e2e.services", "e2e.real_node"]
+# e2e.services first: the other two import it, and pytest rewrites asserts only in plugins it imports itself.
+pytest_plugins = ["e2e.services", "e2e.operator_fixtures", "e2e.real_node"]
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "e2e" / "cluster" / "cluster.sh"
