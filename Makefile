@@ -56,12 +56,20 @@ run: venv cluster-up ## the main job: local cluster, operator, a sample Workflow
 	@echo "The cluster keeps running: export KUBECONFIG=$(KUBECONFIG_LOCAL); stop it with 'make cluster-down'."
 
 .PHONY: lint
-lint: venv ## ruff (lint + format check), mypy, shellcheck, hadolint
+lint: venv ## ruff (lint + format check), mypy, import-linter (layers), shellcheck, hadolint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/shellcheck -x toolchain/*.sh e2e/cluster/*.sh e2e/images/*.sh e2e/kind/*.sh samples/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
+
+# The package's import graph as grimp (import-linter's graph) reads it: each module and what it imports.
+.PHONY: imports
+imports: venv ## print the package's import graph: each module, then the package modules it imports
+	@$(BIN)/python -c 'import grimp; g = grimp.build_graph("ocean_c2d"); \
+	  [print(m.removeprefix("ocean_c2d."), "->", " ".join(sorted(i.removeprefix("ocean_c2d.") \
+	   for i in g.find_modules_directly_imported_by(m)))) for m in sorted(g.modules)]'
 
 .PHONY: lock
 lock: ## regenerate requirements.lock (the image's pinned runtime dependencies) from pyproject.toml
@@ -69,8 +77,8 @@ lock: ## regenerate requirements.lock (the image's pinned runtime dependencies) 
 	.lock-venv/bin/pip freeze --exclude ocean-c2d > requirements.lock && rm -rf .lock-venv
 
 .PHONY: unit
-unit: venv ## unit tests only (no cluster; the chart and monitoring tests need helm, ct, promtool, actionlint)
-	toolchain/build.sh helm chart-testing prometheus actionlint
+unit: venv ## unit tests only (no cluster; helm, ct, promtool, actionlint, and local S3/IPFS servers)
+	toolchain/build.sh helm chart-testing prometheus actionlint kubo versitygw
 	$(BIN)/pytest unit_tests $(PYTEST_ARGS)
 
 # The local cluster (with its real node and images) is started before pytest, not inside its first

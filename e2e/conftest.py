@@ -26,14 +26,18 @@ from e2e.waiting import wait_for, wait_for_object
 # e2e.services first: the other two import it, and pytest rewrites asserts only in plugins it imports itself.
 pytest_plugins = ["e2e.services", "e2e.operator_fixtures", "e2e.real_node"]
 
-REPO = Path(__file__).resolve().parent.parent
+E2E = Path(__file__).resolve().parent
+REPO = E2E.parent
 CLUSTER_SCRIPT = REPO / "e2e" / "cluster" / "cluster.sh"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under e2e/ needs a cluster: mark it so `-m "not e2e"` deselects it; the tests that
-    use the real node (fixture `real_node`) are marked `real` too."""
+    use the real node (fixture `real_node`) are marked `real` too. The hook sees every collected item
+    (unit_tests/ too, in `make test`'s one run): only those of e2e/ are marked."""
     for item in items:
+        if not item.path.is_relative_to(E2E):
+            continue
         item.add_marker(pytest.mark.e2e)
         if "real_node" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.real)

@@ -22,7 +22,7 @@ import httpx
 import kr8s.asyncio
 from kr8s.asyncio.objects import ConfigMap
 
-from e2e.operator_fixtures import OPERATOR_NODE_TAINT, REPO, Operator, run_command
+from e2e.operator_handle import OPERATOR_NODE_TAINT, REPO, Operator, run_command
 from e2e.services import free_port
 
 CHART = REPO / "helm" / "ocean-c2d"

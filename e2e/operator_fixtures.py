@@ -6,7 +6,7 @@ Two ways to run the operator, chosen by OCEAN_C2D_E2E_OPERATOR:
   with the image OCEAN_C2D_E2E_IMAGE, the e2e templates from a ConfigMap, /metrics through a
   port-forward. Tests that need the operator to reach this machine's loopback are marked `local_only`
   and deselected there.
-Both give the tests the same handle: metrics, kill (a crash), stop, log.
+Both give the tests the same handle (e2e/operator_handle.py): metrics, kill (a crash), stop, log.
 """
 
 from __future__ import annotations
@@ -15,21 +15,20 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import kr8s.asyncio
 import pytest
 from kr8s.asyncio.objects import APIObject, Secret, new_class
-from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.in_cluster import InClusterRelease
+from e2e.operator_handle import REPO, Operator, StartOperator
 from e2e.services import free_port
 from e2e.waiting import wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 OPERATOR_KEY = "0x95c716e9df3bc4ffd7299e7861ce401de810e8d245d3127b8e7b430f4ca7fd27"
 OPERATOR_ADDRESS = "0x6D39A833d1a6789AECa50dB85CB830bc08319F45"
 GROUP_VERSION = "oceanprotocol.com/v1alpha1"
@@ -39,61 +38,6 @@ ComputeEnvironment = new_class(
 )
 DID = "did:op:" + "0123456789abcdef" * 4
 ALGO_DID = "did:op:" + "fedcba9876543210" * 4
-
-
-async def run_command(*argv: str, kubeconfig: str, tools: str | None = None, check: bool = True) -> str:
-    """Run a CLI (helm, kubectl) against the test cluster and return its stdout; `tools` (a PATH
-    fragment, e.g. the built helm and kubectl) comes first on the PATH. With `check`, a non-zero exit
-    fails the test with both outputs."""
-    env = {**os.environ, "KUBECONFIG": kubeconfig}
-    if tools:
-        env["PATH"] = f"{tools}:{os.environ['PATH']}"
-    process = await asyncio.create_subprocess_exec(
-        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    output, errors = await process.communicate()
-    text = output.decode(errors="replace")
-    if check and process.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited {process.returncode}:\n{text}{errors.decode()}")
-    return text
-
-
-class Operator:
-    """What a test can do with a running operator, however it runs."""
-
-    metrics_port: int
-
-    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """The operator's /metrics, as {(sample name, sorted labels): value}."""
-        async with httpx.AsyncClient() as client:
-            response = await client.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5)
-        response.raise_for_status()
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-        }
-
-    async def total(self, name: str, **labels: str) -> float:
-        """The sum of a metric's samples whose labels include `labels`."""
-        return sum(
-            value
-            for (sample, sample_labels), value in (await self.metrics()).items()
-            if sample == name and set(labels.items()) <= set(sample_labels)
-        )
-
-    async def log_text(self) -> str:
-        raise NotImplementedError
-
-    async def log_tail(self, lines: int = 40) -> str:
-        return "\n".join((await self.log_text()).splitlines()[-lines:])
-
-    async def kill(self) -> None:
-        """End it the way a crash would: no cleanup, no goodbye."""
-        raise NotImplementedError
-
-    async def stop(self) -> None:
-        raise NotImplementedError
 
 
 @dataclass
@@ -121,12 +65,7 @@ class OperatorProcess(Operator):
                 await self.kill()
 
 
-StartOperator = Callable[..., Awaitable[Operator]]
-
 IN_CLUSTER = os.environ.get("OCEAN_C2D_E2E_OPERATOR", "process") == "in-cluster"
-# e2e/kind/run.sh taints the real (kind) nodes with this, so only the operator runs there and every
-# Workflow pod lands on kwok's fake nodes, whose pods finish as their annotations say.
-OPERATOR_NODE_TAINT = "ocean-c2d/operator-only"
 
 
 async def _credentials(api: kr8s.asyncio.Api, namespace: str) -> None:
@@ -145,8 +84,6 @@ async def start_operator(
     """Start the operator watching the test's namespace, with the e2e templates (kwok annotations)."""
     await _credentials(api, namespace)
     if IN_CLUSTER:
-        from e2e.in_cluster import InClusterRelease
-
         release = InClusterRelease(namespace, kubeconfig, tmp_path)
         await release.prepare(api)
 
@@ -224,6 +161,16 @@ async def create_workflow(api: kr8s.asyncio.Api, namespace: str, name: str, **kw
     workflow: APIObject = await Workflow(workflow_manifest(name, **kwargs), namespace=namespace, api=api)
     await workflow.create()
     return workflow
+
+
+async def events_of(api: kr8s.asyncio.Api, namespace: str, name: str) -> list[str]:
+    """The reasons of the Events about the object `name`."""
+    return [
+        e.raw.get("reason", "")  # type: ignore[union-attr]
+        async for e in api.async_get(
+            "events", namespace=namespace, field_selector=f"involvedObject.name={name}"
+        )
+    ]
 
 
 def status(obj: APIObject) -> dict[str, Any]:

@@ -28,7 +28,8 @@ import pytest
 from aiohttp import web
 from kr8s.asyncio.objects import APIObject, Secret
 
-from e2e.operator_fixtures import ComputeEnvironment, Operator, StartOperator
+from e2e.operator_fixtures import ComputeEnvironment
+from e2e.operator_handle import Operator, StartOperator
 from e2e.services import S3Server, free_port_on, new_bucket, start_s3_server
 
 CACHE = Path(os.environ.get("OCEAN_C2D_CACHE") or Path.home() / ".cache" / "ocean-c2d")

@@ -14,11 +14,10 @@ from kr8s.asyncio.objects import Deployment, Secret
 from e2e.operator_fixtures import (
     OPERATOR_KEY,
     ComputeEnvironment,
-    StartOperator,
     create_workflow,
-    run_command,
     wait_finished,
 )
+from e2e.operator_handle import StartOperator, run_command
 from e2e.waiting import wait_for, wait_for_deletion
 from unit_tests.built_tools import built
 

@@ -23,7 +23,7 @@ import pytest
 
 from e2e.operator_fixtures import OPERATOR_KEY, Workflow, workflow_manifest
 from e2e.services import new_bucket
-from ocean_c2d.model import Environment
+from ocean_c2d.model import Environment, TemplateInputs
 from ocean_c2d.model import Workflow as WorkflowModel
 from ocean_c2d.render import Templates
 from ocean_c2d.settings import load_settings
@@ -96,8 +96,10 @@ async def test_configure_algorithm_filter_publish(
 
     environment = Environment(name="cpu", max_job_duration=600, storage_expiry=3600)
     templates = Templates()
-    context = templates.context(workflow, environment, PLAN_SETTINGS, "secret")
-    document = context["workflow_document"]
+    inputs = TemplateInputs(
+        workflow, environment, PLAN_SETTINGS.template_values, PLAN_SETTINGS.filtering_container, "secret"
+    )
+    document = templates.context(inputs)["workflow_document"]
     assert document["stages"][0]["algorithm"]["rawCode"] == RAW_CODE
     workflow_json = tmp_path / "workflow.json"
     workflow_json.write_text(json.dumps(document))
@@ -125,7 +127,7 @@ async def test_configure_algorithm_filter_publish(
     assert (volume / "transformations" / "algorithm").read_text() == RAW_CODE
 
     # 3. The algorithm, as its pod runs it: the rendered Job's script and env, python = this interpreter.
-    job = templates.render_job("algorithm", context, 600)
+    job = templates.render_job("algorithm", inputs, 600)
     script, pod_env = algorithm_script(job, volume, tmp_path / "c2d-log")
     assert json.loads(pod_env["DIDS"]) == []
     assert pod_env["TRANSFORMATION_DID"] == ""

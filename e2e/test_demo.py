@@ -20,7 +20,7 @@ import kr8s.asyncio
 import pytest
 from samples.demo import client as s3_client
 
-from e2e.operator_fixtures import run_command
+from e2e.operator_handle import run_command
 from e2e.real_node import CACHE, RealNode, moment, read_env_file
 from unit_tests.built_tools import built
 

@@ -30,13 +30,12 @@ import pytest
 import yaml
 
 from e2e.operator_fixtures import (
-    Operator,
-    StartOperator,
     create_environment,
     create_workflow,
     status,
     wait_finished,
 )
+from e2e.operator_handle import Operator, StartOperator
 from e2e.services import background_server, free_port
 from e2e.waiting import wait_for
 from unit_tests.built_tools import built

@@ -19,13 +19,12 @@ from kr8s.asyncio.objects import APIObject, Job
 
 from e2e.operator_fixtures import (
     OPERATOR_ADDRESS,
-    Operator,
-    StartOperator,
     create_environment,
     create_workflow,
     status,
     wait_finished,
 )
+from e2e.operator_handle import Operator, StartOperator
 from e2e.services import IPFSNode, S3Server
 from e2e.waiting import wait_for, wait_for_deletion, wait_for_object
 

@@ -19,12 +19,12 @@ from kr8s.asyncio.objects import Job, Secret
 from e2e.operator_fixtures import (
     OPERATOR_ADDRESS,
     OPERATOR_KEY,
-    StartOperator,
     Workflow,
-    run_command,
+    events_of,
     status,
     wait_finished,
 )
+from e2e.operator_handle import StartOperator, run_command
 from e2e.real_node import (
     FileServer,
     RealNode,
@@ -69,15 +69,6 @@ async def run_real(
 
 def results_by_name(stack: RealStack, final: dict[str, Any]) -> dict[str, bytes]:
     return {r["filename"]: stack.object(r["url"]) for r in final.get("results") or []}
-
-
-async def events_of(api: kr8s.asyncio.Api, namespace: str, name: str) -> list[str]:
-    return [
-        e.raw.get("reason", "")  # type: ignore[union-attr]
-        async for e in api.async_get(
-            "events", namespace=namespace, field_selector=f"involvedObject.name={name}"
-        )
-    ]
 
 
 PIPELINE = """

@@ -64,9 +64,9 @@ def scenario_values(scenario: str) -> dict[str, Any]:
 def declared_metrics() -> set[str]:
     """The exported names of the operator's metrics, read from its registry (the cluster-state gauges
     with an empty cluster): counters get _total, histograms _bucket/_sum/_count."""
-    from ocean_c2d import metrics
+    from ocean_c2d import metrics, telemetry
 
-    metrics.collect_cluster_state(lambda: metrics.ClusterLevels({}, []))
+    metrics.collect_cluster_state(lambda: telemetry.ClusterLevels({}, []))
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     return {
         family.name + suffix

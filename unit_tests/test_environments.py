@@ -17,24 +17,15 @@ from ocean_c2d.environments import (
     environment_status,
     occupancy,
 )
-from ocean_c2d.model import Environment, Workflow
-from ocean_c2d.reconcile import Admission
-from ocean_c2d.settings import DefaultEnvironment
+from ocean_c2d.model import Admission, Environment, Workflow
+from unit_tests.factories import OPERATOR_ADDRESS, workflow
+from unit_tests.factories import default_environment as seed
 
 CRD = Path(__file__).resolve().parent.parent / "crds" / "computeenvironments.yaml"
-ADDRESS = "0x6D39A833d1a6789AECa50dB85CB830bc08319F45"
 
 
 def wf(name: str, created: str, stage: str | None = None, **status: Any) -> Workflow:
-    body: dict[str, Any] = {
-        "apiVersion": "oceanprotocol.com/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name, "namespace": "c2d", "uid": f"uid-{name}", "creationTimestamp": created},
-        "spec": {"environment": "cpu", "owner": "0x" + "a" * 40, "inputs": [], "algorithm": {}},
-    }
-    if stage is not None:
-        body["status"] = {"stage": stage, **status}
-    return Workflow.from_object(body)
+    return workflow(name, created=created, stage=stage, **status)
 
 
 def env(max_jobs: int) -> Environment:
@@ -204,24 +195,24 @@ def test_environment_status() -> None:
         wf("q2", at(2), "Queued"),
         wf("f", at(0), "Finished"),
     ]
-    assert environment_status(env(5), peers, ADDRESS, 3) == {
+    assert environment_status(env(5), peers, OPERATOR_ADDRESS, 3) == {
         "observedGeneration": 3,
         "currentJobs": 1,
         "queuedJobs": 2,
         "jobs": "1/5",
-        "consumerAddress": ADDRESS,
+        "consumerAddress": OPERATOR_ADDRESS,
         "capacity": {
             "allocatable": {"jobs": 5, "cpu": 5, "memoryGB": 5.0, "gpu": 0, "diskGB": 5.0},
             "inUse": {"jobs": 1, "cpu": 1, "memoryGB": 1.0, "gpu": 0, "diskGB": 1.0},
         },
     }
-    assert environment_status(env(10), [], ADDRESS, 1)["jobs"] == "0/10"
+    assert environment_status(env(10), [], OPERATOR_ADDRESS, 1)["jobs"] == "0/10"
 
 
 def test_environment_capacity_scales_one_algorithm_share() -> None:
     gpu = Environment(name="gpu", n_cpu=8, ram_gb=32, n_gpu=2, disk_gb=100, max_jobs=3)
     status = environment_status(
-        gpu, [wf("a", at(0), "RunningAlgorithm"), wf("b", at(1), "Publishing")], ADDRESS, 1
+        gpu, [wf("a", at(0), "RunningAlgorithm"), wf("b", at(1), "Publishing")], OPERATOR_ADDRESS, 1
     )
     assert status["capacity"]["allocatable"] == {
         "jobs": 3,
@@ -234,24 +225,6 @@ def test_environment_capacity_scales_one_algorithm_share() -> None:
 
 
 # ---- the default environment ----------------------------------------------------------------------------
-
-
-def seed(**overrides: Any) -> DefaultEnvironment:
-    values: dict[str, Any] = {
-        "cpu_count": 4,
-        "cpu_type": "AMD EPYC",
-        "gpu_count": 0,
-        "gpu_ram_gb": 0.0,
-        "gpu_type": "",
-        "ram_gb": 16.0,
-        "disk_gb": 100.0,
-        "price_per_minute": 0.5,
-        "description": "The default environment",
-        "max_jobs": 7,
-        "max_job_duration_seconds": 7200,
-        "storage_expiry_hours": 48,
-    }
-    return DefaultEnvironment(**{**values, **overrides})
 
 
 def crd_spec_properties() -> dict[str, Any]:

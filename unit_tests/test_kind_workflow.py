@@ -89,6 +89,6 @@ def test_kind_config_is_a_kind_cluster_with_the_hostpath_provisioner() -> None:
 
 
 def test_the_taint_key_is_the_fixtures() -> None:
-    from e2e.operator_fixtures import OPERATOR_NODE_TAINT
+    from e2e.operator_handle import OPERATOR_NODE_TAINT
 
     assert f"taint={OPERATOR_NODE_TAINT}  #" in (KIND / "run.sh").read_text()

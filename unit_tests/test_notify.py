@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ocean_c2d import notify
-from ocean_c2d.notify import Delivery, backoff_delay, redact_url, send_notification
+from ocean_c2d import identity
+from ocean_c2d.notify import Delivery, send_notification
+from ocean_c2d.resilience import backoff_delay, redact_url
 from ocean_c2d.signing import OperatorKey, notification_message, notification_payload, recover_personal
 
 KEY = OperatorKey.from_hex("0x95c716e9df3bc4ffd7299e7861ce401de810e8d245d3127b8e7b430f4ca7fd27")
@@ -344,9 +345,9 @@ def test_user_agent_without_installed_metadata(monkeypatch: pytest.MonkeyPatch) 
     def missing(_name: str) -> str:
         raise PackageNotFoundError(_name)
 
-    notify.user_agent.cache_clear()
-    monkeypatch.setattr(notify, "version", missing)
+    identity.package_version.cache_clear()
+    monkeypatch.setattr(identity, "version", missing)
     try:
-        assert notify.user_agent() == "ocean-c2d/unknown"
+        assert identity.user_agent() == "ocean-c2d/unknown"
     finally:
-        notify.user_agent.cache_clear()
+        identity.package_version.cache_clear()

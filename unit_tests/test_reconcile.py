@@ -8,60 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from ocean_c2d import status as st
-from ocean_c2d.model import Environment, FilterPolicy, JobState, Observed, StageJob, Workflow
-from ocean_c2d.reconcile import Admission, Plan, PlanSettings, plan
+from ocean_c2d.changes import changes
+from ocean_c2d.model import (
+    Admission,
+    Environment,
+    FilterPolicy,
+    InvalidWorkflow,
+    JobState,
+    Observed,
+    Plan,
+    PlanSettings,
+    StageJob,
+    Workflow,
+)
+from ocean_c2d.reconcile import invalid, plan
 from ocean_c2d.render import Templates, spec_hash
-from ocean_c2d.status import Stage
+from ocean_c2d.stages import STAGES, next_stage
+from ocean_c2d.status import Outcome, Stage
+from ocean_c2d.times import format_time
+from unit_tests.factories import ADMIT, ENVIRONMENT, PLAN_SETTINGS, T0, TEMPLATES, workflow_object
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-DID = "did:op:" + "b" * 64
-TEMPLATES = Templates()
-TEMPLATE_VALUES: dict[str, Any] = {
-    "service_account": "default",
-    "pull_secret": None,
-    "node_selector_scope": None,
-    "pull_policy": "IfNotPresent",
-    "configure_image": "ocean-c2d:test",
-    "publish_image": "ocean-c2d:test",
-    "credentials_secret": "ocean-c2d-credentials",
-    "storage_class": "",
-    "publish_env": {},
-    "isolation_probe_address": None,
-    "isolation_timeout": 60,
-}
-SETTINGS = PlanSettings(template_values=TEMPLATE_VALUES, notify_start=True, notify_stop=True)
-ENVIRONMENT = Environment(name="cpu", max_jobs=2, max_job_duration=600)
-ADMIT = Admission(may_start=True)
-
-
-def workflow_object(**spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "oceanprotocol.com/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {
-            "name": "job1",
-            "namespace": "c2d",
-            "uid": "uid-1",
-            "generation": 1,
-            "creationTimestamp": "2026-01-01T11:59:00Z",
-        },
-        "spec": {
-            "environment": "cpu",
-            "owner": "0x" + "a" * 40,
-            "inputs": [{"did": DID, "serviceId": "svc", "transferTxId": "0x01"}],
-            "algorithm": {
-                "rawCode": "print(42)",
-                "container": {"image": "python", "tag": "3.11", "entrypoint": "python $ALGO"},
-            },
-            **spec,
-        },
-    }
+SETTINGS = PLAN_SETTINGS
 
 
 class World:
@@ -150,7 +122,7 @@ class World:
         raise AssertionError(f"did not finish: {self.status}")
 
 
-def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+def condition(status: Any, kind: str) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == kind)
 
 
@@ -206,7 +178,7 @@ def test_reconciling_the_result_of_a_reconcile_plans_nothing(stage_to_reach: str
     assert again.status is None
     assert again.events == ()
     assert again.unwanted == ()
-    assert again.writes(world.observed()) == 0
+    assert len(changes(again, world.observed())) == 0
 
 
 def test_a_finished_stage_starts_the_next_one_in_the_same_reconcile() -> None:
@@ -471,8 +443,8 @@ def test_the_next_stage_waits_until_the_algorithm_pod_is_gone(ending: str) -> No
     world.reconcile()
 
     assert world.created_jobs[-1] == "job1-publish-job"
-    assert world.status["stages"]["algorithm"]["endedAt"] == st.format_time(world.now)
-    assert world.status["stages"]["publish"]["startedAt"] == st.format_time(world.now)
+    assert world.status["stages"]["algorithm"]["endedAt"] == format_time(world.now)
+    assert world.status["stages"]["publish"]["startedAt"] == format_time(world.now)
 
 
 def test_an_algorithm_that_exited_by_itself_ended_when_its_job_finished() -> None:
@@ -633,7 +605,7 @@ def test_drifted_config_map_is_patched_but_jobs_never_are() -> None:
     world.others[("ConfigMap", "job1")] = "stale-hash"
     world.jobs["configure"] = dataclasses.replace(world.jobs["configure"])
     result = world.plan()
-    assert result.writes(world.observed()) == 1
+    assert len(changes(result, world.observed())) == 1
 
 
 def test_no_notifications_are_due_when_no_url_is_configured() -> None:
@@ -688,3 +660,110 @@ def test_results_expire_once_the_last_of_them_is_due() -> None:
 
     world.obj["status"]["resultsExpiredAt"] = "2026-01-01T15:00:00Z"
     assert world.plan().expire_results == ()
+
+
+# ---- permanent failures: InvalidSpec (code 90) ----------------------------------------------------------
+
+
+def test_an_invalid_workflow_ends_invalid_spec_with_a_reason_and_an_event() -> None:
+    world = World()
+    world.reconcile()  # admitted: Configuring, holding a slot
+    result = invalid(world.workflow, "ConfigMap job1: data too long", SETTINGS, world.now)
+
+    assert result.status is not None
+    assert (result.status["stage"], result.status["statusCode"]) == ("Finished", 90)
+    assert result.status["reason"] == "InvalidSpec"
+    assert "ConfigMap job1: data too long" in result.status["message"]
+    assert [(e.type, e.reason) for e in result.events] == [
+        ("Warning", "InvalidSpec"),
+        ("Warning", "Finished"),
+    ]
+    assert condition(result.status, "Admitted")["status"] == "True"  # it was admitted; it is over now
+    assert condition(result.status, "Succeeded")["status"] == "False"
+    assert "stop" in result.notify  # it started, so the stop notification is due
+    world.obj["status"] = result.status
+    cleanup = world.plan()
+    assert ("Job", world.created_jobs[0]) in cleanup.unwanted  # the next reconcile cleans up
+    assert cleanup.status is None
+
+
+def test_a_queued_invalid_workflow_never_takes_a_slot() -> None:
+    world = World()
+    world.reconcile(Admission(may_start=False, position=1))
+    result = invalid(world.workflow, "cannot read", SETTINGS, world.now)
+    assert result.status is not None
+    assert "admittedAt" not in result.status
+    assert "queuePosition" not in result.status
+    assert condition(result.status, "Admitted")["status"] == "False"
+    assert result.notify == ()
+
+
+def test_a_template_error_during_a_reconcile_is_an_invalid_workflow(tmp_path: Any) -> None:
+    (tmp_path / "algorithm-job.yaml.j2").write_text("{{ no_such_value | json }}\n")
+    world = World()
+    world.reconcile()
+    world.finish("configure")
+    with pytest.raises(InvalidWorkflow, match=r"algorithm-job\.yaml\.j2.*no_such_value"):
+        plan(
+            world.workflow,
+            ENVIRONMENT,
+            world.observed(),
+            ADMIT,
+            SETTINGS,
+            Templates(tmp_path),
+            "s",
+            world.now,
+        )
+
+
+def test_a_spec_that_cannot_be_read_is_an_invalid_workflow_with_a_readable_header() -> None:
+    obj = workflow_object(inputs="not a list of inputs", maxDuration="soon")
+    obj["status"] = {"stage": "Queued"}
+    with pytest.raises(InvalidWorkflow, match="spec"):
+        Workflow.from_object(obj)
+    header = Workflow.header(obj)
+    assert (header.name, header.spec.environment, header.stage) == ("job1", "cpu", Stage.QUEUED)
+
+
+def test_a_character_beyond_the_bmp_in_the_entrypoint_survives_rendering() -> None:
+    """The `json` filter escapes an emoji as a UTF-16 surrogate pair, which PyYAML decodes half by half:
+    the Job could not be encoded as UTF-8. It renders as the character itself."""
+    obj = workflow_object()
+    obj["spec"]["algorithm"]["container"]["entrypoint"] = "python $ALGO --mood 😀"
+    world = World(obj)
+    world.reconcile()
+    world.finish("configure")
+    job = next(m for m in world.reconcile().desired if m["kind"] == "Job")
+    text = json.dumps(job, ensure_ascii=False)
+    text.encode("utf-8")  # would raise on a lone surrogate
+    assert "--mood 😀" in text
+
+
+# ---- the stage table ------------------------------------------------------------------------------------
+
+
+def test_every_stage_of_the_table_has_its_template_and_a_way_on() -> None:
+    assert list(STAGES) == ["configure", "algorithm", "filter", "publish"]
+    for definition in STAGES.values():
+        assert definition.template in TEMPLATES._templates
+        for nxt in (definition.after_success, definition.after_failure):
+            assert nxt is None or nxt in STAGES
+    plain, filtering = ENVIRONMENT, FILTERING
+    assert next_stage(STAGES["configure"], Outcome.SUCCEEDED, plain, SETTINGS) is STAGES["algorithm"]
+    assert next_stage(STAGES["configure"], Outcome.STOPPED, plain, SETTINGS) is STAGES["publish"]
+    assert next_stage(STAGES["algorithm"], Outcome.SUCCEEDED, plain, SETTINGS) is STAGES["publish"]
+    failed = Outcome.ALGORITHM_FAILED
+    assert next_stage(STAGES["algorithm"], failed, filtering, SETTINGS) is STAGES["filter"]
+    never_ran = Outcome.CONTAINER_CREATION_FAILED
+    assert next_stage(STAGES["algorithm"], never_ran, filtering, SETTINGS) is STAGES["publish"]
+    assert next_stage(STAGES["publish"], Outcome.SUCCEEDED, plain, SETTINGS) is None
+
+
+def test_an_image_with_whitespace_is_an_invalid_workflow() -> None:
+    """The API server takes a Job whose image has a space but refuses every pod of it, so the Job would
+    wait out its deadline holding a slot: the Workflow ends InvalidSpec before anything is created."""
+    for key, value in (("image", " python"), ("tag", "3.11 ")):
+        obj = workflow_object()
+        obj["spec"]["algorithm"]["container"][key] = value
+        with pytest.raises(InvalidWorkflow, match=f"spec.algorithm.container.{key}"):
+            Workflow.from_object(obj)

@@ -458,19 +458,19 @@ def test_plan_settings_carry_what_the_reconcile_and_the_templates_read() -> None
     assert (planned.cleanup, planned.notify_start, planned.notify_stop) == (False, False, True)
     assert planned.filtering_container == "filter:1"
     values = planned.template_values
-    assert (values["configure_image"], values["publish_image"]) == ("ocean-c2d:9", "ocean-c2d:9")
-    assert values["node_selector_scope"] == "c2d"
-    assert values["credentials_secret"] == "ocean-c2d-credentials"
-    assert values["publish_env"] == {"AWS_BUCKET_OUTPUT": "results"}  # credentials go by secretKeyRef only
+    assert (values.configure_image, values.publish_image) == ("ocean-c2d:9", "ocean-c2d:9")
+    assert values.node_selector_scope == "c2d"
+    assert values.credentials_secret == "ocean-c2d-credentials"
+    assert values.publish_env == {"AWS_BUCKET_OUTPUT": "results"}  # credentials go by secretKeyRef only
     assert "never-in-a-template" not in repr(values)
 
 
 def test_the_isolation_check_settings() -> None:
     default = load().plan_settings().template_values
-    assert (default["isolation_probe_address"], default["isolation_timeout"]) == (None, 60)
+    assert (default.isolation_probe_address, default.isolation_timeout) == (None, 60)
     values = load(ISOLATION_PROBE_ADDRESS="10.96.0.1:443", ISOLATION_TIMEOUT_SECONDS="15").plan_settings()
-    assert values.template_values["isolation_probe_address"] == "10.96.0.1:443"
-    assert values.template_values["isolation_timeout"] == 15
+    assert values.template_values.isolation_probe_address == "10.96.0.1:443"
+    assert values.template_values.isolation_timeout == 15
     error = load_error({**BASE, "ISOLATION_PROBE_ADDRESS": "10.96.0.1", "ISOLATION_TIMEOUT_SECONDS": "0"})
     assert "ISOLATION_PROBE_ADDRESS: expected host:port" in str(error)
     assert "ISOLATION_TIMEOUT_SECONDS" in str(error)

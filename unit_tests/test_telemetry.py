@@ -4,15 +4,14 @@ objects; metrics: how they land in the registry (checked through the exposition 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocean_c2d import metrics
-from ocean_c2d.model import Environment, FilterPolicy, JobState, Workflow
-from ocean_c2d.reconcile import Admission
-from ocean_c2d.status import Stage
+from ocean_c2d import metrics, telemetry
+from ocean_c2d.model import Admission, Environment, FilterPolicy, JobState, Workflow
+from ocean_c2d.status import Stage, WorkflowStatus
 from ocean_c2d.telemetry import (
     GIB,
     STAGES,
@@ -23,7 +22,8 @@ from ocean_c2d.telemetry import (
     transition_observations,
     workflow_counts,
 )
-from unit_tests.test_reconcile import ADMIT, World
+from unit_tests.factories import ADMIT, workflow
+from unit_tests.test_reconcile import World
 
 
 def run_collecting(world: World, **outcomes: dict[str, Any]) -> list[Observation]:
@@ -83,7 +83,7 @@ def test_filter_verdicts_are_counted_when_they_change() -> None:
 def test_a_reconcile_that_changes_nothing_observes_nothing() -> None:
     world = World()
     run_collecting(world)
-    assert transition_observations(world.workflow, world.status) == []
+    assert transition_observations(world.workflow, cast(WorkflowStatus, world.status)) == []
 
 
 def test_a_workflow_that_never_started_has_no_queue_wait_but_an_end() -> None:
@@ -125,13 +125,9 @@ def wf(
     created: str = "2026-01-01T00:00:00Z",
     **status: Any,
 ) -> Workflow:
-    body: dict[str, Any] = {
-        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created},
-        "spec": {"environment": environment},
-    }
-    if stage:
-        body["status"] = {"stage": stage, **status}
-    return Workflow.from_object(body)
+    return workflow(
+        name, created=created, stage=stage, environment=environment, namespace=namespace, **status
+    )
 
 
 def test_oldest_stage_start_is_the_earliest_entry_per_stage() -> None:
@@ -222,7 +218,7 @@ def test_recorded_observations_reach_the_exposition_with_the_namespace() -> None
 
 
 def test_the_cluster_state_gauges_are_computed_at_scrape_time() -> None:
-    levels = metrics.ClusterLevels(workflows={("ns", "cpu", "Queued"): 2}, resources=[])
+    levels = telemetry.ClusterLevels(workflows={("ns", "cpu", "Queued"): 2}, resources=[])
     metrics.collect_cluster_state(lambda: levels)
     assert value(exposition(), "ocean_c2d_workflows", namespace="ns", stage="Queued") == 2
     levels.workflows[("ns", "cpu", "Queued")] = 5  # the next scrape sees the cluster as it is then
@@ -232,7 +228,7 @@ def test_the_cluster_state_gauges_are_computed_at_scrape_time() -> None:
     assert value(samples, "ocean_c2d_workflows", namespace="ns", stage="Queued") == 5
     assert value(samples, "ocean_c2d_environment_allocatable", environment="cpu", resource="cpu") == 8
     assert value(samples, "ocean_c2d_environment_in_use", environment="cpu", resource="cpu") == 2
-    metrics.collect_cluster_state(lambda: metrics.ClusterLevels({}, []))  # replaces, never duplicates
+    metrics.collect_cluster_state(lambda: telemetry.ClusterLevels({}, []))  # replaces, never duplicates
     assert "ocean_c2d_workflows" not in exposition()
 
 

@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ocean_c2d.model import Environment, Workflow
-from ocean_c2d.reconcile import PlanSettings
+from ocean_c2d.model import Environment, PlanSettings, TemplateInputs, TemplateValues, Workflow
 from ocean_c2d.render import (
     BASE_TEMPLATES,
     JOB_TEMPLATES,
@@ -117,7 +116,7 @@ CPU = Scenario(
             "storageExpiry": 24,
         },
     },
-    settings=PlanSettings(template_values=BASE_VALUES),
+    settings=PlanSettings(template_values=TemplateValues(**BASE_VALUES)),
 )
 
 GPU = Scenario(
@@ -162,19 +161,21 @@ GPU = Scenario(
     },
     settings=PlanSettings(
         filtering_container=FILTER_IMAGE,
-        template_values={
-            **BASE_VALUES,
-            "pull_secret": "regcred",
-            "node_selector_scope": "c2d",
-            "pull_policy": "Always",
-            "storage_class": "standard",
-            "publish_env": {
-                "AWS_REGION": "eu-west-1",
-                "AWS_BUCKET_OUTPUT": "c2d-results",
-                "IPFS_OUTPUT": "http://ipfs:5001",
-                "IPFS_EXPIRY_TIME": 3600,
-            },
-        },
+        template_values=TemplateValues(
+            **{
+                **BASE_VALUES,
+                "pull_secret": "regcred",
+                "node_selector_scope": "c2d",
+                "pull_policy": "Always",
+                "storage_class": "standard",
+                "publish_env": {
+                    "AWS_REGION": "eu-west-1",
+                    "AWS_BUCKET_OUTPUT": "c2d-results",
+                    "IPFS_OUTPUT": "http://ipfs:5001",
+                    "IPFS_EXPIRY_TIME": 3600,
+                },
+            }
+        ),
     ),
 )
 
@@ -182,13 +183,28 @@ SCENARIOS = {scenario.name: scenario for scenario in (CPU, GPU)}
 ALL_TEMPLATES = (*BASE_TEMPLATES, *JOB_TEMPLATES.values())
 
 
-def context(scenario: Scenario, templates: Templates = TEMPLATES) -> dict[str, Any]:
-    return templates.context(
+def inputs(scenario: Scenario) -> TemplateInputs:
+    return TemplateInputs(
         Workflow.from_object(scenario.workflow),
         Environment.from_object(scenario.environment),
-        scenario.settings,
+        scenario.settings.template_values,
+        scenario.settings.filtering_container,
         JOB_SECRET,
     )
+
+
+def context(scenario: Scenario, templates: Templates = TEMPLATES) -> dict[str, Any]:
+    return templates.context(inputs(scenario))
+
+
+def render_job(
+    stage: str, values: dict[str, Any], publish_outputs: bool = True, templates: Templates = TEMPLATES
+) -> dict[str, Any]:
+    """A stage's Job from a context of `context()` (which a test may have changed)."""
+    job_values = {**values, "stage": stage, "deadline": DEADLINE, "publish_outputs": publish_outputs}
+    manifest = templates.render(JOB_TEMPLATES[stage], job_values)
+    assert manifest is not None
+    return manifest
 
 
 def render_all(scenario: Scenario, templates: Templates = TEMPLATES) -> dict[str, dict[str, Any] | None]:
@@ -198,7 +214,7 @@ def render_all(scenario: Scenario, templates: Templates = TEMPLATES) -> dict[str
         name: templates.render(name, values) for name in BASE_TEMPLATES
     }
     for stage, template in JOB_TEMPLATES.items():
-        rendered[template] = templates.render_job(stage, {**values, "publish_outputs": True}, DEADLINE)
+        rendered[template] = render_job(stage, values, templates=templates)
     return rendered
 
 
@@ -348,7 +364,7 @@ def test_the_publish_credentials_come_only_by_secret_key_ref(scenario: str) -> N
         }
     plain = {name: v["value"] for name, v in variables.items() if "value" in v}
     assert not set(plain) & set(CREDENTIAL_KEYS)
-    publish_env = SCENARIOS[scenario].settings.template_values["publish_env"]
+    publish_env = SCENARIOS[scenario].settings.template_values.publish_env
     for name, value in publish_env.items():
         assert plain[name] == str(value)  # the non-secret settings are plain strings
     assert not [v for v in pod_spec(job(scenario, "publish"))["volumes"] if "secret" in v]
@@ -485,7 +501,7 @@ def test_the_cpu_pvc_uses_the_cluster_default_storage_class() -> None:
 
 def test_the_gpu_environment_allows_network_so_there_is_no_network_policy() -> None:
     assert rendered("gpu")["network-policy"] is None
-    assert [m["kind"] for m in TEMPLATES.render_base(context(GPU))] == [
+    assert [m["kind"] for m in TEMPLATES.render_base(inputs(GPU))] == [
         "ConfigMap",
         "Secret",
         "PersistentVolumeClaim",
@@ -571,7 +587,7 @@ def test_the_workflow_configmap_holds_the_workflow_document(scenario: str) -> No
 
 def test_the_publish_job_says_whether_outputs_are_published() -> None:
     values = context(CPU)
-    blocked = TEMPLATES.render_job("publish", {**values, "publish_outputs": False}, DEADLINE)
+    blocked = render_job("publish", values, publish_outputs=False)
     assert env(only_container(blocked))["PUBLISH_OUTPUTS"]["value"] == "false"
     assert env(only_container(job("cpu", "publish")))["PUBLISH_OUTPUTS"]["value"] == "true"
     assert env(only_container(job("cpu", "publish")))["STORAGE_EXPIRY"]["value"] == "24"
@@ -648,7 +664,7 @@ def test_a_missing_context_value_is_an_error_naming_the_template() -> None:
     values = context(CPU)
     del values["credentials_secret"]
     with pytest.raises(TemplateError, match=r"configure-job\.yaml\.j2.*credentials_secret"):
-        TEMPLATES.render_job("configure", {**values, "publish_outputs": True}, DEADLINE)
+        render_job("configure", values)
 
 
 def test_a_template_that_renders_no_object_is_an_error(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""controller.WorkQueue: deduplication, one worker per key, requeue delays, backoff, conflicts.
+"""workqueue.WorkQueue: deduplication, one worker per key, requeue delays, backoff, conflicts.
 
 The handler records every call and blocks on asyncio.Events the test releases, so each test decides
 exactly when a reconcile is in progress; waits are bounded by asyncio.timeout and never sleep for long.
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from ocean_c2d.controller import Key, WorkQueue
 from ocean_c2d.k8s import ConflictError
+from ocean_c2d.workqueue import Key, WorkQueue
 
 A: Key = ("workflow", "ns", "a")
 B: Key = ("workflow", "ns", "b")

@@ -18,7 +18,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 source "$repo/toolchain/versions.env"
 cluster=ocean-c2d
 image="ocean-c2d:e2e"
-taint=ocean-c2d/operator-only  # the same key as e2e/operator_fixtures.py's OPERATOR_NODE_TAINT
+taint=ocean-c2d/operator-only  # the same key as e2e/operator_handle.py's OPERATOR_NODE_TAINT
 export KUBECONFIG="${KIND_KUBECONFIG:-$HOME/.kube/kind-$cluster}"
 
 for command in docker kind kubectl helm go; do

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib.metadata import version
 
-PACKAGE = "ocean-c2d"
+from ocean_c2d.identity import PACKAGE, package_version
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
-        print(f"{PACKAGE} {version(PACKAGE)}")
+        print(f"{PACKAGE} {package_version()}")
     elif args.command == "run":
         return run_operator()
     elif args.command == "configure":

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ocean_c2d.model import API_VERSION, Environment, Workflow
-from ocean_c2d.reconcile import Admission
+from ocean_c2d.identity import MANAGED_BY
+from ocean_c2d.model import API_VERSION, Admission, Environment, Workflow
 from ocean_c2d.settings import DefaultEnvironment
+from ocean_c2d.status import Stage, WorkflowStatus
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,17 @@ def admission(workflow: Workflow, peers: Iterable[Workflow], environment: Enviro
     return Admission(may_start=False, position=index - max(free, 0) + 1)
 
 
+def occupancy_changed(before: WorkflowStatus, after: WorkflowStatus) -> bool:
+    """Did a Workflow's status write change how many Workflows of its environment run or wait (or where
+    it waits)? Then the environment's counts change, and the Workflows still waiting may move up."""
+
+    def bucket(status: WorkflowStatus) -> str:
+        stage = status.get("stage")
+        return "none" if stage is None else stage if stage in (Stage.QUEUED, Stage.FINISHED) else "running"
+
+    return bucket(before) != bucket(after) or before.get("queuePosition") != after.get("queuePosition")
+
+
 def environment_status(
     environment: Environment, peers: Iterable[Workflow], consumer_address: str, generation: int
 ) -> dict[str, Any]:
@@ -89,7 +101,7 @@ def default_environment_object(name: str, namespace: str, seed: DefaultEnvironme
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "ocean-c2d"},
+            "labels": dict(MANAGED_BY),
             "annotations": {"ocean-c2d/source": "operator environment variables (nCPU, ramGB, ...)"},
         },
         "spec": {

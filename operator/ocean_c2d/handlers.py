@@ -20,9 +20,16 @@ import kopf
 
 from ocean_c2d import observe
 from ocean_c2d.controller import Controller
+from ocean_c2d.identity import MANAGED_BY
 from ocean_c2d.model import GROUP, VERSION
-
-MANAGED = {"app.kubernetes.io/managed-by": "ocean-c2d"}
+from ocean_c2d.view import (
+    CHILD_INDEXES,
+    ENVIRONMENT_INDEX,
+    JOB_INDEX,
+    POD_INDEX,
+    WORKFLOW_INDEX,
+    WORKFLOWS_BY_ENVIRONMENT_INDEX,
+)
 
 
 def _ns(namespace: str | None) -> str:
@@ -64,42 +71,35 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 # ---- indexes: the operator's view of the cluster -----------------------------------------------------
 
 
-@kopf.index(GROUP, VERSION, "workflows")
+@kopf.index(GROUP, VERSION, "workflows", id=WORKFLOW_INDEX)
 async def workflow_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(_ns(namespace), name): copy.deepcopy(dict(body))}
 
 
-@kopf.index(GROUP, VERSION, "workflows")
+@kopf.index(GROUP, VERSION, "workflows", id=WORKFLOWS_BY_ENVIRONMENT_INDEX)
 async def workflow_by_environment_index(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[Any, Any]:
     return {(_ns(namespace), spec.get("environment", "")): name}
 
 
-@kopf.index(GROUP, VERSION, "computeenvironments")
+@kopf.index(GROUP, VERSION, "computeenvironments", id=ENVIRONMENT_INDEX)
 async def environment_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(_ns(namespace), name): copy.deepcopy(dict(body))}
 
 
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+@kopf.index("batch", "v1", "jobs", labels=MANAGED_BY, id=JOB_INDEX)
 async def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(_ns(namespace), labels.get("workflow", "")): observe.job_record(body)}
 
 
-@kopf.index("v1", "pods", labels=MANAGED)
+@kopf.index("v1", "pods", labels=MANAGED_BY, id=POD_INDEX)
 async def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(_ns(namespace), labels.get("workflow", "")): observe.pod_record(body)}
 
 
-# The children other than Jobs and pods: the reconcile needs their names and spec hashes only.
-CHILD_INDEXES = {
-    "configmap_index": ("v1", "configmaps"),
-    "secret_index": ("v1", "secrets"),  # the record keeps the name and a hash, never the data
-    "pvc_index": ("v1", "persistentvolumeclaims"),
-    "networkpolicy_index": ("networking.k8s.io/v1", "networkpolicies"),
-}
-
-
+# The children other than Jobs and pods (view.CHILD_INDEXES): the reconcile needs their names and spec
+# hashes only.
 async def child_index(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
@@ -108,7 +108,7 @@ async def child_index(
 
 for _index_id, (_api_version, _plural) in CHILD_INDEXES.items():
     _group, _, _version = _api_version.rpartition("/")  # the core group is ""
-    kopf.index(group=_group, version=_version, plural=_plural, labels=MANAGED, id=_index_id)(child_index)
+    kopf.index(group=_group, version=_version, plural=_plural, labels=MANAGED_BY, id=_index_id)(child_index)
 
 
 # ---- triggers: any change of a Workflow or of something it owns reconciles that Workflow ----------------
@@ -139,6 +139,6 @@ async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, *
 
 for _api_version, _plural in (("batch/v1", "jobs"), ("v1", "pods"), *CHILD_INDEXES.values()):
     _group, _, _version = _api_version.rpartition("/")
-    kopf.on.event(group=_group, version=_version, plural=_plural, labels=MANAGED, id=f"{_plural}_changed")(
+    kopf.on.event(group=_group, version=_version, plural=_plural, labels=MANAGED_BY, id=f"{_plural}_changed")(
         child_changed
     )

@@ -1,9 +1,11 @@
-"""The only module that talks to the Kubernetes API (through kr8s): it applies a Plan's deltas.
+"""The only module that talks to the Kubernetes API (through kr8s): it sends Changes.
 
 Policy at each call, explicitly: a create that meets 409 means the object exists already (a restart, or
 our own earlier attempt) and counts as done; a delete that meets 404 is done; a status write is
 conditional on the resourceVersion the plan was computed from, so a stale view gets 409 and a retry
-instead of overwriting someone else's change. Every request is counted by verb and response code.
+instead of overwriting someone else's change; a child the API server refuses as invalid (400, 422) can
+never be created as rendered, so that is InvalidObject, a permanent failure of the Workflow. Every request
+is counted by verb and response code. It knows nothing of the planner: only the model's words.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import httpx
 import kr8s
 import kr8s.asyncio
 
+from ocean_c2d.identity import PACKAGE
 from ocean_c2d.metrics import KUBERNETES_REQUESTS
-from ocean_c2d.model import GROUP, VERSION
-from ocean_c2d.reconcile import Event, Plan, missing_or_drifted
-from ocean_c2d.status import format_time
+from ocean_c2d.model import GROUP, VERSION, Changes, Event, InvalidWorkflow
+from ocean_c2d.times import format_time
 
 log = logging.getLogger("ocean_c2d")
 
@@ -42,6 +44,26 @@ MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 class ConflictError(Exception):
     """The object changed since the plan was computed; reconcile again from the newer state."""
+
+
+class InvalidObject(InvalidWorkflow):
+    """The API server refused a child as invalid (400 Bad Request: it cannot even decode it, say a
+    malformed quantity; 413: larger than a request may be; 422 Unprocessable Entity: a field out of its
+    range, a ConfigMap over 1 MiB). Retrying the same object cannot succeed."""
+
+
+INVALID_CODES = (400, 413, 422)
+
+
+def _api_message(error: kr8s.ServerError) -> str:
+    """The API server's own words (its Status `message` names the field), else the error's text."""
+    response = error.response
+    try:
+        body = response.json() if response is not None else {}
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or error)[:800]
 
 
 @dataclass
@@ -106,34 +128,32 @@ class Cluster:
             self.counter.record(verb, 0)
             raise
 
-    async def apply(self, workflow: dict[str, Any], plan: Plan, observed: Any, now: datetime) -> Applied:
-        """Send only the plan's deltas: children first, then status (so a crash in between leaves
-        children the next reconcile adopts, never a status that names Jobs that do not exist)."""
+    async def apply(self, workflow: dict[str, Any], changes: Changes, now: datetime) -> Applied:
+        """Send `changes`: children first, then status (so a crash in between leaves children the next
+        reconcile adopts, never a status that names Jobs that do not exist), deletions, Events, and the
+        Workflow's own deletion last."""
         namespace = workflow["metadata"]["namespace"]
         created = []
-        for manifest in missing_or_drifted(plan.desired, observed):
-            kind, name = manifest["kind"], manifest["metadata"]["name"]
-            if await self._create(kind, namespace, manifest):
+        for manifest in changes.create:
+            if await self._create_child(namespace, manifest):
                 created.append(manifest)
-                log.info("Created %s %s/%s", kind, namespace, name)
-            elif kind != "Job":
-                await self._request(
-                    "PATCH", kind, namespace, name, json=_drift_patch(manifest), headers=MERGE_PATCH
-                )
-                log.info("Updated %s %s/%s", kind, namespace, name)
+            elif manifest["kind"] != "Job":
+                await self._patch_child(namespace, manifest)
+        for manifest in changes.patch:
+            await self._patch_child(namespace, manifest)
         updated = None
-        if plan.status is not None:
-            updated = await self._write_status(workflow, plan.status)
+        if changes.status is not None:
+            updated = await self._write_status(workflow, dict(changes.status))
         deleted = []
-        for kind, name in plan.unwanted:
+        for kind, name in changes.delete:
             await self._request(
                 "DELETE", kind, namespace, name, ok=(404,), json={"propagationPolicy": "Background"}
             )
             deleted.append((kind, name))
             log.info("Deleted %s %s/%s", kind, namespace, name)
-        for event in plan.events:
+        for event in changes.events:
             await self.post_event(updated or workflow, event, now)
-        if plan.delete_workflow:
+        if changes.delete_workflow:
             await self._request("DELETE", "Workflow", namespace, workflow["metadata"]["name"], ok=(404,))
             log.info(
                 "Deleted Workflow %s/%s: its time to live after finishing has passed",
@@ -141,6 +161,29 @@ class Cluster:
                 workflow["metadata"]["name"],
             )
         return Applied(tuple(created), tuple(deleted), updated)
+
+    async def _create_child(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """True when created, False when it existed (409). InvalidObject when refused as invalid."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            created = await self._create(kind, namespace, manifest)
+        except kr8s.ServerError as error:
+            _raise_if_invalid(error, f"the API server refused {kind} {name}")
+            raise
+        if created:
+            log.info("Created %s %s/%s", kind, namespace, name)
+        return created
+
+    async def _patch_child(self, namespace: str, manifest: dict[str, Any]) -> None:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            await self._request(
+                "PATCH", kind, namespace, name, json=_drift_patch(manifest), headers=MERGE_PATCH
+            )
+        except kr8s.ServerError as error:
+            _raise_if_invalid(error, f"the API server refused the update of {kind} {name}")
+            raise
+        log.info("Updated %s %s/%s", kind, namespace, name)
 
     async def _create(self, kind: str, namespace: str, manifest: dict[str, Any]) -> bool:
         """True when created; False when it already existed (409)."""
@@ -154,30 +197,41 @@ class Cluster:
         old = workflow.get("status") or {}
         body = {**{key: None for key in old if key not in status}, **status}
         patch = {"metadata": {"resourceVersion": workflow["metadata"]["resourceVersion"]}, "status": body}
-        result = await self._request(
-            "PATCH",
-            "Workflow",
-            workflow["metadata"]["namespace"],
-            f"{workflow['metadata']['name']}/status",
-            json=patch,
-            headers=MERGE_PATCH,
-        )
+        try:
+            result = await self._request(
+                "PATCH",
+                "Workflow",
+                workflow["metadata"]["namespace"],
+                f"{workflow['metadata']['name']}/status",
+                json=patch,
+                headers=MERGE_PATCH,
+            )
+        except kr8s.ServerError as error:
+            _raise_if_invalid(error, "the API server refused the Workflow's new status")
+            raise
         assert result is not None
         return result
 
     async def write_status_fields(
-        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None:
-        """A merge patch of some status fields (notification outcomes, environment counts)."""
+        """A merge patch of some status fields (notification outcomes, environment counts); None when the
+        object is gone. With `resource_version`, only if the object is still at that version (else 409)."""
+        patch: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
         return await self._request(
-            "PATCH",
-            kind,
-            namespace,
-            f"{name}/status",
-            ok=(404,),
-            json={"status": status},
-            headers=MERGE_PATCH,
+            "PATCH", kind, namespace, f"{name}/status", ok=(404,), json=patch, headers=MERGE_PATCH
         )
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as the API server has it now (None when it does not exist)."""
+        return await self._request("GET", kind, namespace, name, ok=(404,))
 
     async def post_event(self, involved: dict[str, Any], event: Event, now: datetime) -> None:
         metadata = involved["metadata"]
@@ -199,8 +253,8 @@ class Cluster:
             "firstTimestamp": timestamp,
             "lastTimestamp": timestamp,
             "count": 1,
-            "source": {"component": "ocean-c2d"},
-            "reportingComponent": "ocean-c2d",
+            "source": {"component": PACKAGE},
+            "reportingComponent": PACKAGE,
             "reportingInstance": self.instance,
         }
         try:
@@ -212,6 +266,12 @@ class Cluster:
         """Create `manifest` unless it exists; True when it was created."""
         namespace = manifest["metadata"].get("namespace")
         return await self._create(manifest["kind"], namespace, manifest)
+
+
+def _raise_if_invalid(error: kr8s.ServerError, what: str) -> None:
+    code = error.response.status_code if error.response is not None else 0
+    if code in INVALID_CODES:
+        raise InvalidObject(f"{what} ({code}): {_api_message(error)}") from error
 
 
 def _drift_patch(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,6 @@ scrape reads the watch indexes on the same thread that updates them, so it never
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 from prometheus_client import (
@@ -27,8 +25,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ocean_c2d.identity import package_version
 from ocean_c2d.status import Outcome
-from ocean_c2d.telemetry import STAGE_OUTCOMES, Observation, ResourceLevel
+from ocean_c2d.telemetry import STAGE_OUTCOMES, ClusterLevels, Observation
 
 REGISTRY = CollectorRegistry()
 
@@ -41,14 +40,7 @@ BUILD_INFO = Gauge(
 )
 
 
-def _installed_version() -> str:
-    try:
-        return version("ocean-c2d")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
-
-
-BUILD_INFO.labels(_installed_version()).set(1)
+BUILD_INFO.labels(package_version()).set(1)
 
 KUBERNETES_REQUESTS = Counter(
     "ocean_c2d_kubernetes_requests",
@@ -158,13 +150,6 @@ def record(namespace: str, observations: Iterable[Observation]) -> None:
             child.observe(observation.value)
         else:
             child.inc(observation.value)
-
-
-@dataclass(frozen=True)
-class ClusterLevels:
-    workflows: dict[tuple[str, str, str], int]  # (namespace, environment, stage) -> count
-    resources: list[ResourceLevel]
-    oldest_stage_starts: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
 
 class ClusterStateCollector(Collector):

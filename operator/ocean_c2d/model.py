@@ -1,7 +1,10 @@
-"""Typed views of what the reconcile reads: Workflows, ComputeEnvironments, observed stage Jobs (pure).
+"""The vocabulary of the operator (pure): typed views of what the reconcile reads (Workflows,
+ComputeEnvironments, observed stage Jobs), and the words of its answer (the Plan, and the Changes the
+I/O shell sends).
 
 The API objects arrive as dicts (the CRD schema already validated them); these frozen views pick out what
-the pure core needs, so `reconcile.plan` never digs through raw dicts.
+the pure core needs, so `reconcile.plan` never digs through raw dicts. Everything here is shared by the
+planner, the templates, the settings and the shell, so none of them needs to import another to talk.
 """
 
 from __future__ import annotations
@@ -9,19 +12,37 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from ocean_c2d.status import Stage
+from ocean_c2d.status import Stage, WorkflowStatus
+from ocean_c2d.times import parse_time
+
+__all__ = ["parse_time"]  # re-exported: observe and telemetry read times through the model
 
 GROUP = "oceanprotocol.com"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+# The Job stages, by the name their Job, pod label `component` and `status.stages` record carry.
+CONFIGURE, ALGORITHM, FILTER, PUBLISH = "configure", "algorithm", "filter", "publish"
+STAGE_OF_JOB = {
+    CONFIGURE: Stage.CONFIGURING,
+    ALGORITHM: Stage.RUNNING_ALGORITHM,
+    FILTER: Stage.FILTERING,
+    PUBLISH: Stage.PUBLISHING,
+}
+# The status stage -> the Job stage (and status.stages record) that runs during it.
+JOB_OF_STAGE: dict[str, str] = {stage.value: job for job, stage in STAGE_OF_JOB.items()}
 
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+class InvalidWorkflow(Exception):  # noqa: N818 (the issue's and the docs' name for it)
+    """A permanent failure: this Workflow can never be run as written (a template cannot render it, the
+    API server rejects a child made from it, a field cannot be read). It ends InvalidSpec (code 90)
+    instead of being retried; `message` names the field or object at fault."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -71,7 +92,7 @@ class Workflow:
     generation: int
     created: datetime
     spec: WorkflowSpec
-    status: dict[str, Any]
+    status: WorkflowStatus
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
 
@@ -95,10 +116,54 @@ class Workflow:
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> Workflow:
+        """The typed view; InvalidWorkflow when a field cannot be read (the CRD schema should prevent it,
+        but an older schema, or a client that bypassed it, may have stored anything)."""
+        try:
+            return cls._parse(obj)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise InvalidWorkflow(
+                f"cannot read the Workflow's spec: {type(error).__name__}: {error}"
+            ) from error
+
+    @classmethod
+    def header(cls, obj: dict[str, Any]) -> Workflow:
+        """Identity and status only, with an empty spec: enough to end a Workflow whose spec cannot be
+        read (`from_object` failed), so it can still be given a reason and an Event."""
+        metadata = obj["metadata"]
+        spec = obj.get("spec")
+        environment = spec.get("environment") if isinstance(spec, dict) else None
+        return cls(
+            name=metadata["name"],
+            namespace=metadata.get("namespace", ""),
+            uid=metadata.get("uid", ""),
+            generation=int(metadata.get("generation", 1)),
+            created=parse_time(metadata.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
+            status=cast(WorkflowStatus, dict(obj.get("status") or {})),
+            spec=WorkflowSpec(
+                environment=environment if isinstance(environment, str) else "",
+                owner="",
+                inputs=(),
+                algorithm={},
+                container=Container(image="", tag="latest", checksum=None, entrypoint=""),
+            ),
+        )
+
+    @classmethod
+    def _parse(cls, obj: dict[str, Any]) -> Workflow:
         metadata = obj["metadata"]
         spec = obj.get("spec", {})
         algorithm = dict(spec.get("algorithm", {}))
         container = algorithm.get("container", {})
+        _expect(spec.get("inputs") or [], list, "spec.inputs")
+        for n, item in enumerate(spec.get("inputs") or []):
+            _expect(item, dict, f"spec.inputs[{n}]")
+        _expect(container, dict, "spec.algorithm.container")
+        _expect(spec.get("maxDuration"), (int, type(None)), "spec.maxDuration")
+        _expect(spec.get("chainId"), (int, type(None)), "spec.chainId")
+        for key in ("image", "tag"):
+            if any(c.isspace() for c in str(container.get(key) or "")):
+                # The API server takes such a Job but refuses its pods: it would wait for its deadline.
+                raise ValueError(f"spec.algorithm.container.{key} must not contain whitespace")
         return cls(
             name=metadata["name"],
             namespace=metadata.get("namespace", ""),
@@ -107,7 +172,7 @@ class Workflow:
             created=parse_time(metadata.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
             labels=dict(metadata.get("labels") or {}),
             annotations=dict(metadata.get("annotations") or {}),
-            status=dict(obj.get("status") or {}),
+            status=cast(WorkflowStatus, dict(obj.get("status") or {})),
             spec=WorkflowSpec(
                 environment=spec.get("environment", ""),
                 owner=spec.get("owner", ""),
@@ -126,6 +191,12 @@ class Workflow:
                 stop=bool(spec.get("stop", False)),
             ),
         )
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], field_path: str) -> None:
+    """The CRD schema's type, checked again where a wrong one would be misread rather than fail."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{field_path} has the wrong type ({type(value).__name__})")
 
 
 @dataclass(frozen=True)
@@ -225,3 +296,107 @@ class Observed:
     # Stages with a pod whose containers may still run (not Succeeded or Failed, deleting or not). Its
     # processes can still write to the data volume, so the next stage waits until it is gone.
     running_pods: frozenset[str] = frozenset()
+
+
+# ---- the plan's vocabulary: what the planner is told, and what it answers -------------------------------
+
+
+@dataclass(frozen=True)
+class TemplateValues:
+    """What the child templates use besides the Workflow and its environment: images, the service
+    account, where credentials are, publish settings. From the operator's settings; never a secret."""
+
+    service_account: str = "default"
+    pull_secret: str | None = None
+    node_selector_scope: str | None = None  # NODE_SELECTOR: a required node affinity `scope In [...]`
+    pull_policy: str = "IfNotPresent"
+    configure_image: str = "ocean-c2d:latest"
+    publish_image: str = "ocean-c2d:latest"
+    credentials_secret: str = "ocean-c2d-credentials"
+    storage_class: str = ""
+    publish_env: dict[str, Any] = field(default_factory=dict)  # IPFS_*, AWS_REGION, ... (no credentials)
+    isolation_probe_address: str | None = None
+    isolation_timeout: int = 60
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The part of the operator's settings the reconcile reads."""
+
+    cleanup: bool = True  # False with DEBUG_NO_CLEANUP: children stay after the Workflow ends
+    notify_start: bool = False  # NOTIFY_START_URL is set
+    notify_stop: bool = False  # NOTIFY_STOP_URL is set
+    workflow_ttl_seconds: int | None = None
+    filtering_container: str | None = None
+    configure_timeout: int = 3600
+    filter_timeout: int = 1800
+    publish_timeout: int = 3600
+    template_values: TemplateValues = field(default_factory=TemplateValues)
+
+
+@dataclass(frozen=True)
+class TemplateInputs:
+    """Everything the child templates of one Workflow are rendered from."""
+
+    workflow: Workflow
+    environment: Environment
+    values: TemplateValues
+    filter_image: str | None  # FILTERING_CONTAINER
+    job_secret: str
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The environment queue's answer for one Workflow (environments.py computes it)."""
+
+    may_start: bool
+    position: int | None = None  # 1-based position among the queued, when it may not start
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+ChildRef = tuple[str, str]  # (kind, name) of a child in the Workflow's namespace
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that should be true for one Workflow now (the planner's answer, before the diff)."""
+
+    desired: tuple[dict[str, Any], ...] = ()  # children that must exist (created when missing)
+    unwanted: tuple[ChildRef, ...] = ()  # children to delete
+    status: WorkflowStatus | None = None  # the new status, when it differs from the current one
+    events: tuple[Event, ...] = ()
+    notify: tuple[str, ...] = ()  # "start" / "stop" notifications due
+    expire_results: tuple[str, ...] = ()  # URLs of results past their expiry, to delete or unpin now
+    delete_workflow: bool = False  # the finished Workflow's TTL has passed
+    requeue_after: float | None = None  # reconcile again after this many seconds, even without events
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The writes that take the cluster from what was observed to what a Plan wants, in the order the
+    shell sends them: children first, then status, deletions, Events, and last the Workflow itself.
+    No changes means idle: the operator sends nothing."""
+
+    create: tuple[dict[str, Any], ...] = ()  # absent children (a create that meets 409 becomes a patch)
+    patch: tuple[dict[str, Any], ...] = ()  # present children whose spec hash drifted (never a Job)
+    status: WorkflowStatus | None = None  # the whole new status, guarded by the observed resourceVersion
+    delete: tuple[ChildRef, ...] = ()
+    events: tuple[Event, ...] = ()
+    delete_workflow: bool = False
+
+    def __len__(self) -> int:
+        """How many API writes these changes take."""
+        return (
+            len(self.create)
+            + len(self.patch)
+            + (1 if self.status is not None else 0)
+            + len(self.delete)
+            + len(self.events)
+            + (1 if self.delete_workflow else 0)
+        )

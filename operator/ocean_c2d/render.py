@@ -7,33 +7,28 @@ to change one block only. Rendering is strict: a missing variable is an error, n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import yaml
 
-from ocean_c2d.model import API_VERSION, Environment, Workflow
-
-if TYPE_CHECKING:
-    from ocean_c2d.reconcile import PlanSettings
+from ocean_c2d.identity import MANAGED_BY
+from ocean_c2d.model import API_VERSION, Environment, InvalidWorkflow, TemplateInputs
+from ocean_c2d.stages import STAGES
 
 SPEC_HASH_ANNOTATION = "ocean-c2d/spec-hash"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "ocean-c2d"}
 BASE_TEMPLATES = ("workflow-configmap", "job-secret", "data-pvc", "network-policy")
-JOB_TEMPLATES = {
-    "configure": "configure-job",
-    "algorithm": "algorithm-job",
-    "filter": "filter-job",
-    "publish": "publish-job",
-}
+JOB_TEMPLATES = {name: definition.template for name, definition in STAGES.items()}
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 
-class TemplateError(RuntimeError):
-    """A template could not be rendered into a Kubernetes object (names the template)."""
+class TemplateError(InvalidWorkflow):
+    """A template could not be rendered into a Kubernetes object (names the template). At start-up it
+    stops the operator (a broken TEMPLATES_DIR); during a reconcile it ends that Workflow InvalidSpec."""
 
 
 def spec_hash(manifest: dict[str, Any]) -> str:
@@ -81,6 +76,23 @@ def pod_affinity(environment: Environment, scope: str | None) -> dict[str, Any]:
     return affinity
 
 
+def _join_surrogates(value: Any) -> Any:
+    """`value` with every string's UTF-16 surrogate pairs joined. The `json` filter escapes a character
+    beyond the BMP (an emoji, say) as a pair like \\ud83d\\ude00, and PyYAML decodes each half on its own,
+    leaving a string no UTF-8 encoder accepts. A lone surrogate stays one: UnicodeError."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16") if _has_surrogate(value) else value
+    if isinstance(value, dict):
+        return {_join_surrogates(k): _join_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join_surrogates(item) for item in value]
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= char <= "\udfff" for char in text)
+
+
 def _json(value: Any) -> str:
     """The `json` filter. An undefined variable is an error naming it, never a serialisation crash."""
     if isinstance(value, jinja2.Undefined):
@@ -115,10 +127,9 @@ class Templates:
         except jinja2.TemplateError as error:
             raise TemplateError(f"cannot load templates: {error}") from error
 
-    def context(
-        self, workflow: Workflow, environment: Environment, settings: PlanSettings, job_secret: str
-    ) -> dict[str, Any]:
-        """Everything a template may use, computed once per reconcile."""
+    def context(self, inputs: TemplateInputs) -> dict[str, Any]:
+        """Everything a template may use, by the names the templates know."""
+        workflow, environment, values = inputs.workflow, inputs.environment, inputs.values
         spec = workflow.spec
         document = {
             "jobId": workflow.name,
@@ -160,11 +171,11 @@ class Templates:
             "algorithm_did": strip_did(spec.algorithm_did or ""),
             "environment": environment,
             "algorithm_resources": algorithm_resources(environment),
-            "job_secret": job_secret,
+            "job_secret": inputs.job_secret,
             "workflow_document": document,
-            "filter_image": settings.filtering_container,
-            **settings.template_values,
-            "pod_affinity": pod_affinity(environment, settings.template_values.get("node_selector_scope")),
+            "filter_image": inputs.filter_image,
+            **dataclasses.asdict(values),
+            "pod_affinity": pod_affinity(environment, values.node_selector_scope),
         }
 
     def render(self, template: str, context: dict[str, Any]) -> dict[str, Any] | None:
@@ -172,7 +183,9 @@ class Templates:
         try:
             text = self._templates[template].render(context)
             manifest = yaml.safe_load(text)
-        except (jinja2.TemplateError, yaml.YAMLError) as error:
+            if "\\ud" in text:  # only `json`-escaped text can hold a surrogate
+                manifest = _join_surrogates(manifest)
+        except (jinja2.TemplateError, yaml.YAMLError, UnicodeError) as error:
             raise TemplateError(f"template {template}.yaml.j2: {error}") from error
         if manifest is None:
             return None
@@ -183,15 +196,23 @@ class Templates:
         annotations[SPEC_HASH_ANNOTATION] = _compute_hash(manifest)
         return manifest
 
-    def render_base(self, context: dict[str, Any]) -> list[dict[str, Any]]:
+    def render_base(self, inputs: TemplateInputs) -> list[dict[str, Any]]:
         """The children every admitted Workflow has: ConfigMap, Secret, PVC, NetworkPolicy."""
+        context = self.context(inputs)
         rendered = (self.render(name, context) for name in BASE_TEMPLATES)
         return [manifest for manifest in rendered if manifest is not None]
 
-    def render_job(self, stage: str, context: dict[str, Any], deadline_seconds: int) -> dict[str, Any]:
-        manifest = self.render(
-            JOB_TEMPLATES[stage], {**context, "stage": stage, "deadline": deadline_seconds}
-        )
+    def render_job(
+        self, stage: str, inputs: TemplateInputs, deadline_seconds: int, publish_outputs: bool = True
+    ) -> dict[str, Any]:
+        """A stage's Job; `publish_outputs` False when the filter blocked them (publish uploads logs only)."""
+        context = {
+            **self.context(inputs),
+            "stage": stage,
+            "deadline": deadline_seconds,
+            "publish_outputs": publish_outputs,
+        }
+        manifest = self.render(JOB_TEMPLATES[stage], context)
         if manifest is None:
             raise TemplateError(f"template {JOB_TEMPLATES[stage]}.yaml.j2 rendered nothing")
         return manifest

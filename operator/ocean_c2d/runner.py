@@ -20,6 +20,7 @@ from ocean_c2d import (
     metrics,
 )
 from ocean_c2d.controller import Controller
+from ocean_c2d.environments import default_environment_object
 from ocean_c2d.k8s import Cluster
 from ocean_c2d.render import BUILTIN_DIR, Templates
 from ocean_c2d.settings import Settings
@@ -78,11 +79,12 @@ async def run(settings: Settings) -> None:
     namespace = await watched_namespace(settings, api)
     metrics_server = await metrics.serve(settings.metrics_port)
     async with httpx.AsyncClient() as http:
-        controller = Controller(settings, templates, Cluster(api), http)
+        cluster = Cluster(api)
+        controller = Controller(settings, templates, cluster, http)
         metrics.collect_cluster_state(controller.levels)
         metrics.WORK_QUEUE_DEPTH.set_function(lambda: controller.queue.depth)
-        if namespace is not None:
-            await controller.ensure_default_environment(namespace)
+        if namespace is not None and settings.default_environment is not None:
+            await ensure_default_environment(cluster, settings, namespace)
         kopf_settings = kopf.OperatorSettings()
         kopf_settings.posting.enabled = False  # we post the Events we mean, not every log line
         # No watching of namespaces or CRDs: the watched namespace is fixed and the CRDs are installed
@@ -116,3 +118,15 @@ async def _resync(controller: Controller, every_seconds: int) -> None:
     while True:
         await asyncio.sleep(every_seconds)
         controller.resync()
+
+
+async def ensure_default_environment(cluster: Cluster, settings: Settings, namespace: str) -> None:
+    """The ComputeEnvironment the original's environment variables (nCPU, ramGB, ...) describe, created
+    unless it exists (an operator's edits to it are kept)."""
+    assert settings.default_environment is not None
+    name = settings.default_environment_name
+    manifest = default_environment_object(name, namespace, settings.default_environment)
+    if await cluster.ensure(manifest):
+        log.info(
+            "Created ComputeEnvironment %s/%s from the operator's environment variables", namespace, name
+        )

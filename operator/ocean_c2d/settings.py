@@ -15,14 +15,12 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
-from ocean_c2d.reconcile import PlanSettings
+from ocean_c2d.identity import PACKAGE, package_version
+from ocean_c2d.model import PlanSettings, TemplateValues
 from ocean_c2d.signing import OperatorKey
 from ocean_c2d.steps.contract import split_host_port
-
-PACKAGE = "ocean-c2d"
 
 # The original operator-engine defined its single compute environment by the mere presence of any of these.
 DEFAULT_ENVIRONMENT_VARIABLES: tuple[str, ...] = (
@@ -162,19 +160,19 @@ class Settings:
             configure_timeout=self.configure_timeout_seconds,
             filter_timeout=self.filter_timeout_seconds,
             publish_timeout=self.publish_timeout_seconds,
-            template_values={
-                "service_account": self.service_account,
-                "pull_secret": self.pull_secret,
-                "node_selector_scope": self.node_selector,
-                "pull_policy": self.pull_policy,
-                "configure_image": self.pod_configuration_container,
-                "publish_image": self.pod_publish_container,
-                "credentials_secret": self.credentials_secret,
-                "storage_class": self.storage_class,
-                "publish_env": {k: v for k, v in publish_env.items() if v is not None},
-                "isolation_probe_address": self.isolation_probe_address,
-                "isolation_timeout": self.isolation_timeout_seconds,
-            },
+            template_values=TemplateValues(
+                service_account=self.service_account,
+                pull_secret=self.pull_secret,
+                node_selector_scope=self.node_selector,
+                pull_policy=self.pull_policy,
+                configure_image=self.pod_configuration_container,
+                publish_image=self.pod_publish_container,
+                credentials_secret=self.credentials_secret,
+                storage_class=self.storage_class,
+                publish_env={k: v for k, v in publish_env.items() if v is not None},
+                isolation_probe_address=self.isolation_probe_address,
+                isolation_timeout=self.isolation_timeout_seconds,
+            ),
         )
 
 
@@ -336,10 +334,9 @@ def _operator_key(environ: Mapping[str, str], errors: list[str]) -> tuple[Operat
 
 
 def _default_image() -> str:
-    try:
-        return f"{PACKAGE}:{version(PACKAGE)}"
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return f"{PACKAGE}:latest"
+    installed = package_version()
+    # A source tree that was never installed runs the latest image.
+    return f"{PACKAGE}:{'latest' if installed == 'unknown' else installed}"
 
 
 def _default_environment(environ: Mapping[str, str], errors: list[str]) -> DefaultEnvironment | None:

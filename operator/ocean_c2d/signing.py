@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,13 @@ class OperatorKey:
 
     def __repr__(self) -> str:
         return f"OperatorKey(address={self.address})"
+
+
+def job_secret(key: OperatorKey, uid: str) -> str:
+    """The per-job secret, derived from the operator key and the Workflow's uid: the same after a restart
+    without being stored anywhere but the job's own Secret."""
+    derived = hmac.new(key.private_key.to_bytes(), f"ocean-c2d/job-secret/{uid}".encode(), hashlib.sha256)
+    return derived.hexdigest()[:32]
 
 
 def personal_message_hash(message: bytes) -> bytes:

@@ -1,4 +1,7 @@
-"""Status codes, outcomes and conditions of a Workflow (pure: no I/O).
+"""A Workflow's status: its typed shape, status codes, outcomes and conditions (pure: no I/O).
+
+The TypedDicts below are the status subresource as the CRD (crds/workflows.yaml) declares it: the API edge
+stays a plain dict (what kopf and the API server hand over), but every read and write of it is typed.
 
 The codes are the original operator-engine's (1, 20, 30, 31, 32, 40, 50, 60, 70), so Ocean clients read
 them unchanged, plus distinct codes for what the original hid behind 70 "Job finished": ocean-node's numbers
@@ -10,7 +13,63 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, TypedDict
+
+from ocean_c2d.times import format_time
+
+
+class StageRecord(TypedDict, total=False):
+    """`status.stages.<stage>`: one stage's Job, when it ran, and how it ended."""
+
+    jobName: str
+    startedAt: str
+    finishedAt: str
+    endedAt: str  # the algorithm only: when its processes were over (a stopped pod ends after its Job)
+    exitCode: int
+    reason: str
+
+
+class FilterVerdict(TypedDict):
+    verdict: Literal["Pass", "Block"]
+    reasons: list[str]
+
+
+class NotificationRecord(TypedDict, total=False):
+    state: Literal["Pending", "Sent", "Failed"]
+    attempts: int
+    lastAttemptAt: str
+    message: str
+
+
+class Condition(TypedDict):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    lastTransitionTime: str
+    observedGeneration: int
+
+
+class WorkflowStatus(TypedDict, total=False):
+    observedGeneration: int
+    stage: str  # a Stage value
+    statusCode: int
+    statusText: str
+    reason: str  # an Outcome value
+    message: str
+    queuePosition: int | None
+    admittedAt: str
+    startedAt: str
+    finishedAt: str
+    stoppedAt: str
+    duration: str
+    stages: dict[str, StageRecord]
+    results: list[dict[str, Any]]  # as the publish step reported them: filename, filesize, url, type, ...
+    resultsManifest: str
+    resultsExpiredAt: str
+    filter: FilterVerdict
+    notifications: dict[str, NotificationRecord]
+    conditions: list[Condition]
 
 
 class Stage(enum.StrEnum):
@@ -97,20 +156,15 @@ FINISHED = "Finished"
 SUCCEEDED = "Succeeded"
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with a Z, second precision: what the API server stores for date-time fields."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def set_condition(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     kind: str,
-    status: str,
+    status: Literal["True", "False", "Unknown"],
     reason: str,
     message: str,
     generation: int,
     now: datetime,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """Conditions with `kind` set; lastTransitionTime moves only when the status itself changes."""
     previous = next((c for c in conditions if c.get("type") == kind), None)
     transition = (
@@ -118,7 +172,7 @@ def set_condition(
         if previous is not None and previous.get("status") == status and "lastTransitionTime" in previous
         else format_time(now)
     )
-    updated = {
+    updated: Condition = {
         "type": kind,
         "status": status,
         "reason": reason,
@@ -130,13 +184,43 @@ def set_condition(
     return sorted([*others, updated], key=lambda c: str(c["type"]))
 
 
-def format_duration(seconds: float) -> str:
-    """A short human duration for the Duration column: 45s, 3m12s, 2h5m."""
-    total = max(0, int(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
+def conditions(status: WorkflowStatus, admitted: bool, generation: int, now: datetime) -> list[Condition]:
+    """Admitted, Finished and Succeeded, as `status` (stage, reason, message) says them."""
+    current = list(status.get("conditions") or [])
+    if admitted:
+        current = set_condition(
+            current, ADMITTED, "True", "Admitted", "A slot of the environment was granted", generation, now
+        )
+    else:
+        current = set_condition(
+            current,
+            ADMITTED,
+            "False",
+            "Queued" if status.get("stage") == Stage.QUEUED.value else status.get("reason", ""),
+            status.get("message", ""),
+            generation,
+            now,
+        )
+    finished = status.get("stage") == Stage.FINISHED.value
+    reason = status.get("reason") or Outcome.SUCCEEDED.value
+    current = set_condition(
+        current,
+        FINISHED,
+        "True" if finished else "False",
+        reason if finished else "InProgress",
+        status.get("statusText", ""),
+        generation,
+        now,
+    )
+    succeeded: Literal["True", "False", "Unknown"] = (
+        "Unknown" if not finished else ("True" if reason == Outcome.SUCCEEDED.value else "False")
+    )
+    return set_condition(
+        current,
+        SUCCEEDED,
+        succeeded,
+        reason if finished else "InProgress",
+        status.get("message", ""),
+        generation,
+        now,
+    )

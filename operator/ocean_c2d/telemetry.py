@@ -12,14 +12,12 @@ Two kinds of numbers:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from ocean_c2d.environments import occupancy
-from ocean_c2d.model import Environment, Workflow, parse_time
-from ocean_c2d.reconcile import JOB_OF_STAGE
-from ocean_c2d.status import Stage
+from ocean_c2d.model import JOB_OF_STAGE, Environment, Workflow, parse_time
+from ocean_c2d.status import Stage, StageRecord, WorkflowStatus
 
 NEW = "New"  # a Workflow the operator has not written a status to yet
 STAGES = (NEW, *(stage.value for stage in Stage))
@@ -98,7 +96,7 @@ def environment_levels(
     ]
 
 
-def transition_observations(workflow: Workflow, after: dict[str, Any]) -> list[Observation]:
+def transition_observations(workflow: Workflow, after: WorkflowStatus) -> list[Observation]:
     """What the status write `workflow.status` -> `after` makes happen, as metric samples."""
     before = workflow.status
     environment = workflow.spec.environment
@@ -120,8 +118,8 @@ def transition_observations(workflow: Workflow, after: dict[str, Any]) -> list[O
         if stage == "publish":
             found.append(Observation("publish", (environment, outcome)))
 
-    verdict = (after.get("filter") or {}).get("verdict")
-    if verdict and verdict != (before.get("filter") or {}).get("verdict"):
+    verdict = after["filter"]["verdict"] if "filter" in after else None
+    if verdict and verdict != (before["filter"]["verdict"] if "filter" in before else None):
         found.append(Observation("filter_verdict", (environment, verdict)))
 
     if after.get("stage") == Stage.FINISHED.value and before.get("stage") != Stage.FINISHED.value:
@@ -136,7 +134,7 @@ def transition_observations(workflow: Workflow, after: dict[str, Any]) -> list[O
 STAGE_SUCCEEDED, STAGE_FAILED, STAGE_STOPPED = STAGE_OUTCOMES = ("Succeeded", "Failed", "Stopped")
 
 
-def stage_outcome(record: dict[str, Any]) -> str:
+def stage_outcome(record: StageRecord) -> str:
     """One of STAGE_OUTCOMES: few values, so the label stays cheap; the reason is in the status."""
     if record.get("reason") == "Stopped":
         return STAGE_STOPPED
@@ -149,3 +147,28 @@ def _seconds_between(start: datetime | None, end: datetime | None) -> float | No
     if start is None or end is None:
         return None
     return max(0.0, (end - start).total_seconds())
+
+
+@dataclass(frozen=True)
+class ClusterLevels:
+    workflows: dict[tuple[str, str, str], int]  # (namespace, environment, stage) -> count
+    resources: list[ResourceLevel]
+    oldest_stage_starts: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+
+def cluster_levels(
+    workflows: Iterable[Workflow], environments: Iterable[tuple[str, Environment]]
+) -> ClusterLevels:
+    """The cluster-state gauges of /metrics from every Workflow and (namespace, ComputeEnvironment)."""
+    workflows = list(workflows)
+    by_environment: dict[tuple[str, str], list[Workflow]] = {}
+    for workflow in workflows:
+        by_environment.setdefault((workflow.namespace, workflow.spec.environment), []).append(workflow)
+    resources = [
+        level
+        for namespace, environment in environments
+        for level in environment_levels(
+            namespace, environment, by_environment.get((namespace, environment.name), [])
+        )
+    ]
+    return ClusterLevels(workflow_counts(workflows), resources, oldest_stage_starts(workflows))

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import BodyPartReader, web
 from botocore.exceptions import ClientError, EndpointConnectionError  # type: ignore[import-untyped]
 
+from ocean_c2d.resilience import redact
 from ocean_c2d.steps.contract import EXIT_OK, EXIT_RESULTS_UPLOAD_FAILED, TERMINATION_MESSAGE_LIMIT
 from ocean_c2d.steps.publish import (
     PUBLISH_LOG,
@@ -31,7 +32,7 @@ from ocean_c2d.steps.publish import (
     results_message,
     run_publish,
 )
-from ocean_c2d.storage import Destination, UploadError, redact
+from ocean_c2d.storage import Destination, UploadError
 from ocean_c2d.storage.ipfs import (
     IpfsDestination,
     add_params,

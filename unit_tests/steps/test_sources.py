@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ocean_c2d.resilience import safe_url, scrub
 from ocean_c2d.signing import OperatorKey
 from ocean_c2d.steps.sources import (
     FetchContext,
@@ -31,8 +32,6 @@ from ocean_c2d.steps.streaming import (
     Limits,
     PartialFile,
     http_json,
-    safe_url,
-    scrub,
     stream_to_file,
 )
 from unit_tests.steps.providers import Asset, OceanStack

@@ -39,13 +39,13 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any, TextIO
 
 import httpx
 
+from ocean_c2d.identity import user_agent
+from ocean_c2d.resilience import describe_error, safe_url
 from ocean_c2d.signing import OperatorKey
 from ocean_c2d.steps.contract import (
     EXIT_ALGORITHM_PROVISIONING_FAILED,
@@ -78,11 +78,10 @@ from ocean_c2d.steps.streaming import (
     Limits,
     Log,
     Sleep,
-    describe_error,
     format_bytes,
-    safe_url,
     write_bytes,
 )
+from ocean_c2d.times import format_precise_time, utc_now
 
 READ_ONLY_TREE_MODE = 0o755
 WRITABLE_TREE_MODE = 0o777
@@ -174,7 +173,7 @@ class ConfigureLog:
         self._file.flush()
 
     def __call__(self, message: str) -> None:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = format_precise_time(utc_now())
         line = f"{stamp} {message}\n"
         if self._file is not None:
             self._file.write(line)
@@ -505,17 +504,10 @@ async def run_configure(
         log.close()
 
 
-def _user_agent() -> str:
-    try:
-        return f"ocean-c2d/{version('ocean-c2d')}"
-    except PackageNotFoundError:
-        return "ocean-c2d/unknown"
-
-
 async def main(env: Mapping[str, str]) -> int:
     """The `ocean-c2d configure` command: run_configure with its own HTTP client, logging to stderr."""
     async with httpx.AsyncClient(
-        headers={"User-Agent": _user_agent()},
+        headers={"User-Agent": user_agent()},
         follow_redirects=True,
         timeout=httpx.Timeout(60.0, connect=10.0),
     ) as http:

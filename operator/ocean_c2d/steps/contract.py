@@ -1,6 +1,7 @@
 """How a stage step reports back to the operator: its exit code, and a JSON termination message.
 
-The operator reads both from the step's pod (reconcile.py); this module is the one definition of them.
+The operator reads both from the step's pod (reconcile.py, through the readers at the end of this module);
+this module is the one definition of them, for the step that writes and the operator that reads.
 A termination message is at most 4096 bytes (the kubelet cuts the file there), so anything larger is
 stored elsewhere and the message points at it.
 """
@@ -60,3 +61,45 @@ def load_workflow(path: Path) -> dict[str, Any]:
     """The workflow document the operator mounts for the steps (the ConfigMap's workflow.json)."""
     document: dict[str, Any] = json.loads(path.read_text())
     return document
+
+
+# ---- reading them back (the operator's side) ------------------------------------------------------------
+
+
+def read_step_message(text: str | None) -> str | None:
+    """What a step said about its failure: the `message` of its JSON termination message, or the text."""
+    if not text or not text.strip():
+        return None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()
+    message = document.get("message") if isinstance(document, dict) else None
+    return str(message) if message else None
+
+
+def read_results(text: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The publish step's termination message: ({"results": [...]} entries, {"manifest": "<url>"})."""
+    if not text:
+        return [], None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return [], None
+    if not isinstance(document, dict):
+        return [], None
+    results = [r for r in document.get("results", []) if isinstance(r, dict)]
+    manifest = document.get("manifest")
+    return results, manifest if isinstance(manifest, str) else None
+
+
+def read_filter_reasons(text: str | None) -> list[str]:
+    """The filter step's termination message: {"verdict": "Block", "reasons": [...]}."""
+    if not text:
+        return []
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return [text.strip()[:500]]
+    reasons = document.get("reasons", []) if isinstance(document, dict) else []
+    return [str(r) for r in reasons]

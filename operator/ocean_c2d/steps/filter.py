@@ -25,7 +25,6 @@ import stat
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ from ocean_c2d.steps.contract import (
     encode_message,
     write_termination_message,
 )
+from ocean_c2d.times import now_stamp
 
 EXIT_FILTER_FAILED = 1
 MAX_REASON_CHARS = 300  # one reason, in the termination message (the log has it whole)
@@ -210,7 +210,7 @@ def _shorten(reason: str) -> str:
 def write_filter_log(volume: Path, lines: list[str]) -> None:
     """Append to <volume>/adminlogs/filter.log (created with its folder when missing). Best effort:
     the verdict stands even when the log cannot be written (it then goes to stderr only)."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = now_stamp()
     text = "".join(f"{stamp} {line}\n" for line in lines)
     sys.stdout.write(text)
     try:

@@ -39,10 +39,10 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from ocean_c2d.resilience import backoff_delay
 from ocean_c2d.steps.contract import (
     EXIT_OK,
     EXIT_RESULTS_UPLOAD_FAILED,
@@ -53,6 +53,7 @@ from ocean_c2d.steps.contract import (
     write_termination_message,
 )
 from ocean_c2d.storage import Destination, UploadError
+from ocean_c2d.times import now_stamp
 
 FOLDERS = ("outputs", "logs", "adminlogs")
 PUBLISH_LOG = "adminlogs/publish.log"
@@ -136,8 +137,9 @@ class RetryPolicy:
     max_delay: float = 20.0
 
     def delay(self, attempt: int) -> float:
-        """The wait after failed attempt number `attempt` (1-based): base, 2x base, 4x ... capped."""
-        return float(min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+        """The wait after failed attempt number `attempt` (1-based): base, 2x base, 4x ... capped;
+        without jitter."""
+        return backoff_delay(attempt, self.base_delay, cap=self.max_delay, jitter=0.0)
 
 
 def failure_message(name: str, destination: str, attempts: int, error: str) -> str:
@@ -181,7 +183,7 @@ class PublishLog:
         self._file: TextIO | None = path.open("a", encoding="utf-8", errors="backslashreplace")
 
     def line(self, text: str) -> None:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = now_stamp()
         print(f"publish: {text}", file=sys.stderr)
         if self._file is not None:
             self._file.write(f"{stamp} {text}\n")

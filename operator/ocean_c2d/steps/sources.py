@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from ocean_c2d.resilience import describe_error, is_transient_status, safe_url
 from ocean_c2d.signing import OperatorKey, download_signature
 from ocean_c2d.steps.streaming import (
     NO_EXPECTATION,
@@ -39,10 +40,8 @@ from ocean_c2d.steps.streaming import (
     PartialFile,
     TransientError,
     check_announced_size,
-    describe_error,
     http_download,
     http_json,
-    safe_url,
     with_retries,
     write_bytes,
 )
@@ -248,23 +247,20 @@ class S3Source:
 
 
 def _s3_client(env: Mapping[str, str]) -> Any:
-    import boto3  # type: ignore[import-untyped]
-    from botocore.config import Config  # type: ignore[import-untyped]
+    """The S3 client the step's env describes; boto3 is imported on first use, only s3:// inputs need it."""
+    from ocean_c2d.storage.s3 import make_client
 
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-    session = boto3.session.Session(
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-        aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
-        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-    )
-    config = Config(
-        retries={"max_attempts": 1, "mode": "standard"},  # streaming.with_retries retries
-        connect_timeout=10,
+    return make_client(
+        env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+        env.get("AWS_ACCESS_KEY_ID") or None,
+        env.get("AWS_SECRET_ACCESS_KEY") or None,
+        session_token=env.get("AWS_SESSION_TOKEN") or None,
+        default_region=None,  # boto3's chain finds one, or S3's global endpoint applies
         read_timeout=60,
-        s3={"addressing_style": "path" if endpoint else "auto"},
+        max_attempts=1,  # streaming.with_retries retries
+        addressing_style="auto",
     )
-    return session.client("s3", endpoint_url=endpoint, config=config)
 
 
 def _s3_download(
@@ -292,7 +288,7 @@ def _s3_download(
         code = str(error.response.get("Error", {}).get("Code", "error"))
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         text = f"S3 answered {code} (HTTP {status})"
-        if status >= 500 or status in (408, 429) or code in ("SlowDown", "Throttling", "RequestTimeout"):
+        if is_transient_status(status) or code in ("SlowDown", "Throttling", "RequestTimeout"):
             raise TransientError(text) from None
         raise FetchError(text) from None
     except transient as error:

@@ -11,9 +11,10 @@ Rules every download of the configure step follows:
 - Atomicity: bytes go to a hidden temporary file next to the target (`.<name>.<random>.partial`),
   which is fsynced and renamed over the target only when complete and verified. On any failure
   (including cancellation) it is removed and its bytes are given back to the budget.
-- Retries: transport errors (connect errors, timeouts, a connection closed mid-body), HTTP 5xx, 408
-  and 429 are retried `Limits.retries` times (4), after `backoff * 2**(n-1)` seconds (+-20 %,
-  at most 30 s; a numeric Retry-After on 429/503 is honoured, capped at 30 s). Any other 4xx is final.
+- Retries (resilience.py's rules): transport errors (connect errors, timeouts, a connection closed
+  mid-body), HTTP 5xx, 408 and 429 are retried `Limits.retries` times (4), after `backoff * 2**(n-1)`
+  seconds (+-20 %, at most 30 s; a numeric Retry-After on 429/503 is honoured, capped at 30 s). Any
+  other 4xx is final.
   Every attempt asks its `request` factory for a fresh request, so a signed URL is signed again.
 - Secrets: a request's `params` (query string) may carry a nonce and a signature; they never appear
   in a message or a log line. Messages name URLs by `safe_url` (no userinfo, query or fragment).
@@ -26,12 +27,10 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,24 +38,26 @@ from typing import IO, Any, TypeVar
 
 import httpx
 
+from ocean_c2d.resilience import (
+    DETAIL_LIMIT,
+    describe_error,
+    is_transient_status,
+    retry_after_seconds,
+    retry_delay,
+    safe_url,
+    scrub,
+)
+
 CHUNK_SIZE = 1 << 20
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF_SECONDS = 1.0
-MAX_DELAY_SECONDS = 30.0
-JITTER = 0.2
-RETRY_STATUSES = frozenset({408, 429})
-RETRY_AFTER_STATUSES = frozenset({429, 503})
 ERROR_BODY_LIMIT = 4096
-DETAIL_LIMIT = 200
 FILE_MODE = 0o644
 
 Sleep = Callable[[float], Awaitable[None]]
 Log = Callable[[str], None]
 T = TypeVar("T")
 
-_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
-_QUERY_IN_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"<>]*)[?#][^\s'\"<>]*")
-_DIGITS = re.compile(r"[0-9]+")
 _CHECKSUM = re.compile(r"sha256:[0-9a-fA-F]{64}")
 
 
@@ -91,34 +92,6 @@ class DiskLimitError(FetchError):
 
 class IntegrityError(FetchError):
     pass
-
-
-def safe_url(url: str) -> str:
-    """scheme://host[:port]/path: without userinfo, query string or fragment (they may carry secrets).
-
-    Unlike a parsed hostname, the host keeps its case (an IPFS CID is case-sensitive).
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` without query strings of URLs, anything that looks like a signature, or `secrets`."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    text = _QUERY_IN_URL.sub(r"\1", text)
-    text = _SIGNATURE.sub("<signature>", text)
-    return " ".join(text.split())
-
-
-def describe_error(error: BaseException) -> str:
-    text = scrub(str(error))[:DETAIL_LIMIT]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def format_bytes(count: int) -> str:
@@ -220,10 +193,7 @@ class Limits:
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
         """The pause before retry `retry` (1-based)."""
-        if retry_after is not None:
-            return min(retry_after, MAX_DELAY_SECONDS)
-        base = min(self.backoff_seconds * 2.0 ** (retry - 1), MAX_DELAY_SECONDS)
-        return min(base * random.uniform(1 - JITTER, 1 + JITTER), MAX_DELAY_SECONDS)
+        return retry_delay(retry, self.backoff_seconds, retry_after)
 
 
 @dataclass(frozen=True)
@@ -413,13 +383,6 @@ async def with_retries(limits: Limits, attempt: Callable[[], Awaitable[T]], what
             await limits.sleep(delay)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    if response.status_code not in RETRY_AFTER_STATUSES:
-        return None
-    value = response.headers.get("Retry-After", "").strip()
-    return float(int(value)) if _DIGITS.fullmatch(value) else None
-
-
 def _detail_from_body(body: bytes, reason: str) -> str:
     """A short reason from an error body: a JSON "error"/"message"-like field, or the text itself."""
     text = body.decode("utf-8", "replace").strip()
@@ -452,8 +415,10 @@ async def _raise_for_status(response: httpx.Response) -> None:
             if len(body) >= ERROR_BODY_LIMIT:
                 break
     detail = _detail_from_body(body[:ERROR_BODY_LIMIT], response.reason_phrase)
-    if status >= 500 or status in RETRY_STATUSES:
-        raise TransientError(f"HTTP {status} {detail}".rstrip(), _retry_after(response))
+    if is_transient_status(status):
+        raise TransientError(
+            f"HTTP {status} {detail}".rstrip(), retry_after_seconds(status, response.headers)
+        )
     raise HttpStatusError(status, detail)
 
 

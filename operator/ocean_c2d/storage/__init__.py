@@ -11,9 +11,10 @@ no signed URLs) and says whether trying again may help; the caller owns retries.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Protocol
+
+from ocean_c2d.resilience import DETAIL_LIMIT, redact
 
 
 class UploadError(Exception):
@@ -48,10 +49,6 @@ class Destination(Protocol):
         ...
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-_QUERY = re.compile(r"\?[^\s\"'<>]*")
-
-
-def redact(text: str) -> str:
-    """`text` without what can carry a secret in a URL: user:password@ and query strings (signatures)."""
-    return _QUERY.sub("", _USERINFO.sub("", text))
+def describe_failure(error: BaseException) -> str:
+    """`Type: text` of a storage library's error for an UploadError, its text `redact`ed and cut short."""
+    return f"{type(error).__name__}: {redact(str(error))[:DETAIL_LIMIT]}"

@@ -34,7 +34,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import aioipfs  # type: ignore[import-untyped]
 
-from ocean_c2d.storage import UploadError, redact
+from ocean_c2d.resilience import DETAIL_LIMIT, is_transient_status, redact
+from ocean_c2d.storage import UploadError, describe_failure
 
 CLIENT = "CLIENT"
 CLUSTER = "CLUSTER"
@@ -244,9 +245,7 @@ class IpfsDestination:
         except UploadError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            raise UploadError(
-                f"{type(error).__name__}: {redact(str(error))[:200]}", transient=True
-            ) from error
+            raise UploadError(describe_failure(error), transient=True) from error
         try:
             entries = parse_add_answer(body)
         except ValueError as error:
@@ -269,7 +268,7 @@ class IpfsDestination:
             async with self._session.post(self._add_url, data=form, params=params) as response:
                 body = await response.text()
                 if response.status != 200:
-                    transient = response.status >= 500 or response.status in (408, 429)
+                    transient = is_transient_status(response.status)
                     detail = _error_detail(body)
                     raise UploadError(f"HTTP {response.status}{detail}", transient=transient)
                 return body
@@ -287,5 +286,5 @@ def _error_detail(body: str) -> str:
     if isinstance(document, dict):
         message = document.get("Message", document.get("message"))
         if isinstance(message, str) and message:
-            return f": {redact(message)[:200]}"
+            return f": {redact(message)[:DETAIL_LIMIT]}"
     return ""

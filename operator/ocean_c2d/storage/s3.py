@@ -42,14 +42,15 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from ocean_c2d.storage import UploadError, redact
+from ocean_c2d.resilience import is_transient_status
+from ocean_c2d.storage import UploadError, describe_failure
 
 MIB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MIB
 EXPIRES_TAG = "ocean-c2d-expires"
 RETENTION_TAG = "ocean-c2d-retention-days"
 DEFAULT_REGION = "us-east-1"
-# Error codes S3 APIs answer when trying again later may work (besides any 5xx, 408 and 429).
+# Error codes S3 APIs answer when trying again later may work (besides the transient HTTP statuses).
 TRANSIENT_CODES = frozenset(
     {
         "RequestTimeout",
@@ -77,19 +78,35 @@ def object_url(bucket: str, key: str, endpoint_url: str | None, region: str | No
 
 
 def make_client(
-    region: str | None, endpoint_url: str | None, access_key_id: str | None, secret_access_key: str | None
+    region: str | None,
+    endpoint_url: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    *,
+    session_token: str | None = None,
+    default_region: str | None = DEFAULT_REGION,
+    read_timeout: float = 120,
+    max_attempts: int = 3,
+    addressing_style: str | None = None,
 ) -> Any:
-    """A boto3 S3 client: path-style addressing on a custom (S3-compatible) endpoint."""
+    """The boto3 S3 client of the publish step, the operator's expiry and the configure step's s3:// inputs.
+
+    Credentials: the given keys (and session token), else boto3's own chain (a web identity, an instance
+    profile). Region: `region`, else `default_region` (None: boto3's chain). A custom (S3-compatible)
+    endpoint is always addressed path-style; AWS as `addressing_style` says (None: as boto3's
+    configuration says). boto3 retries in "standard" mode, `max_attempts` attempts in all."""
     session = boto3.session.Session(
         aws_access_key_id=access_key_id,
         aws_secret_access_key=secret_access_key,
-        region_name=region or DEFAULT_REGION,
+        aws_session_token=session_token,
+        region_name=region or default_region,
     )
+    style = "path" if endpoint_url else addressing_style
     config = Config(
         connect_timeout=10,
-        read_timeout=120,
-        retries={"mode": "standard", "max_attempts": 3},
-        s3={"addressing_style": "path"} if endpoint_url else {},
+        read_timeout=read_timeout,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        s3={"addressing_style": style} if style else {},
     )
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
@@ -134,14 +151,14 @@ def classify(error: BaseException) -> UploadError:
             info = seen.response.get("Error", {})
             code = str(info.get("Code", "unknown"))
             status = int(seen.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            transient = code in TRANSIENT_CODES or status >= 500 or status in (408, 429)
+            transient = code in TRANSIENT_CODES or is_transient_status(status)
             return UploadError(f"{code} (HTTP {status})" if status else code, transient=transient)
         if isinstance(seen, NoCredentialsError | PartialCredentialsError):
             return UploadError("no usable S3 credentials", transient=False)
         if isinstance(seen, BotoConnectionError | HTTPClientError):
-            return UploadError(f"{type(seen).__name__}: {redact(str(seen))[:200]}", transient=True)
+            return UploadError(describe_failure(seen), transient=True)
         seen = seen.__cause__ or seen.__context__
-    return UploadError(f"{type(error).__name__}: {redact(str(error))[:200]}", transient=True)
+    return UploadError(describe_failure(error), transient=True)
 
 
 class S3Destination:

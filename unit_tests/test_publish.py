@@ -1,7 +1,8 @@
 """The publish step (`run_publish`) against the real S3 (versitygw) and IPFS (kubo) servers of
 e2e/services.py: what goes up, where, with which bytes, expiry and result list.
 
-These need no Kubernetes cluster, only `toolchain/build.sh kubo versitygw`.
+These need no Kubernetes cluster, only `toolchain/build.sh kubo versitygw`
+(`make unit` runs it).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The configure step's ipfs:// and s3:// inputs against the real kubo node and versitygw server of
-e2e/services.py. These need no Kubernetes cluster, only `toolchain/build.sh kubo versitygw`.
+e2e/services.py. These need no Kubernetes cluster, only `toolchain/build.sh kubo versitygw` (`make unit`
+runs it).
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import pytest
 from e2e.services import new_bucket
 from ocean_c2d.steps.configure import run_configure
 from ocean_c2d.steps.sources import NonceSource
+from unit_tests.factories import JOB_ID, OPERATOR_ADDRESS, OPERATOR_KEY_HEX
 
 if TYPE_CHECKING:
     from e2e.services import IPFSNode, S3Server
 
-KEY_HEX = "95c716e9df3bc4ffd7299e7861ce401de810e8d245d3127b8e7b430f4ca7fd27"
-JOB_ID = "0123456789abcdef0123456789abcdef"
 RAW_CODE = "print('hello')\n"
 
 
@@ -37,7 +37,7 @@ class NoSleep:
 def make_job(root: Path, inputs: list[dict[str, Any]], ipfs: IPFSNode, s3: S3Server) -> dict[str, str]:
     document = {
         "jobId": JOB_ID,
-        "owner": "0x6D39A833d1a6789AECa50dB85CB830bc08319F45",
+        "owner": OPERATOR_ADDRESS,
         "chainId": 8996,
         "stages": [
             {
@@ -50,7 +50,7 @@ def make_job(root: Path, inputs: list[dict[str, Any]], ipfs: IPFSNode, s3: S3Ser
         ],
     }
     (root / "workflow.json").write_text(json.dumps(document))
-    (root / "key").write_text("0x" + KEY_HEX + "\n")
+    (root / "key").write_text(OPERATOR_KEY_HEX + "\n")
     (root / "data").mkdir()
     return {
         "WORKFLOW": str(root / "workflow.json"),

@@ -1,7 +1,7 @@
 """The S3 and IPFS servers of e2e/services.py are real ones: they store, list, return and forget data.
 
 These need no Kubernetes cluster (they use none of the cluster fixtures), only the tools built by
-`toolchain/build.sh kubo versitygw`.
+`toolchain/build.sh kubo versitygw` (`make unit` runs it).
 """
 
 from __future__ import annotations

@@ -1,0 +1,177 @@
+"""The operator's view of the cluster: kopf's indexes (live mappings its watches keep), and what they
+mean for one Workflow (`Observed`, its peers, its environment).
+
+Right after a write, the indexes lag behind our own change until its watch event arrives; the small
+overlays below bridge exactly that gap and are dropped as soon as the watch shows the write. Nothing here
+is state that a restart needs: on start, kopf lists everything before the first reconcile, so a restarted
+operator resumes from the cluster alone.
+
+The index names are constants shared with handlers.py (each kopf index is declared with `id=` one of
+them): a renamed handler cannot silently leave an index empty, and `bind` fails loudly on a missing one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
+
+from ocean_c2d import observe
+from ocean_c2d.model import InvalidWorkflow, Observed, Workflow
+
+WORKFLOW_INDEX = "workflow_index"  # (namespace, name) -> the Workflow's body
+WORKFLOWS_BY_ENVIRONMENT_INDEX = "workflow_by_environment_index"  # (namespace, environment) -> names
+ENVIRONMENT_INDEX = "environment_index"  # (namespace, name) -> the ComputeEnvironment's body
+JOB_INDEX = "job_index"  # (namespace, workflow) -> observe.JobRecord
+POD_INDEX = "pod_index"  # (namespace, workflow) -> observe.PodRecord
+# The children other than Jobs and pods (name and spec hash only): index name -> (apiVersion, plural).
+CHILD_INDEXES: dict[str, tuple[str, str]] = {
+    "configmap_index": ("v1", "configmaps"),
+    "secret_index": ("v1", "secrets"),  # the record keeps the name and a hash, never the data
+    "pvc_index": ("v1", "persistentvolumeclaims"),
+    "networkpolicy_index": ("networking.k8s.io/v1", "networkpolicies"),
+}
+INDEXES = (
+    WORKFLOW_INDEX,
+    WORKFLOWS_BY_ENVIRONMENT_INDEX,
+    ENVIRONMENT_INDEX,
+    JOB_INDEX,
+    POD_INDEX,
+    *CHILD_INDEXES,
+)
+# How long a child we created may stay unseen by the watches before the view forgets it (it was created
+# and deleted in between, and the watch never showed it).
+CREATED_OVERLAY_SECONDS = 60.0
+
+Ref = tuple[str, str]  # (kind, name)
+WorkflowKey = tuple[str, str]  # (namespace, name)
+
+
+class View:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.indexes: dict[str, Mapping[Any, Iterable[Any]]] = {}
+        self._clock = clock
+        # Our own status writes not yet shown by the watch: the versions we wrote over, and what we wrote.
+        self._written: dict[WorkflowKey, tuple[frozenset[str], dict[str, Any]]] = {}
+        self._created: dict[WorkflowKey, dict[Ref, tuple[float, observe.JobRecord | None]]] = {}
+        self._deleted: dict[WorkflowKey, set[Ref]] = {}
+
+    def bind(self, handler_kwargs: Mapping[str, Any]) -> None:
+        """Take kopf's indexes from a handler's keyword arguments (kopf passes every index to every
+        handler, by its id). A missing one is a wiring bug: fail now, not with an empty view."""
+        if len(self.indexes) == len(INDEXES):
+            return
+        missing = [name for name in INDEXES if name not in handler_kwargs]
+        if missing:
+            raise RuntimeError(f"kopf did not pass the indexes {missing}: handlers.py and view.py disagree")
+        self.indexes = {name: handler_kwargs[name] for name in INDEXES}
+
+    def values(self, index: str, key: Hashable) -> list[Any]:
+        mapping = self.indexes.get(index)
+        if mapping is None or key not in mapping:
+            return []
+        return list(mapping[key])
+
+    def keys(self, index: str) -> list[Any]:
+        return list(self.indexes.get(index, {}))
+
+    # ---- Workflows and environments -------------------------------------------------------------------
+
+    def workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Workflow's body as we last know it: the watch's, or our own newer write."""
+        key = (namespace, name)
+        [indexed] = self.values(WORKFLOW_INDEX, key) or [None]
+        if indexed is None:
+            self._written.pop(key, None)
+            return None
+        written = self._written.get(key)
+        if written is not None:
+            stale_versions, body = written
+            if indexed["metadata"].get("resourceVersion") in stale_versions:
+                return body  # the watch has not shown our own status write yet
+            del self._written[key]
+        result: dict[str, Any] = indexed
+        return result
+
+    def remember_written(
+        self, namespace: str, name: str, read: dict[str, Any], written: dict[str, Any]
+    ) -> None:
+        """We wrote `written` over `read` (a body this view gave): until the watch shows a version newer
+        than every one we wrote over, `workflow()` answers `written`."""
+        key = (namespace, name)
+        [indexed] = self.values(WORKFLOW_INDEX, key) or [None]
+        versions = {read["metadata"].get("resourceVersion")}
+        if indexed is not None:
+            versions.add(indexed["metadata"].get("resourceVersion"))
+        if key in self._written:
+            versions |= self._written[key][0]
+        self._written[key] = (frozenset(v for v in versions if v), written)
+
+    def workflows(self) -> list[Workflow]:
+        """Every Workflow the view holds (readable ones by their status alone: see `readable`)."""
+        bodies = (self.workflow(namespace, name) for namespace, name in self.keys(WORKFLOW_INDEX))
+        return [readable(body) for body in bodies if body is not None]
+
+    def environment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        [body] = self.values(ENVIRONMENT_INDEX, (namespace, name)) or [None]
+        return dict(body) if body is not None else None
+
+    def peers(self, namespace: str, environment: str) -> list[Workflow]:
+        """Every Workflow of `environment`. One whose spec cannot be read still counts, by its status
+        (it runs or waits like any other until its own reconcile ends it InvalidSpec)."""
+        names = self.values(WORKFLOWS_BY_ENVIRONMENT_INDEX, (namespace, environment))
+        bodies = (self.workflow(namespace, n) for n in names)
+        return [readable(body) for body in bodies if body is not None]
+
+    # ---- one Workflow's children ----------------------------------------------------------------------
+
+    def observed(self, namespace: str, workflow: str) -> Observed:
+        key = (namespace, workflow)
+        jobs = self.values(JOB_INDEX, key)
+        children = [c for index in CHILD_INDEXES for c in self.values(index, key)]
+        present = {("Job", j.name) for j in jobs} | {(c.kind, c.name) for c in children}
+        created = self._created.get(key, {})
+        expired = self._clock() - CREATED_OVERLAY_SECONDS
+        for ref in [ref for ref, (at, _) in created.items() if ref in present or at < expired]:
+            del created[ref]  # the watch caught up
+        if not created:
+            self._created.pop(key, None)
+        for (kind, name), (_, record) in created.items():
+            if record is not None:
+                jobs.append(record)
+            else:
+                children.append(observe.ChildRecord(kind, name, None))
+        deleted = self._deleted.get(key, set())
+        deleted &= present  # forget deletions the watch has shown
+        if not deleted:
+            self._deleted.pop(key, None)
+        jobs = [j if ("Job", j.name) not in deleted else _deleting(j) for j in jobs]
+        children = [c for c in children if (c.kind, c.name) not in deleted]
+        return observe.observed(jobs, self.values(POD_INDEX, key), children)
+
+    def remember_children(
+        self, namespace: str, workflow: str, created: Iterable[dict[str, Any]], deleted: Iterable[Ref]
+    ) -> None:
+        """Children we just created or deleted, until the watches show it."""
+        key = (namespace, workflow)
+        for manifest in created:
+            ref = (manifest["kind"], manifest["metadata"]["name"])
+            record = observe.job_record(manifest) if ref[0] == "Job" else None
+            self._created.setdefault(key, {})[ref] = (self._clock(), record)
+        deleted = set(deleted)
+        if deleted:
+            self._deleted.setdefault(key, set()).update(deleted)
+
+
+def readable(body: dict[str, Any]) -> Workflow:
+    """The typed Workflow, or its identity and status alone when its spec cannot be read."""
+    try:
+        return Workflow.from_object(body)
+    except InvalidWorkflow:
+        return Workflow.header(body)
+
+
+def _deleting(job: observe.JobRecord) -> observe.JobRecord:
+    return observe.JobRecord(
+        job.component, job.name, job.state, job.started, job.finished, job.failure_reason, deleting=True
+    )

@@ -1,0 +1,144 @@
+"""view.View: kopf's indexes read as one Workflow's world, and the overlays of our own writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+import pytest
+
+from ocean_c2d import handlers, observe
+from ocean_c2d.model import JobState
+from ocean_c2d.view import (
+    CHILD_INDEXES,
+    CREATED_OVERLAY_SECONDS,
+    INDEXES,
+    JOB_INDEX,
+    POD_INDEX,
+    WORKFLOW_INDEX,
+    WORKFLOWS_BY_ENVIRONMENT_INDEX,
+    View,
+)
+from unit_tests.factories import workflow_object
+
+KEY = ("c2d", "job1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Indexes = dict[str, dict[Any, list[Any]]]
+
+
+def indexes(extra: Indexes | None = None) -> Indexes:
+    bound: Indexes = {name: {} for name in INDEXES}
+    bound.update(extra or {})
+    return bound
+
+
+def bound_view(extra: Indexes | None = None, clock: Clock | None = None) -> tuple[View, Indexes]:
+    view = View(clock or Clock())
+    live = indexes(extra)
+    view.bind(live)
+    return view, live
+
+
+def body(version: str, **status: Any) -> dict[str, Any]:
+    obj = workflow_object()
+    obj["metadata"]["resourceVersion"] = version
+    obj["status"] = status
+    return obj
+
+
+def job_manifest(name: str, component: str) -> dict[str, Any]:
+    return {"kind": "Job", "metadata": {"name": name, "labels": {"component": component}}}
+
+
+def test_every_index_the_view_reads_is_registered_by_handlers_under_that_id() -> None:
+    registry = kopf.get_default_registry()
+    ids = {handler.id for handler in registry._indexing.get_all_handlers()}
+    assert set(INDEXES) <= ids
+    # handlers registers the child indexes in a loop over view.CHILD_INDEXES, each with the routes it names
+    children = {h.id: h for h in registry._indexing.get_all_handlers() if h.id in CHILD_INDEXES}
+    assert sorted(children) == sorted(CHILD_INDEXES)
+    assert all(h.fn is handlers.child_index for h in children.values())
+
+
+def test_binding_without_an_index_fails_loudly() -> None:
+    partial = indexes()
+    del partial[JOB_INDEX]
+    with pytest.raises(RuntimeError, match="job_index"):
+        View().bind(partial)
+
+
+def test_our_status_write_is_seen_until_the_watch_shows_a_newer_version() -> None:
+    view, live = bound_view({WORKFLOW_INDEX: {KEY: [body("1")]}})
+    read = view.workflow(*KEY)
+    assert read is not None
+    view.remember_written(*KEY, read, body("2", stage="Configuring"))
+    assert view.workflow(*KEY)["status"] == {"stage": "Configuring"}  # type: ignore[index]
+    view.remember_written(*KEY, body("2"), body("3", stage="RunningAlgorithm"))  # a second write, before
+    assert view.workflow(*KEY)["status"]["stage"] == "RunningAlgorithm"  # type: ignore[index]
+    live[WORKFLOW_INDEX][KEY] = [body("2", stage="Configuring")]  # the watch shows only the first write
+    assert view.workflow(*KEY)["status"]["stage"] == "RunningAlgorithm"  # type: ignore[index]
+    live[WORKFLOW_INDEX][KEY] = [body("4", stage="Publishing")]  # newer than all we wrote: the watch wins
+    assert view.workflow(*KEY)["status"]["stage"] == "Publishing"  # type: ignore[index]
+    live[WORKFLOW_INDEX][KEY] = [body("1")]
+    assert view.workflow(*KEY)["status"] == {}  # type: ignore[index]  # the overlay is gone for good
+
+
+def test_a_deleted_workflow_is_gone_even_with_a_write_pending() -> None:
+    view, live = bound_view({WORKFLOW_INDEX: {KEY: [body("1")]}})
+    view.remember_written(*KEY, body("1"), body("2", stage="Configuring"))
+    live[WORKFLOW_INDEX].clear()
+    assert view.workflow(*KEY) is None
+
+
+def test_created_children_are_observed_until_the_watch_shows_them_or_they_expire() -> None:
+    clock = Clock()
+    view, live = bound_view(clock=clock)
+    config = {"kind": "ConfigMap", "metadata": {"name": "job1"}}
+    view.remember_children(*KEY, [job_manifest("job1-configure", "configure"), config], [])
+    observed = view.observed(*KEY)
+    assert observed.jobs["configure"].state is JobState.PENDING
+    assert ("ConfigMap", "job1") in observed.others
+    live[JOB_INDEX][KEY] = [observe.job_record(job_manifest("job1-configure", "configure"))]
+    assert view.observed(*KEY).jobs["configure"].name == "job1-configure"
+    clock.now += CREATED_OVERLAY_SECONDS + 1  # never shown by the watch (created, then deleted)
+    assert ("ConfigMap", "job1") not in view.observed(*KEY).others
+
+
+def test_deleted_children_read_as_deleting_until_the_watch_drops_them() -> None:
+    record = observe.job_record(job_manifest("job1-algorithm", "algorithm"))
+    config = observe.ChildRecord("ConfigMap", "job1", "h")
+    view, live = bound_view({JOB_INDEX: {KEY: [record]}, next(iter(CHILD_INDEXES)): {KEY: [config]}})
+    view.remember_children(*KEY, [], [("Job", "job1-algorithm"), ("ConfigMap", "job1")])
+    observed = view.observed(*KEY)
+    assert observed.jobs["algorithm"].deleting
+    assert observed.others == frozenset()
+    live[JOB_INDEX][KEY] = []
+    assert view.observed(*KEY).jobs == {}
+
+
+def test_pods_come_from_the_pod_index() -> None:
+    pod = observe.pod_record(
+        {"metadata": {"name": "p", "labels": {"component": "algorithm"}}, "status": {"phase": "Running"}}
+    )
+    view, _ = bound_view({POD_INDEX: {KEY: [pod]}})
+    assert view.observed(*KEY).running_pods == frozenset({"algorithm"})
+
+
+def test_a_peer_whose_spec_cannot_be_read_still_counts_by_its_status() -> None:
+    broken = body("1", stage="RunningAlgorithm", admittedAt="2026-01-01T12:00:00Z")
+    broken["spec"]["inputs"] = "not a list"
+    view, _ = bound_view(
+        {WORKFLOW_INDEX: {KEY: [broken]}, WORKFLOWS_BY_ENVIRONMENT_INDEX: {("c2d", "cpu"): ["job1"]}}
+    )
+    [peer] = view.peers("c2d", "cpu")
+    assert (peer.name, peer.admitted) == ("job1", True)
+    assert [w.name for w in view.workflows()] == ["job1"]
