@@ -14,7 +14,7 @@ from ocean_c2d.identity import PACKAGE, package_version
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ocean-c2d", description="Ocean Protocol Compute-to-Data on Kubernetes."
+        prog=PACKAGE, description="Ocean Protocol Compute-to-Data on Kubernetes."
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subcommands.add_parser("version", help="print the version and exit")

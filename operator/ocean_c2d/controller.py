@@ -28,9 +28,8 @@ from ocean_c2d.reconcile import invalid, plan
 from ocean_c2d.render import Templates
 from ocean_c2d.settings import Settings
 from ocean_c2d.signing import job_secret
-from ocean_c2d.telemetry import ClusterLevels
 from ocean_c2d.times import utc_now
-from ocean_c2d.view import ENVIRONMENT_INDEX, WORKFLOW_INDEX, WORKFLOWS_BY_ENVIRONMENT_INDEX, View
+from ocean_c2d.view import WORKFLOW_INDEX, WORKFLOWS_BY_ENVIRONMENT_INDEX, View
 from ocean_c2d.workqueue import Key, WorkQueue
 
 log = logging.getLogger("ocean_c2d")
@@ -85,15 +84,6 @@ class Controller:
         for namespace, name in self.view.keys(WORKFLOW_INDEX):
             self.queue.add(("workflow", namespace, name))
 
-    def levels(self) -> ClusterLevels:
-        """The cluster-state gauges of /metrics, from the view (called at every scrape, on the loop)."""
-        environments = [
-            (namespace, Environment.from_object(body))
-            for namespace, name in sorted(self.view.keys(ENVIRONMENT_INDEX))
-            if (body := self.view.environment(namespace, name)) is not None
-        ]
-        return telemetry.cluster_levels(self.view.workflows(), environments)
-
     # ---- reconciles ------------------------------------------------------------------------------------
 
     async def _reconcile_key(self, key: Key) -> float | None:
@@ -122,19 +112,13 @@ class Controller:
             async with self._admission_lock(namespace, workflow):
                 observed = self.view.observed(namespace, name)
                 result = self._plan(workflow, observed, now)
-                return await self._apply(namespace, name, raw, workflow, result, observed)
+                return await self._apply(raw, workflow, result, observed)
         except InvalidWorkflow as error:
             # Permanent: decided where it was understood (the model, a template, the API server's 422).
             header = Workflow.header(raw)
             log.warning("Workflow %s/%s cannot run as written: %s", namespace, name, error.message)
-            return await self._apply(
-                namespace,
-                name,
-                raw,
-                header,
-                invalid(header, error.message, self.plan_settings, now),
-                Observed(),
-            )
+            ended = invalid(header, error.message, self.plan_settings, now)
+            return await self._apply(raw, header, ended, Observed())
 
     def _admission_lock(
         self, namespace: str, workflow: Workflow
@@ -161,14 +145,9 @@ class Controller:
         return plan(workflow, environment, observed, verdict, self.plan_settings, self.templates, secret, now)
 
     async def _apply(
-        self,
-        namespace: str,
-        name: str,
-        raw: dict[str, Any],
-        workflow: Workflow,
-        result: Plan,
-        observed: Observed,
+        self, raw: dict[str, Any], workflow: Workflow, result: Plan, observed: Observed
     ) -> float | None:
+        namespace, name = workflow.namespace, workflow.name
         delta = changes(result, observed)
         if len(delta) == 0:
             RECONCILES.labels("idle").inc()

@@ -129,16 +129,10 @@ class Workflow:
     def header(cls, obj: dict[str, Any]) -> Workflow:
         """Identity and status only, with an empty spec: enough to end a Workflow whose spec cannot be
         read (`from_object` failed), so it can still be given a reason and an Event."""
-        metadata = obj["metadata"]
         spec = obj.get("spec")
         environment = spec.get("environment") if isinstance(spec, dict) else None
         return cls(
-            name=metadata["name"],
-            namespace=metadata.get("namespace", ""),
-            uid=metadata.get("uid", ""),
-            generation=int(metadata.get("generation", 1)),
-            created=parse_time(metadata.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
-            status=cast(WorkflowStatus, dict(obj.get("status") or {})),
+            **_identity(obj),
             spec=WorkflowSpec(
                 environment=environment if isinstance(environment, str) else "",
                 owner="",
@@ -165,14 +159,9 @@ class Workflow:
                 # The API server takes such a Job but refuses its pods: it would wait for its deadline.
                 raise ValueError(f"spec.algorithm.container.{key} must not contain whitespace")
         return cls(
-            name=metadata["name"],
-            namespace=metadata.get("namespace", ""),
-            uid=metadata.get("uid", ""),
-            generation=int(metadata.get("generation", 1)),
-            created=parse_time(metadata.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
+            **_identity(obj),
             labels=dict(metadata.get("labels") or {}),
             annotations=dict(metadata.get("annotations") or {}),
-            status=cast(WorkflowStatus, dict(obj.get("status") or {})),
             spec=WorkflowSpec(
                 environment=spec.get("environment", ""),
                 owner=spec.get("owner", ""),
@@ -191,6 +180,19 @@ class Workflow:
                 stop=bool(spec.get("stop", False)),
             ),
         )
+
+
+def _identity(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Workflow's identity and status: what `from_object` and `header` both read."""
+    metadata = obj["metadata"]
+    return {
+        "name": metadata["name"],
+        "namespace": metadata.get("namespace", ""),
+        "uid": metadata.get("uid", ""),
+        "generation": int(metadata.get("generation", 1)),
+        "created": parse_time(metadata.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
+        "status": cast(WorkflowStatus, dict(obj.get("status") or {})),
+    }
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], field_path: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from ocean_c2d.identity import MANAGED_BY
+from ocean_c2d.identity import MANAGED_BY, PACKAGE
 from ocean_c2d.model import API_VERSION, Environment, InvalidWorkflow, TemplateInputs
 from ocean_c2d.stages import STAGES
 
@@ -155,7 +155,7 @@ class Templates:
         return {
             "name": workflow.name,
             "namespace": workflow.namespace,
-            "labels": {**MANAGED_BY, "app.kubernetes.io/name": "ocean-c2d", "workflow": workflow.name},
+            "labels": {**MANAGED_BY, "app.kubernetes.io/name": PACKAGE, "workflow": workflow.name},
             "owner_reference": {
                 "apiVersion": API_VERSION,
                 "kind": "Workflow",

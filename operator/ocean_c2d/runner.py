@@ -81,7 +81,7 @@ async def run(settings: Settings) -> None:
     async with httpx.AsyncClient() as http:
         cluster = Cluster(api)
         controller = Controller(settings, templates, cluster, http)
-        metrics.collect_cluster_state(controller.levels)
+        metrics.collect_cluster_state(controller.view.levels)
         metrics.WORK_QUEUE_DEPTH.set_function(lambda: controller.queue.depth)
         if namespace is not None and settings.default_environment is not None:
             await ensure_default_environment(cluster, settings, namespace)

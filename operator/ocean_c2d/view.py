@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
-from ocean_c2d import observe
-from ocean_c2d.model import InvalidWorkflow, Observed, Workflow
+from ocean_c2d import observe, telemetry
+from ocean_c2d.model import Environment, InvalidWorkflow, Observed, Workflow
 
 WORKFLOW_INDEX = "workflow_index"  # (namespace, name) -> the Workflow's body
 WORKFLOWS_BY_ENVIRONMENT_INDEX = "workflow_by_environment_index"  # (namespace, environment) -> names
@@ -111,6 +111,15 @@ class View:
         """Every Workflow the view holds (readable ones by their status alone: see `readable`)."""
         bodies = (self.workflow(namespace, name) for namespace, name in self.keys(WORKFLOW_INDEX))
         return [readable(body) for body in bodies if body is not None]
+
+    def levels(self) -> telemetry.ClusterLevels:
+        """The cluster-state gauges of /metrics (called at every scrape, on the loop)."""
+        environments = [
+            (namespace, Environment.from_object(body))
+            for namespace, name in sorted(self.keys(ENVIRONMENT_INDEX))
+            if (body := self.environment(namespace, name)) is not None
+        ]
+        return telemetry.cluster_levels(self.workflows(), environments)
 
     def environment(self, namespace: str, name: str) -> dict[str, Any] | None:
         [body] = self.values(ENVIRONMENT_INDEX, (namespace, name)) or [None]

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 
 from ocean_c2d.k8s import ConflictError
+from ocean_c2d.resilience import backoff_delay
 
 log = logging.getLogger("ocean_c2d")
 
 Key = tuple[str, str, str]  # ("workflow" | "environment", namespace, name)
+FAILURE_MAX_DELAY = 60.0  # a failing reconcile is retried at least once a minute
+CONFLICT_MAX_DELAY = 5.0  # a stale view is retried soon: its watch event is on the way
 
 
 class WorkQueue:
@@ -81,10 +83,10 @@ class WorkQueue:
                 # Our view was stale. The watch event that proves it re-adds the key; should it be late,
                 # retry soon anyway, backing off so a lagging watch does not turn into a 409 storm.
                 conflicts = self._failures[key] = self._failures.get(key, 0) + 1
-                requeue_after = min(5.0, 0.1 * 2 ** (conflicts - 1))
+                requeue_after = backoff_delay(conflicts, 0.1, cap=CONFLICT_MAX_DELAY, jitter=0.0)
             except Exception:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
-                requeue_after = min(60.0, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
+                requeue_after = backoff_delay(failures, 0.5, cap=FAILURE_MAX_DELAY)
                 log.exception(
                     "Reconcile of %s/%s failed (attempt %d); retrying in %.1fs",
                     key[1],
