@@ -767,3 +767,103 @@ def test_an_image_with_whitespace_is_an_invalid_workflow() -> None:
         obj["spec"]["algorithm"]["container"][key] = value
         with pytest.raises(InvalidWorkflow, match=f"spec.algorithm.container.{key}"):
             Workflow.from_object(obj)
+
+
+# ---- the trust boundary: nothing leaves without a Pass ----------------------------------------------
+
+
+def publish_env_of(world: World) -> dict[str, Any]:
+    [container] = world.last_job_manifest["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+@pytest.mark.parametrize("filtering", ["environment filter", "FILTERING_CONTAINER"])
+def test_a_filter_stopped_before_its_verdict_blocks_the_outputs(filtering: str) -> None:
+    if filtering == "FILTERING_CONTAINER":
+        world = World(settings=dataclasses.replace(SETTINGS, filtering_container="filter:1"))
+    else:
+        world = World(environment=FILTERING)
+    world.reconcile()
+    for stage in ("configure", "algorithm"):
+        world.finish(stage)
+        world.reconcile()
+    assert world.status["stage"] == "Filtering"
+    world.stop()
+    world.reconcile()
+
+    assert world.status["filter"]["verdict"] == "Block"
+    assert world.status["stage"] == "Publishing"
+    assert publish_env_of(world)["PUBLISH_OUTPUTS"] == "false"
+    world.finish("publish")
+    world.reconcile()
+    assert (world.status["statusCode"], world.status["reason"]) == (72, "Stopped")
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        {"state": JobState.FAILED, "failure_reason": "DeadlineExceeded"},  # timed out
+        {"state": JobState.FAILED, "exit_code": 137, "termination_reason": "OOMKilled"},  # crashed
+    ],
+)
+def test_a_filter_that_ended_without_a_pass_blocks_the_outputs(ending: dict[str, Any]) -> None:
+    world = World(environment=FILTERING)
+    world.run_to_end(filter=ending)
+    assert world.status["filter"]["verdict"] == "Block"
+    assert world.status["stages"]["publish"]["jobName"] == "job1-publish-job"
+
+
+def test_a_deleted_filter_job_blocks_the_outputs() -> None:
+    world = World(environment=FILTERING)
+    world.reconcile()
+    for stage in ("configure", "algorithm"):
+        world.finish(stage)
+        world.reconcile()
+    del world.jobs["filter"]
+    world.reconcile()
+    assert world.status["filter"]["verdict"] == "Block"
+    assert publish_env_of(world)["PUBLISH_OUTPUTS"] == "false"
+
+
+def test_the_algorithms_termination_message_never_reaches_status_or_events() -> None:
+    """The algorithm writes /dev/termination-log itself (up to 4 KiB): copied into status.message or an
+    Event it would carry input data around the filter. Its exit code and the kubelet's reason are enough."""
+    world = World()
+    secret_row = "patient-42,positive"
+    failed = {
+        "state": JobState.FAILED,
+        "exit_code": 3,
+        "termination_message": f'{{"message": "{secret_row}"}}',
+    }
+    events: list[Any] = []
+    for _ in range(10):
+        events += world.reconcile().events
+        if world.status.get("stage") == "Finished":
+            break
+        stage = world.status["stage"]
+        job = {"Configuring": "configure", "RunningAlgorithm": "algorithm", "Publishing": "publish"}[stage]
+        ending: dict[str, Any] = failed if job == "algorithm" else {}
+        world.finish(job, **ending)
+
+    assert (world.status["statusCode"], world.status["reason"]) == (41, "AlgorithmFailed")
+    assert "exit code 3" in world.status["message"]
+    assert secret_row not in json.dumps(world.status)
+    assert all(secret_row not in event.message for event in events)
+
+
+def test_messages_in_status_and_events_are_one_printable_line_of_bounded_length() -> None:
+    """What a step or a remote server said cannot forge lines, drive a terminal or fill the status."""
+    forged = "HTTP 500\n2026-01-01 INFO ocean_c2d Workflow approved\x1b[2J\x85\u2028" + "x" * 5000
+    said = {"status": "DataProvisioningFailed", "message": forged}
+    world = World()
+    events: list[Any] = []
+    world.reconcile()
+    world.finish("configure", JobState.FAILED, exit_code=31, termination_message=json.dumps(said))
+    events += world.reconcile().events
+
+    message = world.status["message"]
+    assert "HTTP 500 2026-01-01 INFO" in message
+    assert len(message) <= 1024
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in message)
+    warning = next(e for e in events if e.type == "Warning")
+    assert warning.message == message

@@ -254,3 +254,19 @@ def test_every_outcome_of_a_seen_environment_starts_at_zero() -> None:
         "ocean_c2d_publish_total"
     ]
     assert ({"kind": "stop", "outcome": "Failed"}, 0.0) in samples["ocean_c2d_notifications_total"]
+
+
+def test_metric_labels_name_only_environments_that_exist() -> None:
+    """A Workflow author types any environment name; one series per made-up name would grow without end."""
+    made_up = [
+        workflow(f"w{n}", stage="Finished", environment=f"no-such-{n}", reason="UnknownEnvironment")
+        for n in range(50)
+    ]
+    real = workflow("ok", stage="Queued", environment="cpu")
+    levels = telemetry.cluster_levels([*made_up, real], [("c2d", Environment(name="cpu"))])
+    assert {environment for _, environment, _ in levels.workflows} == {"cpu", telemetry.UNKNOWN_ENVIRONMENT}
+    assert levels.workflows[("c2d", telemetry.UNKNOWN_ENVIRONMENT, "Finished")] == 50
+    after = WorkflowStatus(stage="Finished", reason="UnknownEnvironment", finishedAt="2026-01-01T12:00:00Z")
+    observations = telemetry.transition_observations(workflow("new", environment="no-such-0"), after, set())
+    assert "finished" in {o.metric for o in observations}
+    assert {o.labels[0] for o in observations} == {telemetry.UNKNOWN_ENVIRONMENT}

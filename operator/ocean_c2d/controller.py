@@ -158,7 +158,10 @@ class Controller:
                 self.view.remember_written(namespace, name, raw, applied.workflow)
             self.view.remember_children(namespace, name, applied.created, applied.deleted)
             if result.status is not None:
-                metrics.record(namespace, telemetry.transition_observations(workflow, result.status))
+                # Metric labels name only environments that exist (never whatever a Workflow says).
+                ref = (namespace, workflow.spec.environment)
+                known = {ref} if self.view.environment(*ref) is not None else set()
+                metrics.record(namespace, telemetry.transition_observations(workflow, result.status, known))
                 if occupancy_changed(workflow.status, result.status):
                     self.queue_moved(namespace, workflow.spec.environment)
         self.effects.start(namespace, name, result.notify, result.expire_results)

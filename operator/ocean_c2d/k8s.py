@@ -24,6 +24,7 @@ import kr8s.asyncio
 from ocean_c2d.identity import PACKAGE
 from ocean_c2d.metrics import KUBERNETES_REQUESTS
 from ocean_c2d.model import GROUP, VERSION, Changes, Event, InvalidWorkflow
+from ocean_c2d.status import printable
 from ocean_c2d.times import format_time
 
 log = logging.getLogger("ocean_c2d")
@@ -249,7 +250,7 @@ class Cluster:
             },
             "type": event.type,
             "reason": event.reason,
-            "message": event.message,
+            "message": printable(event.message),  # whatever made it, an Event is one readable line
             "firstTimestamp": timestamp,
             "lastTimestamp": timestamp,
             "count": 1,

@@ -59,11 +59,12 @@ class _Draft:
         self.status["statusCode"] = code.number
         self.status["statusText"] = code.text
         if message:
-            self.status["message"] = message
+            self.status["message"] = st.printable(message)
 
     def fail(self, outcome: Outcome, message: str) -> None:
         """Record the first thing that went wrong; later stages still run but cannot overwrite it."""
         if self.status.get("reason") in (None, Outcome.SUCCEEDED.value):
+            message = st.printable(message)
             self.status["reason"] = outcome.value
             self.status["message"] = message
             self.events.append(Event("Warning", outcome.value, message))
@@ -137,7 +138,7 @@ def invalid(workflow: Workflow, message: str, settings: PlanSettings, now: datet
     draft = _draft(workflow, settings, now)
     if workflow.finished:
         return _plan_finished(draft, Observed(), settings)
-    _finish(draft, Outcome.INVALID_SPEC, f"Invalid Workflow: {message}"[:1024])
+    _finish(draft, Outcome.INVALID_SPEC, f"Invalid Workflow: {message}")
     return _result(draft)
 
 
@@ -234,7 +235,7 @@ def _step(
     verdict = (
         definition.succeeded(job)
         if job.state is JobState.SUCCEEDED
-        else definition.failed(job, failure_detail(job))
+        else definition.failed(job, failure_detail(job, definition.trusted_message))
     )
     _conclude(draft, definition, verdict, environment)
     return None
@@ -269,12 +270,8 @@ def _stop_stage(draft: _Draft, definition: StageDefinition, environment: Environ
     record = draft.stage_record(definition.name)
     record.setdefault("finishedAt", format_time(draft.now))
     record["reason"] = "Stopped"
-    _conclude(
-        draft,
-        definition,
-        Verdict(Outcome.STOPPED, f"Stopped during the {definition.name} stage"),
-        environment,
-    )
+    stopped = Verdict(Outcome.STOPPED, f"Stopped during the {definition.name} stage", definition.stopped())
+    _conclude(draft, definition, stopped, environment)
 
 
 def _record_algorithm_end(draft: _Draft) -> None:

@@ -62,10 +62,16 @@ class StageDefinition:
     succeeded: Callable[[StageJob], Verdict]
     failed: Callable[[StageJob | None, str], Verdict]  # the Job (None: deleted) and what went wrong
     wanted: Callable[[Environment, PlanSettings, Outcome], bool] = lambda *_: True  # or skipped
+    # What a stop of this stage records besides the outcome (a stopped filter gave no Pass: a Block).
+    stopped: Callable[[], WorkflowStatus] = WorkflowStatus
+    # Whether its pod's termination message is the operator's own step speaking. The algorithm's is the
+    # consumer's code: copied into status or an Event it would be a channel around filter and publish.
+    trusted_message: bool = True
 
 
-def failure_detail(job: StageJob | None) -> str:
-    """What went wrong with a stage's pod, in a few words for `status.message`."""
+def failure_detail(job: StageJob | None, its_own_words: bool = True) -> str:
+    """What went wrong with a stage's pod, in a few words for `status.message`: the kubelet's and the Job
+    controller's words, and, when `its_own_words`, what the step said in its termination message."""
     if job is None:
         return "no Job"
     parts = []
@@ -77,7 +83,7 @@ def failure_detail(job: StageJob | None) -> str:
         parts.append(job.failure_reason)
     if job.waiting_reason:
         parts.append(job.waiting_reason)
-    said = read_step_message(job.termination_message)
+    said = read_step_message(job.termination_message) if its_own_words else None
     if said:
         parts.append(said[:500])
     return ", ".join(parts) or "unknown reason"
@@ -148,6 +154,12 @@ def _filter_failed(job: StageJob | None, why: str) -> Verdict:
     )
 
 
+def _filter_stopped() -> WorkflowStatus:
+    """A filter stopped before its verdict never said Pass: nothing it was judging leaves."""
+    reasons = ["the filter was stopped before its verdict; results withheld"]
+    return WorkflowStatus(filter=FilterVerdict(verdict="Block", reasons=reasons))
+
+
 # ---- publish: upload the outputs (unless blocked) and the logs -------------------------------------------
 
 
@@ -185,6 +197,7 @@ STAGES: dict[str, StageDefinition] = {
         after_failure=FILTER,  # what a failed algorithm wrote is still judged before anything leaves
         succeeded=lambda _: Verdict(),
         failed=_algorithm_failed,
+        trusted_message=False,
     ),
     FILTER: StageDefinition(
         name=FILTER,
@@ -197,6 +210,7 @@ STAGES: dict[str, StageDefinition] = {
         succeeded=_filter_passed,
         failed=_filter_failed,
         wanted=_filter_wanted,
+        stopped=_filter_stopped,
     ),
     PUBLISH: StageDefinition(
         name=PUBLISH,

@@ -156,6 +156,18 @@ FINISHED = "Finished"
 SUCCEEDED = "Succeeded"
 
 
+MESSAGE_LIMIT = 1024  # characters of a status message or an Event's message
+_CONTROL = dict.fromkeys([*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029], " ")
+
+
+def printable(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` fit for a status field, an Event or a log line: control characters (newlines, escapes that
+    would drive a terminal, C1 codes, line separators) become spaces, and it is cut at `limit` with an
+    ellipsis. Messages quote what users and remote servers said; this keeps that from forging lines."""
+    cleaned = text.translate(_CONTROL)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
 def set_condition(
     conditions: list[Condition],
     kind: str,

@@ -11,7 +11,7 @@ Two kinds of numbers:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,6 +20,17 @@ from ocean_c2d.model import JOB_OF_STAGE, Environment, Workflow, parse_time
 from ocean_c2d.status import Stage, StageRecord, WorkflowStatus
 
 NEW = "New"  # a Workflow the operator has not written a status to yet
+# The `environment` label of a Workflow whose ComputeEnvironment does not exist: the label values are the
+# environments an operator created, never whatever names Workflow authors type (one series each).
+UNKNOWN_ENVIRONMENT = "(unknown)"
+Known = Collection[tuple[str, str]] | None  # (namespace, environment) pairs that exist; None: all
+
+
+def environment_label(workflow: Workflow, known: Known) -> str:
+    key = (workflow.namespace, workflow.spec.environment)
+    return workflow.spec.environment if known is None or key in known else UNKNOWN_ENVIRONMENT
+
+
 STAGES = (NEW, *(stage.value for stage in Stage))
 GIB = 1024**3
 
@@ -43,12 +54,12 @@ class ResourceLevel:
     in_use: float
 
 
-def workflow_counts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, str], int]:
+def workflow_counts(workflows: Iterable[Workflow], known: Known = None) -> dict[tuple[str, str, str], int]:
     """(namespace, environment, stage) -> how many Workflows are there. Every stage of every environment
     that has a Workflow appears, at 0 when empty, so a stage that drains shows 0 rather than vanishing."""
     counts: dict[tuple[str, str, str], int] = {}
     for workflow in workflows:
-        group = (workflow.namespace, workflow.spec.environment)
+        group = (workflow.namespace, environment_label(workflow, known))
         for stage in STAGES:
             counts.setdefault((*group, stage), 0)
         stage = workflow.stage.value if workflow.stage is not None else NEW
@@ -56,7 +67,9 @@ def workflow_counts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, str],
     return counts
 
 
-def oldest_stage_starts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, str], float]:
+def oldest_stage_starts(
+    workflows: Iterable[Workflow], known: Known = None
+) -> dict[tuple[str, str, str], float]:
     """(namespace, environment, stage) -> when the Workflow longest in that stage entered it (Unix
     seconds), for the stages a Workflow passes through (Queued counts from its creation). An alert on
     `time() - this` finds a Workflow stuck in a stage without the operator keeping any timer."""
@@ -72,7 +85,7 @@ def oldest_stage_starts(workflows: Iterable[Workflow]) -> dict[tuple[str, str, s
             since = parse_time(record.get("startedAt"))
         if since is None:
             continue  # entered the stage; its Job (and its start) are being created right now
-        key = (workflow.namespace, workflow.spec.environment, stage.value)
+        key = (workflow.namespace, environment_label(workflow, known), stage.value)
         oldest[key] = min(oldest.get(key, since.timestamp()), since.timestamp())
     return oldest
 
@@ -96,10 +109,12 @@ def environment_levels(
     ]
 
 
-def transition_observations(workflow: Workflow, after: WorkflowStatus) -> list[Observation]:
+def transition_observations(
+    workflow: Workflow, after: WorkflowStatus, known: Known = None
+) -> list[Observation]:
     """What the status write `workflow.status` -> `after` makes happen, as metric samples."""
     before = workflow.status
-    environment = workflow.spec.environment
+    environment = environment_label(workflow, known)
     found: list[Observation] = []
 
     if after.get("admittedAt") and not before.get("admittedAt"):
@@ -160,7 +175,8 @@ def cluster_levels(
     workflows: Iterable[Workflow], environments: Iterable[tuple[str, Environment]]
 ) -> ClusterLevels:
     """The cluster-state gauges of /metrics from every Workflow and (namespace, ComputeEnvironment)."""
-    workflows = list(workflows)
+    workflows, environments = list(workflows), list(environments)
+    known = {(namespace, environment.name) for namespace, environment in environments}
     by_environment: dict[tuple[str, str], list[Workflow]] = {}
     for workflow in workflows:
         by_environment.setdefault((workflow.namespace, workflow.spec.environment), []).append(workflow)
@@ -171,4 +187,4 @@ def cluster_levels(
             namespace, environment, by_environment.get((namespace, environment.name), [])
         )
     ]
-    return ClusterLevels(workflow_counts(workflows), resources, oldest_stage_starts(workflows))
+    return ClusterLevels(workflow_counts(workflows, known), resources, oldest_stage_starts(workflows, known))

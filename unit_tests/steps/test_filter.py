@@ -182,3 +182,9 @@ def test_the_defaults_match_the_environment_model() -> None:
     assert FilterPolicy.from_json("") == FilterPolicy(None, (), True)
     golden: dict[str, object] = {"maxOutputBytes": None, "forbiddenExtensions": [], "blockCopiedInputs": True}
     assert FilterPolicy.from_json(json.dumps(golden)) == FilterPolicy()
+
+
+def test_the_trivial_evasions_of_a_forbidden_extension_are_caught() -> None:
+    for name in ("x.csv.", "x.csv. . ", "X.CSV", "x.\uff23\uff33\uff36", "dir/x.Csv.\t"):
+        assert forbidden_extension(name, ("csv",)) == "csv", name
+    assert forbidden_extension("x.csv.txt", ("csv",)) is None  # the last extension decides, as before

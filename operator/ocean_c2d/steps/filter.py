@@ -23,6 +23,7 @@ import json
 import os
 import stat
 import sys
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,12 @@ def sha256_of(path: Path) -> str:
 
 
 def forbidden_extension(name: str, forbidden: tuple[str, ...]) -> str | None:
-    """The (longest) forbidden extension `name` ends with, else None."""
-    lowered = name.rsplit("/", 1)[-1].lower()
+    """The (longest) forbidden extension `name` ends with, else None. The name is compared as a
+    consumer's tools would read it: compatibility-normalised (fullwidth letters read as ASCII ones),
+    case-folded, without trailing dots and spaces (Windows and many unpackers drop them: "x.csv." opens
+    as "x.csv")."""
+    base = name.rsplit("/", 1)[-1]
+    lowered = unicodedata.normalize("NFKC", base).casefold().rstrip(". \t")
     matches = [ext for ext in forbidden if lowered.endswith("." + ext)]
     return max(matches, key=len) if matches else None
 
