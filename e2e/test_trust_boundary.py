@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import kr8s.asyncio
 import pytest
-from kr8s.asyncio.objects import Job
+from kr8s.asyncio.objects import Job, PersistentVolumeClaim, Secret
 
 from e2e.operator_fixtures import create_environment, create_workflow, status, wait_finished
 from e2e.operator_handle import StartOperator
@@ -40,3 +40,42 @@ async def test_a_stop_during_filtering_publishes_no_output(
     publish = await Job.get("judged-publish-job", namespace=namespace, api=api)
     [container] = publish.raw["spec"]["template"]["spec"]["containers"]
     assert {e["name"]: e.get("value") for e in container["env"]}["PUBLISH_OUTPUTS"] == "false"
+
+
+async def test_a_name_taken_by_someone_elses_objects_ends_invalid_spec_and_leaves_them_untouched(
+    api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
+) -> None:
+    """A Workflow named like existing objects (x-secret, x-data) must not adopt, mount, patch or delete
+    them: the confused deputy. The Secret even carries the labels the operator's watches select on."""
+    look_alike = {"app.kubernetes.io/managed-by": "ocean-c2d", "workflow": "x"}
+    secret = await Secret(
+        {"metadata": {"name": "x-secret", "labels": look_alike}, "stringData": {"password": "hunter2"}},
+        namespace=namespace,
+        api=api,
+    )
+    await secret.create()
+    claim = await PersistentVolumeClaim(
+        {
+            "metadata": {"name": "x-data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+        namespace=namespace,
+        api=api,
+    )
+    await claim.create()
+    await create_environment(api, namespace)
+    operator = await start_operator()
+
+    final = await wait_finished(await create_workflow(api, namespace, "x"), operator, timeout=60)
+
+    assert (final["statusCode"], final["reason"]) == (90, "InvalidSpec")
+    assert "is not this Workflow's" in final["message"]
+    assert "stages" not in final  # no configure pod ever mounted anything
+    kept = await Secret.get("x-secret", namespace=namespace, api=api)
+    assert kept.metadata.resourceVersion == secret.metadata.resourceVersion  # never patched
+    assert kept.raw["data"]["password"] == "aHVudGVyMg=="  # base64 of hunter2
+    kept_claim = await PersistentVolumeClaim.get("x-data", namespace=namespace, api=api)
+    assert not kept_claim.metadata.get("ownerReferences")  # never adopted (so never garbage-collected)
+    assert not kept_claim.metadata.get("deletionTimestamp")
+    assert kept_claim.raw["spec"]["resources"] == claim.raw["spec"]["resources"]
+    assert [j async for j in api.async_get("jobs", namespace=namespace)] == []

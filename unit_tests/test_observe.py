@@ -6,6 +6,7 @@ SuccessCriteriaMet / FailureTarget before its terminal Complete / Failed conditi
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -203,6 +204,8 @@ def test_a_complete_job_succeeded() -> None:
         finished=at("2026-01-01T12:03:00Z"),
         failure_reason=None,
         deleting=False,
+        uid="uid-algorithm",
+        owner_uid="wf-uid",
     )
 
 
@@ -271,7 +274,8 @@ def test_a_job_record_of_a_freshly_rendered_manifest() -> None:
     body = job_body("filter")
     del body["metadata"]["creationTimestamp"]
     record = job_record(body)
-    assert record == JobRecord("filter", f"{WORKFLOW}-filter-job", JobState.PENDING, None, None, None, False)
+    expected = JobRecord("filter", f"{WORKFLOW}-filter-job", JobState.PENDING, None, None, None, False)
+    assert record == dataclasses.replace(expected, uid="uid-filter", owner_uid="wf-uid")
 
 
 # ---- pod_record ----------------------------------------------------------------------------------------
@@ -563,3 +567,33 @@ def test_a_pod_killed_by_its_jobs_deadline_waits_for_the_job_to_say_why() -> Non
     body["metadata"]["deletionTimestamp"] = "2026-01-01T12:01:00Z"
     view = observed([_pending_job("algorithm")], [pod_record(body)], [])
     assert view.jobs["algorithm"].state is JobState.PENDING
+
+
+# ---- only what the Workflow controls ---------------------------------------------------------------------
+
+
+def controlled(body: dict[str, Any], uid: str) -> dict[str, Any]:
+    """`body` with its controller ownerReference's uid set to `uid` (and marked as the controller)."""
+    [reference] = body["metadata"]["ownerReferences"]
+    body["metadata"]["ownerReferences"] = [{**reference, "uid": uid, "controller": True}]
+    return body
+
+
+def test_with_the_workflow_uid_only_its_own_children_and_its_jobs_pods_count() -> None:
+    """A look-alike (the Workflow's labels, someone else's controller) is neither a child to adopt or
+    delete, nor a pod whose outcome passes the filter."""
+    ours = job_record(job_body("filter"))
+    theirs = job_record(controlled(job_body("algorithm"), "someone-else"))
+    real_pod = pod_record(controlled(pod_body("filter", "a", "2026-01-01T12:00:00Z"), "uid-filter"))
+    fake_pass = controlled(pod_body("filter", "b", "2026-01-01T12:00:05Z", phase="Succeeded"), "nobody")
+    config = ChildRecord("ConfigMap", WORKFLOW, "h", owner_uid="wf-uid")
+    squatter = ChildRecord("Secret", f"{WORKFLOW}-secret", "h", owner_uid="someone-else")
+
+    view = observed([ours, theirs], [real_pod, pod_record(fake_pass)], [config, squatter], "wf-uid")
+
+    assert set(view.jobs) == {"filter"}
+    assert view.jobs["filter"].state is JobState.PENDING  # the newer, Succeeded look-alike is ignored
+    assert view.others == frozenset({("ConfigMap", WORKFLOW)})
+    assert "filter" in view.running_pods
+    unfiltered = observed([ours, theirs], [real_pod, pod_record(fake_pass)], [config, squatter])
+    assert unfiltered.jobs["filter"].state is JobState.SUCCEEDED  # what a look-alike did before

@@ -110,7 +110,7 @@ class Controller:
         try:
             workflow = Workflow.from_object(raw)
             async with self._admission_lock(namespace, workflow):
-                observed = self.view.observed(namespace, name)
+                observed = self.view.observed(namespace, name, workflow.uid)
                 result = self._plan(workflow, observed, now)
                 return await self._apply(raw, workflow, result, observed)
         except InvalidWorkflow as error:

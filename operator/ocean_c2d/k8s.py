@@ -23,7 +23,7 @@ import kr8s.asyncio
 
 from ocean_c2d.identity import PACKAGE
 from ocean_c2d.metrics import KUBERNETES_REQUESTS
-from ocean_c2d.model import GROUP, VERSION, Changes, Event, InvalidWorkflow
+from ocean_c2d.model import GROUP, VERSION, Changes, Event, InvalidWorkflow, controller_uid
 from ocean_c2d.status import printable
 from ocean_c2d.times import format_time
 
@@ -45,6 +45,11 @@ MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 class ConflictError(Exception):
     """The object changed since the plan was computed; reconcile again from the newer state."""
+
+
+class ForeignObject(InvalidWorkflow):
+    """A child's name is taken by an object this Workflow does not control: it is left untouched (never
+    adopted, patched, mounted or deleted), and the Workflow cannot run under that name."""
 
 
 class InvalidObject(InvalidWorkflow):
@@ -164,7 +169,8 @@ class Cluster:
         return Applied(tuple(created), tuple(deleted), updated)
 
     async def _create_child(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        """True when created, False when it existed (409). InvalidObject when refused as invalid."""
+        """True when created, False when it existed already as this Workflow's (409). InvalidObject when
+        refused as invalid; ForeignObject when the name is taken by an object it does not control."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         try:
             created = await self._create(kind, namespace, manifest)
@@ -173,7 +179,15 @@ class Cluster:
             raise
         if created:
             log.info("Created %s %s/%s", kind, namespace, name)
-        return created
+            return True
+        existing = await self.get(kind, namespace, name)  # ours from an earlier attempt, or someone else's?
+        owner = controller_uid(existing["metadata"]) if existing is not None else None
+        if existing is not None and owner != controller_uid(manifest["metadata"]):
+            raise ForeignObject(
+                f"{kind} {name} exists and is not this Workflow's (its controller: {owner or 'none'});"
+                " it was left untouched"
+            )
+        return False
 
     async def _patch_child(self, namespace: str, manifest: dict[str, Any]) -> None:
         kind, name = manifest["kind"], manifest["metadata"]["name"]

@@ -182,6 +182,15 @@ class Workflow:
         )
 
 
+def controller_uid(metadata: dict[str, Any] | Any) -> str | None:
+    """The uid of an object's controller (its ownerReference with `controller: true`), if it has one:
+    the operator touches a child only when that is its Workflow's uid."""
+    for reference in metadata.get("ownerReferences") or []:
+        if reference.get("controller"):
+            return str(reference.get("uid") or "") or None
+    return None
+
+
 def _identity(obj: dict[str, Any]) -> dict[str, Any]:
     """A Workflow's identity and status: what `from_object` and `header` both read."""
     metadata = obj["metadata"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ocean_c2d.model import JobState, Observed, StageJob, parse_time
+from ocean_c2d.model import JobState, Observed, StageJob, controller_uid, parse_time
 from ocean_c2d.render import SPEC_HASH_ANNOTATION
 
 
@@ -24,6 +24,8 @@ class JobRecord:
     finished: datetime | None
     failure_reason: str | None
     deleting: bool
+    uid: str = ""
+    owner_uid: str | None = None  # the uid of its controller (the Workflow that made it), if any
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class PodRecord:
     disrupted: bool = False  # evicted, preempted, drained: the Job controller retries such a pod
     init_failure: str | None = None  # the first init container that terminated with a non-zero exit
     deleting: bool = False  # deleted (a Job's deadline, a stop): how it ends is not the stage's outcome
+    owner_uid: str | None = None  # the uid of its controller: the stage Job that made it
 
     @property
     def running(self) -> bool:
@@ -52,6 +55,7 @@ class ChildRecord:
     kind: str
     name: str
     spec_hash: str | None
+    owner_uid: str | None = None
 
 
 def job_record(body: Mapping[str, Any]) -> JobRecord:
@@ -72,6 +76,8 @@ def job_record(body: Mapping[str, Any]) -> JobRecord:
         finished=parse_time(status.get("completionTime")) or parse_time(failed.get("lastTransitionTime")),
         failure_reason=failed.get("reason"),
         deleting=bool(metadata.get("deletionTimestamp")),
+        uid=str(metadata.get("uid") or ""),
+        owner_uid=controller_uid(metadata),
     )
 
 
@@ -103,6 +109,7 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
         disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions),
         init_failure=init_failure,
         deleting=bool(metadata.get("deletionTimestamp")),
+        owner_uid=controller_uid(metadata),
     )
 
 
@@ -126,6 +133,7 @@ def child_record(body: Mapping[str, Any]) -> ChildRecord:
         kind=str(body.get("kind", "")),
         name=metadata["name"],
         spec_hash=(metadata.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+        owner_uid=controller_uid(metadata),
     )
 
 
@@ -134,14 +142,28 @@ def _moment(value: datetime | None) -> float:
 
 
 def observed(
-    jobs: Iterable[JobRecord], pods: Iterable[PodRecord], children: Iterable[ChildRecord]
+    jobs: Iterable[JobRecord],
+    pods: Iterable[PodRecord],
+    children: Iterable[ChildRecord],
+    workflow_uid: str | None = None,
 ) -> Observed:
-    """One Workflow's children as the reconcile sees them: a stage Job joined with its newest pod."""
+    """One Workflow's children as the reconcile sees them: a stage Job joined with its newest pod.
+
+    With `workflow_uid`, only what that Workflow controls counts: an object that merely carries its
+    labels (made by someone else, or a name that was taken) is never adopted, read, patched or deleted,
+    and a stage's outcome is read only from a pod its own Job made."""
+    job_uids: set[str] = set()
+    if workflow_uid is not None:
+        jobs = [j for j in jobs if j.owner_uid == workflow_uid]
+        children = [c for c in children if c.owner_uid == workflow_uid]
+        job_uids = {j.uid for j in jobs}
     newest_pod: dict[str, PodRecord] = {}
     running: set[str] = set()
     for candidate in pods:
         if candidate.running:
-            running.add(candidate.component)
+            running.add(candidate.component)  # any look-alike only makes the next stage wait longer
+        if workflow_uid is not None and candidate.owner_uid not in job_uids:
+            continue
         current = newest_pod.get(candidate.component)
         if current is None or _moment(candidate.created) >= _moment(current.created):
             newest_pod[candidate.component] = candidate

@@ -53,7 +53,9 @@ class View:
         self._clock = clock
         # Our own status writes not yet shown by the watch: the versions we wrote over, and what we wrote.
         self._written: dict[WorkflowKey, tuple[frozenset[str], dict[str, Any]]] = {}
-        self._created: dict[WorkflowKey, dict[Ref, tuple[float, observe.JobRecord | None]]] = {}
+        self._created: dict[
+            WorkflowKey, dict[Ref, tuple[float, observe.JobRecord | observe.ChildRecord]]
+        ] = {}
         self._deleted: dict[WorkflowKey, set[Ref]] = {}
 
     def bind(self, handler_kwargs: Mapping[str, Any]) -> None:
@@ -134,7 +136,8 @@ class View:
 
     # ---- one Workflow's children ----------------------------------------------------------------------
 
-    def observed(self, namespace: str, workflow: str) -> Observed:
+    def observed(self, namespace: str, workflow: str, uid: str | None = None) -> Observed:
+        """What `workflow` has: with its `uid`, only the objects it controls (see observe.observed)."""
         key = (namespace, workflow)
         jobs = self.values(JOB_INDEX, key)
         children = [c for index in CHILD_INDEXES for c in self.values(index, key)]
@@ -145,18 +148,18 @@ class View:
             del created[ref]  # the watch caught up
         if not created:
             self._created.pop(key, None)
-        for (kind, name), (_, record) in created.items():
-            if record is not None:
+        for _, record in created.values():
+            if isinstance(record, observe.JobRecord):
                 jobs.append(record)
             else:
-                children.append(observe.ChildRecord(kind, name, None))
+                children.append(record)
         deleted = self._deleted.get(key, set())
         deleted &= present  # forget deletions the watch has shown
         if not deleted:
             self._deleted.pop(key, None)
         jobs = [j if ("Job", j.name) not in deleted else _deleting(j) for j in jobs]
         children = [c for c in children if (c.kind, c.name) not in deleted]
-        return observe.observed(jobs, self.values(POD_INDEX, key), children)
+        return observe.observed(jobs, self.values(POD_INDEX, key), children, uid)
 
     def remember_children(
         self, namespace: str, workflow: str, created: Iterable[dict[str, Any]], deleted: Iterable[Ref]
@@ -165,7 +168,7 @@ class View:
         key = (namespace, workflow)
         for manifest in created:
             ref = (manifest["kind"], manifest["metadata"]["name"])
-            record = observe.job_record(manifest) if ref[0] == "Job" else None
+            record = observe.job_record(manifest) if ref[0] == "Job" else observe.child_record(manifest)
             self._created.setdefault(key, {})[ref] = (self._clock(), record)
         deleted = set(deleted)
         if deleted:
