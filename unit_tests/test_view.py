@@ -142,3 +142,15 @@ def test_a_peer_whose_spec_cannot_be_read_still_counts_by_its_status() -> None:
     [peer] = view.peers("c2d", "cpu")
     assert (peer.name, peer.admitted) == ("job1", True)
     assert [w.name for w in view.workflows()] == ["job1"]
+
+
+def test_a_change_the_watch_shows_before_our_write_returns_is_never_hidden() -> None:
+    """Our status write returns after the watch already delivered it and a user's stop: the stop wins."""
+    view, live = bound_view({WORKFLOW_INDEX: {KEY: [body("1")]}})
+    read = view.workflow(*KEY)
+    assert read is not None
+    stopped = body("3", stage="Configuring")
+    stopped["spec"]["stop"] = True
+    live[WORKFLOW_INDEX][KEY] = [stopped]  # our write (2) and then the user's patch (3), both seen already
+    view.remember_written(*KEY, read, body("2", stage="Configuring"))
+    assert view.workflow(*KEY)["spec"]["stop"] is True  # type: ignore[index]

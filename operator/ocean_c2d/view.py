@@ -98,14 +98,12 @@ class View:
     def remember_written(
         self, namespace: str, name: str, read: dict[str, Any], written: dict[str, Any]
     ) -> None:
-        """We wrote `written` over `read` (a body this view gave): until the watch shows a version newer
-        than every one we wrote over, `workflow()` answers `written`."""
+        """We wrote `written` over `read` (a body this view gave): while the watch shows `read`'s version,
+        or one we wrote over before, `workflow()` answers `written`. Never the version the index shows
+        now: by the time the write returned, the watch may already hold something newer (a user's stop)."""
         key = (namespace, name)
-        [indexed] = self.values(WORKFLOW_INDEX, key) or [None]
         versions = {read["metadata"].get("resourceVersion")}
-        if indexed is not None:
-            versions.add(indexed["metadata"].get("resourceVersion"))
-        if key in self._written:
+        if key in self._written:  # `read` was our previous write, not yet shown by the watch
             versions |= self._written[key][0]
         self._written[key] = (frozenset(v for v in versions if v), written)
 
