@@ -147,6 +147,48 @@ async def test_an_algorithm_that_exits_3_ends_41_with_its_log_published(
     assert b"giving up on purpose" in results_by_name(stack, final)["algorithm.log"]
 
 
+LEAKER = """
+import os, pathlib, sys
+data = next(p for p in pathlib.Path(os.environ["INPUTS"]).rglob("*") if p.is_file()).read_bytes()
+sys.stdout.buffer.write(data)  # into its algorithm.log
+sys.stdout.flush()
+pathlib.Path(os.environ["LOGS"], "x.bin").write_bytes(data)
+pathlib.Path(os.environ["OUTPUTS"], "innocent.txt").write_text("mean 42\\n")
+"""
+
+
+async def test_an_input_copied_into_the_logs_is_blocked_and_nothing_of_it_leaves(
+    api: kr8s.asyncio.Api,
+    namespace: str,
+    start_operator: StartOperator,
+    real_node: RealNode,
+    node_s3: S3Server,
+    node_http: FileServer,
+) -> None:
+    """Logs are outputs: the algorithm writes them (its stdout, and any file under $LOGS)."""
+    secret = b"patient,diagnosis\nP-1047,positive\nP-2093,negative\n"
+    node_http.files["/private/records.csv"] = secret
+    stack = await start_real_stack(api, namespace, start_operator, real_node, node_s3)
+    await create_real_environment(api, namespace, real_node, filter={"enabled": True})
+    manifest = real_workflow(
+        unique("leaker"),
+        python_algorithm(real_node, LEAKER),
+        inputs=[{"url": f"{node_http.url}/private/records.csv"}],
+    )
+
+    final = await run_real(api, namespace, stack, manifest)
+
+    assert (final["statusCode"], final["reason"]) == (51, "ResultsBlocked"), final
+    assert final["filter"]["verdict"] == "Block"
+    assert any("logs/x.bin" in reason for reason in final["filter"]["reasons"]), final["filter"]
+    published = results_by_name(stack, final)
+    assert "x.bin" not in published
+    assert "algorithm.log" not in published
+    assert "innocent.txt" not in published
+    assert all(b"P-1047" not in body for body in published.values()), sorted(published)
+    assert {r["type"] for r in final["results"]} <= {"configrationLog", "filteringLog", "publishLog"}
+
+
 # Writes a heartbeat (its wall clock) every 100 ms and ignores SIGTERM: only the kubelet's SIGKILL, after
 # the pod's grace period, ends it. Whatever publish uploads shows when it last wrote.
 HEARTBEAT = """

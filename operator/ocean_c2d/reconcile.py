@@ -209,7 +209,7 @@ def _step(
             return ()
         _record_algorithm_end(draft)
         # Not created yet: create it. The shell writes this status only after the create succeeded.
-        # Outputs leave only when no filter blocked them; logs are published either way.
+        # What the algorithm wrote (outputs/, logs/) leaves only when no filter blocked it; admin logs always.
         blocked = draft.status.get("filter", {}).get("verdict") == "Block"
         deadline = definition.deadline(draft.workflow, environment, draft.settings)
         manifest = templates.render_job(definition.name, inputs, deadline, publish_outputs=not blocked)

@@ -205,7 +205,7 @@ class Templates:
     def render_job(
         self, stage: str, inputs: TemplateInputs, deadline_seconds: int, publish_outputs: bool = True
     ) -> dict[str, Any]:
-        """A stage's Job; `publish_outputs` False when the filter blocked them (publish uploads logs only)."""
+        """A stage's Job; `publish_outputs` False when the filter blocked (then only admin logs go up)."""
         context = {
             **self.context(inputs),
             "stage": stage,

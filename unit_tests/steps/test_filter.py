@@ -188,3 +188,15 @@ def test_the_trivial_evasions_of_a_forbidden_extension_are_caught() -> None:
     for name in ("x.csv.", "x.csv. . ", "X.CSV", "x.\uff23\uff33\uff36", "dir/x.Csv.\t"):
         assert forbidden_extension(name, ("csv",)) == "csv", name
     assert forbidden_extension("x.csv.txt", ("csv",)) is None  # the last extension decides, as before
+
+
+def test_what_the_algorithm_wrote_to_its_logs_is_judged_like_an_output(volume: Path) -> None:
+    """An algorithm that copies an input to stdout (its algorithm.log) and to $LOGS/x.bin is blocked."""
+    source = (volume / "inputs" / "did1" / "0").read_bytes()
+    write(volume / "logs" / "algorithm.log", source)
+    write(volume / "logs" / "x.bin", source)
+    verdict = judge(volume, FilterPolicy())
+    assert verdict.decision == "Block"
+    assert {r.split(":")[0] for r in verdict.reasons} == {"logs/algorithm.log", "logs/x.bin"}
+    capped = judge(volume, FilterPolicy(max_output_bytes=len(source), block_copied_inputs=False))
+    assert capped.decision == "Block"  # logs count toward the size cap

@@ -179,9 +179,11 @@ def test_plan_order_types_and_names() -> None:
     ]
 
 
-def test_plan_without_outputs_keeps_only_logs() -> None:
-    plan = plan_uploads(["outputs/a.csv", "logs/algorithm.log"], publish_outputs=False)
-    assert [p.name for p in plan] == ["logs/algorithm.log", PUBLISH_LOG]
+def test_plan_without_outputs_keeps_only_the_admin_logs() -> None:
+    """Withheld means nothing the algorithm wrote: its log (its stdout) and logs/ are outputs too."""
+    names = ["outputs/a.csv", "logs/algorithm.log", "logs/x.bin", "adminlogs/configure.log"]
+    plan = plan_uploads(names, publish_outputs=False)
+    assert [p.name for p in plan] == ["adminlogs/configure.log", PUBLISH_LOG]
 
 
 def test_publish_log_is_always_planned_last() -> None:
@@ -265,20 +267,19 @@ async def test_result_order_does_not_depend_on_concurrency(volume: Path, tmp_pat
     ]
 
 
-async def test_withheld_outputs_upload_only_logs(volume: Path, tmp_path: Path) -> None:
+async def test_withheld_outputs_upload_only_the_admin_logs(volume: Path, tmp_path: Path) -> None:
     destination = MemoryDestination()
     termination = tmp_path / "termination-log"
     env = env_for(volume, PUBLISH_OUTPUTS="false")
     assert await publish(volume, destination, termination, env, concurrency=1) == EXIT_OK
     assert destination.names == [
-        "logs/algorithm.log",
-        "logs/extra.log",
         "adminlogs/configure.log",
         "adminlogs/filter.log",
         "adminlogs/publish.log",
     ]
     types = [r["type"] for r in json.loads(termination.read_text())["results"]]
     assert "output" not in types
+    assert "algorithmLog" not in types
     assert "outputs withheld" in (volume / PUBLISH_LOG).read_text()
 
 

@@ -1,6 +1,8 @@
 """The built-in filter, `ocean-c2d filter`: judges the algorithm's outputs before anything leaves.
 
-It reads everything under <VOLUME>/outputs (recursively) and changes nothing. The checks, from the
+It reads everything the algorithm wrote, under <VOLUME>/outputs and <VOLUME>/logs (recursively: the
+algorithm's log is fed by its stdout, so it is an output too, named "logs/..."), and changes nothing.
+The checks, from the
 environment's policy (FILTER_POLICY, JSON {maxOutputBytes, forbiddenExtensions, blockCopiedInputs}):
 - the outputs' total size is at most maxOutputBytes (null: no cap);
 - no output's name ends in a forbidden extension (case-insensitive, given with or without the dot;
@@ -18,6 +20,7 @@ termination message, ending with "... and N more". The whole list goes to <VOLUM
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -139,8 +142,10 @@ def forbidden_extension(name: str, forbidden: tuple[str, ...]) -> str | None:
 
 
 def judge(volume: Path, policy: FilterPolicy) -> Verdict:
-    """The verdict on <volume>/outputs under `policy`. Reads files, writes nothing."""
-    outputs = regular_files(volume / "outputs")
+    """The verdict on what the algorithm wrote (<volume>/outputs, and <volume>/logs as "logs/...")
+    under `policy`. Reads files, writes nothing."""
+    logs = [dataclasses.replace(f, relative=f"logs/{f.relative}") for f in regular_files(volume / "logs")]
+    outputs = [*regular_files(volume / "outputs"), *logs]
     total = sum(f.size for f in outputs)
     reasons: list[str] = []
     if policy.max_output_bytes is not None and total > policy.max_output_bytes:

@@ -3,7 +3,8 @@
 What goes up, in this order (the original's, with its gaps closed):
 1. every regular file under <VOLUME>/outputs, recursively, subfolders kept (the original dropped them),
    unless PUBLISH_OUTPUTS is "false" (the filter blocked them);
-2. every regular file under <VOLUME>/logs (algorithm.log ...);
+2. every regular file under <VOLUME>/logs (algorithm.log ...), unless PUBLISH_OUTPUTS is "false": the
+   algorithm writes there too (its stdout, and any file), so logs are outputs, judged and withheld alike;
 3. every regular file under <VOLUME>/adminlogs (configure.log, filter.log ...), and last of all
    adminlogs/publish.log, written out complete before it is uploaded (the original uploaded it while
    still writing it). Symbolic links are never followed: an algorithm cannot publish an input by
@@ -56,6 +57,7 @@ from ocean_c2d.storage import Destination, UploadError
 from ocean_c2d.times import now_stamp
 
 FOLDERS = ("outputs", "logs", "adminlogs")
+ALGORITHM_FOLDERS = ("outputs", "logs")  # what the algorithm can write: withheld unless the filter passed
 PUBLISH_LOG = "adminlogs/publish.log"
 MANIFEST_NAME = "results.json"
 TYPES = {
@@ -92,7 +94,7 @@ def result_filename(name: str) -> str:
 
 
 def plan_uploads(names: Iterable[str], publish_outputs: bool) -> list[PlannedUpload]:
-    """What to upload, in order: outputs (unless withheld), logs, adminlogs, each sorted by path; then
+    """What to upload, in order: outputs and logs (unless withheld), adminlogs, each sorted by path; then
     adminlogs/publish.log, always last (the step writes it, so it is there whether listed or not).
     Names outside the three folders are ignored."""
     order = {folder: index for index, folder in enumerate(FOLDERS)}
@@ -102,7 +104,7 @@ def plan_uploads(names: Iterable[str], publish_outputs: bool) -> list[PlannedUpl
         if name.split("/", 1)[0] in order
         and "/" in name
         and name != PUBLISH_LOG
-        and (publish_outputs or not name.startswith("outputs/"))
+        and (publish_outputs or name.split("/", 1)[0] not in ALGORITHM_FOLDERS)
     }
     ordered = sorted(chosen, key=lambda n: (order[n.split("/", 1)[0]], n.split("/")))
     return [PlannedUpload(n, result_filename(n), result_type(n)) for n in [*ordered, PUBLISH_LOG]]
@@ -291,7 +293,7 @@ async def run_publish(
         log = PublishLog(volume / PUBLISH_LOG)
         log.line(f"job {env.get('WORKFLOWID', '')}: publishing from {volume}")
         if not publish_outputs:
-            log.line("outputs withheld (PUBLISH_OUTPUTS=false: the filter blocked them); logs only")
+            log.line("outputs withheld (PUBLISH_OUTPUTS=false: the filter blocked them); admin logs only")
         destination = uploader_factory(env)
         document = await _publish(volume, publish_outputs, destination, log, policy, sleep, concurrency)
     except StepError as error:
