@@ -345,3 +345,26 @@ async def test_ipfs_expiry_unpins_after_the_expiry(ipfs_api: IPFSNode, tmp_path:
             assert not cids & await pinned_recursively(http)
             # Again: "not pinned" counts as done.
             assert set(await unpin_expired(client, pins, now=float(after + 3601))) == cids
+
+
+async def test_same_named_workflows_of_two_namespaces_never_share_keys(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Keys carry namespace and uid (RESULTS_PREFIX): "job1" of team-a and of team-b, or a job1 deleted
+    and re-created, never overwrite (nor, at expiry, delete) each other's results."""
+    client = s3_server.client()
+    bucket = new_bucket(client, "publish")
+    keys: dict[str, set[str]] = {}
+    for namespace in ("team-a", "team-b"):
+        volume = tmp_path / namespace
+        make_volume(volume, big=False)
+        prefix = f"{namespace}/job1/uid-{namespace}"
+        env = s3_env(s3_server, bucket, volume, "job1") | {"RESULTS_PREFIX": prefix}
+        termination = tmp_path / f"{namespace}-termination"
+        assert await run_publish(env, termination, retry=FAST) == 0, termination.read_text()
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["Contents"]
+        keys[namespace] = {o["Key"] for o in listed}
+        assert all(f"/{prefix}/" in r["url"] for r in read_results(termination))
+    assert keys["team-a"]
+    assert not keys["team-a"] & keys["team-b"]
+    assert not client.list_objects_v2(Bucket=bucket, Prefix="job1/").get("Contents")

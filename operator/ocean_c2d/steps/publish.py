@@ -22,7 +22,7 @@ An entry has "expiresAt" (Unix seconds) when the destination expires or is to ex
 Each upload is tried up to RetryPolicy.attempts times with exponential backoff while its errors are
 transient; then the step stops with exit 62 and a message naming the file and the destination (never
 credentials, never a signed URL). On success the termination message is {"results": [...]} when it fits
-4096 bytes, else the list is uploaded as "results.json" ("<WORKFLOWID>/results.json" on S3) and the
+4096 bytes, else the list is uploaded as "results.json" ("<RESULTS_PREFIX>/results.json" on S3) and the
 message is {"manifest": "<its URL>", "count": N}.
 
 Everything that decides (what, in which order, types, names, the message) is a pure function below;
@@ -250,7 +250,9 @@ def destination_from_env(env: Mapping[str, str]) -> Destination:
 
         return S3Destination(
             bucket=env["AWS_BUCKET_OUTPUT"],
-            workflow_id=env.get("WORKFLOWID") or "unknown",
+            # RESULTS_PREFIX (<namespace>/<name>/<uid>): same-named Workflows of two namespaces, or a
+            # Workflow re-created under an old name, never overwrite (or later expire) each other's objects.
+            workflow_id=env.get("RESULTS_PREFIX") or env.get("WORKFLOWID") or "unknown",
             region=env.get("AWS_REGION") or None,
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,

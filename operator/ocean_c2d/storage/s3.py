@@ -1,7 +1,8 @@
 """Results in an S3 bucket (AWS, or any S3 API such as versitygw or MinIO).
 
-Layout: one object per file, key "<WORKFLOWID>/<path relative to the volume>", e.g.
-"job1/outputs/plots/a.png", "job1/logs/algorithm.log", "job1/adminlogs/publish.log" (the original used
+Layout: one object per file, key "<prefix>/<path relative to the volume>" where the prefix is the
+operator's RESULTS_PREFIX, "<namespace>/<workflow name>/<workflow uid>" (else WORKFLOWID), e.g.
+"c2d/job1/<uid>/outputs/plots/a.png", "c2d/job1/<uid>/adminlogs/publish.log" (the original used
 "<jobId>/data/outputs/x"; the "/data" part said nothing). The URL is the plain object URL: path style
 "<endpoint>/<bucket>/<key>" with AWS_ENDPOINT_URL, else AWS's "https://<bucket>.s3.<region>.amazonaws.com/
 <key>", as the original's `upload().Location`. Nothing is presigned, so the bucket (or a gateway in front
@@ -64,7 +65,7 @@ TRANSIENT_CODES = frozenset(
 
 
 def s3_key(workflow_id: str, name: str) -> str:
-    """The object key of `name` (a path relative to the volume): "<WORKFLOWID>/<name>"."""
+    """The object key of `name` (a path relative to the volume): "<prefix>/<name>"."""
     return f"{workflow_id}/{name.lstrip('/')}"
 
 
