@@ -250,6 +250,36 @@ async def table(api: kr8s.asyncio.Api, namespace: str, plural: str) -> dict[str,
 
 
 @pytest.mark.usefixtures("ocean_crds")
+async def test_the_spec_of_an_admitted_workflow_is_frozen_but_for_stop(
+    api: kr8s.asyncio.Api, namespace: str
+) -> None:
+    """The order was checked against this image, entrypoint, inputs and metadata cache: once admitted,
+    none may be swapped (a CEL transition rule); only `stop` may still be set."""
+    workflow = await create_workflow(api, namespace)
+    await workflow.patch({"spec": {"maxDuration": 60}})  # queued: still editable
+    await workflow.patch(
+        {"status": {"stage": "Configuring", "admittedAt": "2026-01-01T12:00:00Z"}}, subresource="status"
+    )
+
+    swaps: dict[str, dict[str, Any]] = {
+        "image": {"algorithm": {"container": {"image": "evil/exfiltrate"}}},
+        "inputs": {"inputs": [{"url": "https://attacker.example/x"}]},
+        "output": {"output": {"metadataUri": "https://attacker.example"}},
+        "maxDuration": {"maxDuration": 61},
+    }
+    for field, spec in swaps.items():
+        with pytest.raises(kr8s.ServerError) as rejected:
+            await workflow.patch({"spec": spec})
+        assert rejection_status(rejected.value) == 422, field
+        assert "cannot change, except stop" in str(rejected.value), field
+    await workflow.patch({"spec": {"stop": True}})
+    await workflow.refresh()
+    assert workflow.raw["spec"]["stop"] is True
+    assert workflow.raw["spec"]["algorithm"]["container"]["image"] == "oceanprotocol/algo_dockers"
+    await workflow.patch({"status": {"stage": "Finished"}}, subresource="status")  # status writes still land
+
+
+@pytest.mark.usefixtures("ocean_crds")
 async def test_workflow_table_columns(api: kr8s.asyncio.Api, namespace: str) -> None:
     workflow = await create_workflow(api, namespace)
     await workflow.patch(

@@ -216,7 +216,8 @@ def test_conditions_are_the_standard_map_list(file: str) -> None:
 
 
 def test_workflow_name_limit_leaves_room_for_the_longest_stage_job_name() -> None:
-    [rule] = root_schema("workflows.yaml")["x-kubernetes-validations"]
+    rules = root_schema("workflows.yaml")["x-kubernetes-validations"]
+    [rule] = [r for r in rules if "metadata.name" in r["rule"]]
     assert rule["rule"] == "self.metadata.name.size() <= 48"
     assert len("x" * 48 + "-configure-job") <= 63
     assert "at most 48 characters" in rule["message"]
@@ -254,3 +255,13 @@ def test_workflow_spec_requires_what_every_job_needs() -> None:
     container = node_at(root_schema("workflows.yaml"), ".spec.algorithm.container")
     assert container is not None
     assert set(container["required"]) == {"image", "entrypoint"}
+
+
+def test_the_frozen_spec_rule_names_every_spec_field_but_stop() -> None:
+    """The CEL rule that freezes an admitted Workflow's spec must compare every field of the spec: a field
+    added to the schema later and forgotten here could be swapped after the order was checked."""
+    schema = root_schema("workflows.yaml")
+    [rule] = [r for r in schema["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    fields = set(schema["properties"]["spec"]["properties"])
+    compared = {f for f in fields if f"self.spec.{f} == oldSelf.spec.{f}" in rule["rule"]}
+    assert compared == fields - {"stop"}
