@@ -15,6 +15,7 @@ from kr8s.asyncio.objects import APIObject
 from e2e.operator_fixtures import DID as DATA_DID
 from e2e.operator_fixtures import GROUP_VERSION, ComputeEnvironment, Workflow
 from e2e.operator_fixtures import OPERATOR_ADDRESS as OWNER
+from ocean_c2d.times import format_time
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 ALGO_DID = "did:op:" + "FEDCBA9876543210" * 4  # upper-case hex: the schema accepts both cases
@@ -291,7 +292,7 @@ async def test_workflow_table_columns(api: kr8s.asyncio.Api, namespace: str) -> 
                 "reason": "AlgorithmStarted",
                 "message": "the algorithm pod is running",
                 "queuePosition": 0,
-                "startedAt": f"{datetime.now(UTC) - timedelta(days=5, hours=12):%Y-%m-%dT%H:%M:%SZ}",
+                "startedAt": format_time(datetime.now(UTC) - timedelta(days=5, hours=12)),
             }
         },
         subresource="status",

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from e2e.operator_fixtures import (
 from e2e.operator_handle import Operator, StartOperator
 from e2e.services import background_server, free_port
 from e2e.waiting import wait_for
+from ocean_c2d.times import format_time
 from unit_tests.built_tools import built
 
 REPO = Path(__file__).resolve().parent.parent
@@ -347,4 +349,4 @@ async def test_levels_come_from_the_cluster_right_after_a_restart(
     )  # counters start again; levels do not
     oldest = await second.total("ocean_c2d_stage_oldest_start_timestamp_seconds", stage="RunningAlgorithm")
     started = status(running)["stages"]["algorithm"]["startedAt"]
-    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(oldest)) == started
+    assert format_time(datetime.fromtimestamp(oldest, UTC)) == started

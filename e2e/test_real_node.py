@@ -39,6 +39,7 @@ from e2e.real_node import (
 )
 from e2e.services import S3Server, new_bucket
 from e2e.waiting import wait_for
+from ocean_c2d.times import format_time
 from unit_tests.built_tools import built
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "ocean-c2d"
@@ -242,9 +243,7 @@ async def test_an_algorithm_past_its_max_duration_is_gone_before_publish_starts(
     assert (final["statusCode"], final["reason"]) == (43, "AlgorithmTimedOut"), final
     # The Job's deadline counts from its start; the Job controller then deletes the pod.
     deadline = datetime.fromtimestamp(moment(final["stages"]["algorithm"]["startedAt"]) + 5, UTC)
-    await assert_dead_before_publish(
-        api, namespace, stack, name, final, deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
-    )
+    await assert_dead_before_publish(api, namespace, stack, name, final, format_time(deadline))
 
 
 async def test_a_stop_while_the_algorithm_runs_kills_it_before_publish_starts(

@@ -18,6 +18,7 @@ from ocean_c2d.environments import (
     occupancy,
 )
 from ocean_c2d.model import Admission, Environment, Workflow
+from ocean_c2d.times import format_time
 from unit_tests.factories import OPERATOR_ADDRESS, workflow
 from unit_tests.factories import default_environment as seed
 
@@ -53,10 +54,7 @@ def admit_one_at_a_time(peers: list[Workflow], environment: Environment, order: 
                 continue
             if admission(current, peers, environment).may_start:
                 peers = [
-                    wf(w.name, w.created.strftime("%Y-%m-%dT%H:%M:%SZ"), "Configuring")
-                    if w.name == name
-                    else w
-                    for w in peers
+                    wf(w.name, format_time(w.created), "Configuring") if w.name == name else w for w in peers
                 ]
                 admitted.append(name)
                 changed = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -47,9 +47,9 @@ class Effects:
         if expire:
             self._spawn((namespace, name, "expiry"), self._expire(namespace, name, expire))
 
-    def _spawn(self, key: tuple[str, str, str], coroutine: Awaitable[None]) -> None:
+    def _spawn(self, key: tuple[str, str, str], coroutine: Coroutine[Any, Any, None]) -> None:
         if key in self._running:
-            coroutine.close()  # type: ignore[attr-defined]
+            coroutine.close()  # never started: close it, or asyncio warns it was never awaited
             return
         self._running.add(key)
 

@@ -17,8 +17,6 @@ from typing import Any, cast
 from ocean_c2d.status import Stage, WorkflowStatus
 from ocean_c2d.times import parse_time
 
-__all__ = ["parse_time"]  # re-exported: observe and telemetry read times through the model
-
 GROUP = "oceanprotocol.com"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ocean_c2d.model import JobState, Observed, StageJob, controller_uid, parse_time
+from ocean_c2d.model import JobState, Observed, StageJob, controller_uid
 from ocean_c2d.render import SPEC_HASH_ANNOTATION
+from ocean_c2d.times import parse_time
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ocean_c2d.environments import occupancy
-from ocean_c2d.model import JOB_OF_STAGE, Environment, Workflow, parse_time
+from ocean_c2d.model import JOB_OF_STAGE, Environment, Workflow
 from ocean_c2d.status import Stage, StageRecord, WorkflowStatus
+from ocean_c2d.times import parse_time
 
 NEW = "New"  # a Workflow the operator has not written a status to yet
 # The `environment` label of a Workflow whose ComputeEnvironment does not exist: the label values are the
