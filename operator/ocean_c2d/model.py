@@ -239,11 +239,30 @@ class Environment:
     allow_network: bool = False
     storage_class_name: str | None = None
     filter: FilterPolicy = field(default_factory=FilterPolicy)
+    # What publish may upload at most, counted on the bytes it reads (a sparse file costs nothing on the
+    # volume and reads as its full size): None = the volume's size (diskGB).
+    publish_max_bytes: int | None = None
+    publish_max_files: int = 10_000
+    # The RuntimeClass of the algorithm pods (gVisor, Kata, ... where the cluster has one); None = default.
+    runtime_class_name: str | None = None
+    # Which Workflows may use the environment: namespaces (None = every watched namespace) and a label
+    # selector on the Workflow (None = any). A network-allowed environment admits none unless one is set.
+    access_namespaces: tuple[str, ...] | None = None
+    access_selector: dict[str, Any] | None = None
+
+    @property
+    def publish_byte_cap(self) -> int:
+        """The most bytes publish uploads: publish.maxBytes, else the size of the Workflow's volume."""
+        if self.publish_max_bytes is not None:
+            return self.publish_max_bytes
+        return int(self.disk_gb * 1024**3)
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> Environment:
         spec = obj.get("spec", {})
         policy = spec.get("filter") or {}
+        publish = spec.get("publish") or {}
+        access = spec.get("access") or {}
         return cls(
             name=obj["metadata"]["name"],
             n_cpu=int(spec.get("nCPU", 1)),
@@ -269,6 +288,11 @@ class Environment:
                 forbidden_extensions=tuple(policy.get("forbiddenExtensions") or ()),
                 block_copied_inputs=bool(policy.get("blockCopiedInputs", True)),
             ),
+            publish_max_bytes=publish.get("maxBytes"),
+            publish_max_files=int(publish.get("maxFiles", 10_000)),
+            runtime_class_name=spec.get("runtimeClassName") or None,
+            access_namespaces=tuple(access["namespaces"]) if "namespaces" in access else None,
+            access_selector=dict(access["workflowSelector"]) if "workflowSelector" in access else None,
         )
 
 
