@@ -72,9 +72,10 @@ imports: venv ## print the package's import graph: each module, then the package
 	   for i in g.find_modules_directly_imported_by(m)))) for m in sorted(g.modules)]'
 
 .PHONY: lock
-lock: ## regenerate requirements.lock (the image's pinned runtime dependencies) from pyproject.toml
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet .
-	.lock-venv/bin/pip freeze --exclude ocean-c2d > requirements.lock && rm -rf .lock-venv
+lock: ## regenerate requirements.lock (the image's runtime dependencies, pinned with their hashes) from pyproject.toml
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet pip-tools==7.6.2
+	.lock-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --output-file requirements.lock pyproject.toml && rm -rf .lock-venv
 
 .PHONY: unit
 unit: venv ## unit tests only (no cluster; helm, ct, promtool, actionlint, and local S3/IPFS servers)

@@ -93,6 +93,8 @@ async def main(workflows: int, max_jobs: int, run_for: str) -> None:
         "TEMPLATES_DIR": str(REPO / "e2e" / "templates"),
         "METRICS_PORT": str(metrics_port),
         "HEALTH_PORT": str(free_port()),
+        "SIGNER_HOST": "127.0.0.1",
+        "SIGNER_PORT": str(free_port()),
         "LOG_LEVEL": "WARNING",
     }
     operator = await asyncio.create_subprocess_exec(sys.executable, "-m", "ocean_c2d.cli", "run", env=env)

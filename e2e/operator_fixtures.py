@@ -107,6 +107,9 @@ async def start_operator(
             "TEMPLATES_DIR": str(REPO / "e2e" / "templates"),
             "HEALTH_PORT": str(free_port()),
             "METRICS_PORT": str(metrics_port),
+            # The download signer listens too (on loopback unless a test says where pods reach it).
+            "SIGNER_HOST": "127.0.0.1",
+            "SIGNER_PORT": str(free_port()),
             "LOG_LEVEL": "INFO",
             **extra_env,
         }

@@ -275,7 +275,9 @@ async def start_real_stack(
         AWS_ENDPOINT_URL=s3.endpoint_url,
         AWS_REGION=s3.region,
         AWS_BUCKET_OUTPUT=bucket,
-        **extra_env,
+        # The test servers listen on the node's host address, a private one: configure's egress guard and
+        # the pods' egress policies allow exactly it (issue 11). A test may narrow or drop it ("").
+        **{"EGRESS_ALLOW_CIDRS": f"{node.host_ip}/32", **extra_env},
     )
     return RealStack(operator, bucket, s3, node)
 

@@ -4,12 +4,16 @@ running as the chart's ServiceAccount, completes a Workflow with exactly the per
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import kr8s.asyncio
 import pytest
 import yaml
-from kr8s.asyncio.objects import Deployment, Secret
+from kr8s.asyncio.objects import ConfigMap, Deployment, Namespace, Secret
 
 from e2e.operator_fixtures import (
     OPERATOR_KEY,
@@ -135,10 +139,16 @@ async def test_the_operator_runs_a_workflow_with_only_the_charts_permissions(
     tmp_path: Path,
 ) -> None:
     # The chart without its operator pod (on this cluster no container would run it): the operator runs
-    # here as a process, authenticated as the release's ServiceAccount and nothing else.
+    # here as a process, authenticated as the release's ServiceAccount and nothing else, under the chart's
+    # admission policy, in a namespace that enforces Pod Security "restricted" (issue 11 E20, E21).
+    await label_restricted(api, namespace)
     release = ("c2d", str(CHART), "-n", namespace, "--skip-crds", "--wait", "--timeout", "120s")
-    notes = await helm(helm_path, kubeconfig, "install", *release, "--set", "operator.replicas=0")
+    notes = await helm(
+        helm_path, kubeconfig, "install", *release, "--set", "operator.replicas=0",
+        "--set-json", f"computeEnvironments={json.dumps([FILTERED_ENVIRONMENT])}",
+    )  # fmt: skip
     assert "operator.replicas is 0" in notes  # NOTES.txt says how to run it instead
+    assert f"kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=restricted" in notes
     account = "c2d-ocean-c2d"
     as_operator = await service_account_kubeconfig(
         helm_path, kubeconfig, namespace, account, tmp_path / "operator.kubeconfig"
@@ -160,11 +170,192 @@ async def test_the_operator_runs_a_workflow_with_only_the_charts_permissions(
         )  # fmt: skip
         assert answer.strip() == "no", (verb, resource)
 
-    operator = await start_operator(KUBECONFIG=str(as_operator))
+    # The accounts the chart set up for the Workflows' pods: the only ones its admission policy allows.
+    operator = await start_operator(
+        KUBECONFIG=str(as_operator),
+        SERVICE_ACCOUNT=f"{account}-stage",
+        ALGORITHM_SERVICE_ACCOUNT=f"{account}-algorithm",
+        USER_NAMESPACES="true",
+    )
+    pods: dict[str, dict[str, Any]] = {}  # the stage pods, as they appear (cleanup deletes them)
+    watching = asyncio.create_task(collect_stage_pods(api, namespace, pods))
     workflow = await create_workflow(api, namespace, "rbac-proof", environment="cpu-small")
     final = await wait_finished(workflow, operator, timeout=120)
     assert final["reason"] == "Succeeded", final
     assert final["statusCode"] == 70
+    # The operator's cleanup (deletes of its own children) passes the admission policy too.
+    secret = await Secret.get("rbac-proof-secret", namespace=namespace, api=api)
+    await wait_for_deletion(secret, timeout=60)
+    watching.cancel()
+    # Every stage ran a pod, each admitted by Pod Security "restricted"; the sandboxed ones as such.
+    assert set(pods) == {"configure", "algorithm", "filter", "publish"}, set(pods)
+    for component, spec in pods.items():
+        sandboxed = component in ("algorithm", "filter")
+        assert spec["serviceAccountName"] == f"{account}-{'algorithm' if sandboxed else 'stage'}", component
+        assert spec["automountServiceAccountToken"] is False
+        assert spec.get("hostUsers", True) is not sandboxed, component
     assert await operator.total("ocean_c2d_kubernetes_requests_total", code="403") == 0
     log = await operator.log_text()
     assert "Forbidden" not in log, log[-4000:]
+
+
+FILTERED_ENVIRONMENT = {
+    "name": "cpu-small",
+    "spec": {"nCPU": 1, "ramGB": 2, "diskGB": 2, "maxJobs": 2, "filter": {"enabled": True}},
+}
+
+
+async def label_restricted(api: kr8s.asyncio.Api, namespace: str) -> None:
+    """What NOTES.txt tells the cluster operator to run: enforce Pod Security "restricted"."""
+    ns = await Namespace.get(namespace, api=api)
+    await ns.label({"pod-security.kubernetes.io/enforce": "restricted"})
+
+
+async def collect_stage_pods(api: kr8s.asyncio.Api, namespace: str, pods: dict[str, dict[str, Any]]) -> None:
+    """Each stage pod's spec by its component, from a watch (until cancelled)."""
+    selector = "app.kubernetes.io/managed-by=ocean-c2d"
+    async for _event, pod in api.async_watch("pods", namespace=namespace, label_selector=selector):
+        pods[pod.labels["component"]] = pod.raw["spec"]
+
+
+async def kubectl_as(
+    tools: str, kubeconfig: Path, *args: str, manifest: dict[str, Any] | None = None
+) -> tuple[int, str]:
+    """kubectl as the operator's ServiceAccount; (exit code, stdout and stderr). A manifest goes in on
+    stdin (`-f -`); every write is a server-side dry run, which runs the whole admission chain."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{tools}:{os.environ['PATH']}"}
+    process = await asyncio.create_subprocess_exec(
+        "kubectl", *args, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await process.communicate(json.dumps(manifest).encode() if manifest else None)
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
+
+
+async def policy_in_effect(
+    tools: str, kubeconfig: Path, manifest: dict[str, Any], timeout: float = 15
+) -> None:
+    """Wait until the admission policy denies `manifest`. A new policy takes effect asynchronously (the API
+    server reloads its compiled policies in the background) and no object reports when: re-ask at a
+    short pace, bounded, rather than fail a first request that raced the reload."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        code, output = await kubectl_as(
+            tools, kubeconfig, "create", "-f", "-", "--dry-run=server", manifest=manifest
+        )
+        if code != 0 and "ValidatingAdmissionPolicy" in output:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"the policy never took effect: {output}"
+        await asyncio.sleep(0.2)
+
+
+def labelled(manifest: dict[str, Any]) -> dict[str, Any]:
+    metadata = {**manifest["metadata"], "labels": {"app.kubernetes.io/managed-by": "ocean-c2d"}}
+    return {**manifest, "metadata": metadata}
+
+
+def job(name: str, namespace: str, account: str | None, **pod: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "containers": [{"name": "c", "image": "ocean-c2d:latest"}],
+        **pod,
+    }
+    if account is not None:
+        spec["serviceAccountName"] = account
+    return labelled(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"template": {"spec": spec}},
+        }
+    )
+
+
+@pytest.mark.local_only  # it needs the release's ServiceAccount token; the operator pod is not involved
+@pytest.mark.usefixtures("ocean_crds")
+@pytest.mark.parametrize("all_namespaces", [False, True], ids=["one-namespace", "all-namespaces"])
+async def test_the_admission_policy_limits_the_operator_to_its_own_objects_and_accounts(
+    kubeconfig: str,
+    api: kr8s.asyncio.Api,
+    namespace: str,
+    helm_path: str,
+    tmp_path: Path,
+    all_namespaces: bool,
+) -> None:
+    """Issue 11 E20: RBAC lets the operator's ServiceAccount write every ConfigMap, Secret, PVC,
+    NetworkPolicy and Job of the watched namespaces (all of them, with "*"), and Jobs may name any
+    account there. The chart's ValidatingAdmissionPolicy narrows writes to the operator's own objects
+    (managed-by label before and after) and Jobs to the chart's job accounts, without token or host access."""
+    values = ["--set", "operator.replicas=0"]
+    target = namespace
+    if all_namespaces:
+        values += ["--set", "operator.watchNamespace=*"]
+        other = await Namespace({"metadata": {"name": f"{namespace}-other"[:63]}}, api=api)
+        await other.create()
+        target = other.name
+    release = ("c2d", str(CHART), "-n", namespace, "--skip-crds", "--wait", "--timeout", "120s")
+    await helm(helm_path, kubeconfig, "install", *release, *values)
+    try:
+        as_operator = await service_account_kubeconfig(
+            helm_path, kubeconfig, namespace, "c2d-ocean-c2d", tmp_path / "operator.kubeconfig"
+        )
+        foreign_map = await ConfigMap(
+            {"metadata": {"name": "postgres"}, "data": {"k": "v"}}, namespace=target, api=api
+        )
+        await foreign_map.create()
+        foreign_secret = await Secret(
+            {"metadata": {"name": "postgres-secret"}, "stringData": {"password": "p"}},
+            namespace=target,
+            api=api,
+        )
+        await foreign_secret.create()
+        allowed = "c2d-ocean-c2d-algorithm" if not all_namespaces else "default"
+        denied_account = "default" if not all_namespaces else "c2d-ocean-c2d-stage"
+        dry_create = ("create", "-f", "-", "--dry-run=server", "-o", "name")
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": target}}
+        await policy_in_effect(helm_path, as_operator, config_map)
+
+        # What the operator does is allowed...
+        for manifest in (labelled(config_map), job("ok", target, allowed)):
+            code, output = await kubectl_as(helm_path, as_operator, *dry_create, manifest=manifest)
+            assert code == 0, output
+        # ...and nothing else, though RBAC alone would allow all of it.
+        refused = {
+            "an unlabelled object": config_map,
+            "a Job of another account": job("other-account", target, denied_account),
+            "a Job of the namespace's default account": job("no-account", target, None),
+            "a Job with a token": job("token", target, allowed, automountServiceAccountToken=True),
+            "a Job with a host path": job(
+                "host", target, allowed, volumes=[{"name": "h", "hostPath": {"path": "/"}}]
+            ),
+        }
+        if all_namespaces:
+            del refused["a Job of the namespace's default account"]  # "default" is the job account there
+        for what, manifest in refused.items():
+            code, output = await kubectl_as(helm_path, as_operator, *dry_create, manifest=manifest)
+            assert code != 0, (what, output)
+            assert "ValidatingAdmissionPolicy" in output, (what, output)
+        # A foreign object may not be adopted (labelled by a patch), patched or deleted.
+        adopt = json.dumps({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ocean-c2d"}}})
+        for args in (
+            ("patch", "configmap", "postgres", "-n", target, "--type=merge", "-p", adopt, "--dry-run=server"),
+            ("delete", "secret", "postgres-secret", "-n", target, "--dry-run=server"),
+            ("delete", "configmap", "postgres", "-n", target, "--dry-run=server"),
+        ):
+            code, output = await kubectl_as(helm_path, as_operator, *args)
+            assert code != 0, (args, output)
+            assert "ValidatingAdmissionPolicy" in output, (args, output)
+        # RBAC did allow each of these: the denials above are the policy's.
+        for verb, resource in (("delete", "secrets"), ("patch", "configmaps"), ("create", "jobs")):
+            answer = await run_command(
+                "kubectl", "auth", "can-i", verb, resource, "-n", target,
+                kubeconfig=str(as_operator), tools=helm_path, check=False,
+            )  # fmt: skip
+            assert answer.strip() == "yes", (verb, resource)
+    finally:
+        await helm(helm_path, kubeconfig, "uninstall", "c2d", "-n", namespace, "--wait", "--timeout", "120s")
+        if all_namespaces:
+            await other.delete(propagation_policy="Background")

@@ -30,7 +30,6 @@ from ocean_c2d.settings import load_settings
 from ocean_c2d.steps.configure import run_configure
 from ocean_c2d.steps.filter import run_filter
 from ocean_c2d.steps.publish import RetryPolicy, run_publish
-from ocean_c2d.steps.sources import NonceSource
 from unit_tests.steps.providers import FileServer
 
 if TYPE_CHECKING:
@@ -103,8 +102,6 @@ async def test_configure_algorithm_filter_publish(
     assert document["stages"][0]["algorithm"]["rawCode"] == RAW_CODE
     workflow_json = tmp_path / "workflow.json"
     workflow_json.write_text(json.dumps(document))
-    key_file = tmp_path / "operator-private-key"
-    key_file.write_text(OPERATOR_KEY + "\n")
     volume = tmp_path / "data"
     volume.mkdir()
 
@@ -115,12 +112,11 @@ async def test_configure_algorithm_filter_publish(
         "VOLUME": str(volume),
         "INPUTS": str(volume / "inputs"),
         "TRANSFORMATIONS": str(volume / "transformations"),
-        "PRIVATE_KEY_FILE": str(key_file),
         "DISK_LIMIT_BYTES": str(int(environment.disk_gb * 1024**3)),
     }
     termination = tmp_path / "configure-termination"
     async with httpx.AsyncClient(timeout=30) as http:
-        code = await run_configure(configure_env, http, termination_log=termination, nonces=NonceSource())
+        code = await run_configure(configure_env, http, termination_log=termination)
     assert code == 0, termination.read_text()
     assert json.loads(termination.read_text())["status"] == "Provisioned"
     assert (volume / "inputs" / "0" / "data.csv").read_bytes() == DATA
@@ -151,7 +147,8 @@ async def test_configure_algorithm_filter_publish(
     policy = {"maxOutputBytes": 1024, "forbiddenExtensions": [".exe"], "blockCopiedInputs": True}
     filter_termination = tmp_path / "filter-termination"
     assert run_filter({"VOLUME": str(volume), "FILTER_POLICY": json.dumps(policy)}, filter_termination) == 0
-    assert json.loads(filter_termination.read_text()) == {"verdict": "Pass", "reasons": []}
+    verdict = json.loads(filter_termination.read_text())
+    assert (verdict["verdict"], verdict["reasons"]) == ("Pass", [])
 
     # 5. publish to the real S3 server.
     s3 = s3_server.client()
@@ -162,6 +159,9 @@ async def test_configure_algorithm_filter_publish(
         "VOLUME": str(volume),
         "STORAGE_EXPIRY": "0",
         "PUBLISH_OUTPUTS": "true",
+        # As the operator passes a Pass on: publish uploads exactly the filter's manifest.
+        "PUBLISH_MANIFEST": "required",
+        "PUBLISH_MANIFEST_SHA256": verdict["manifestSha256"],
         "AWS_BUCKET_OUTPUT": bucket,
         "AWS_ENDPOINT_URL": s3_server.endpoint_url,
         "AWS_ACCESS_KEY_ID": s3_server.access_key,

@@ -470,8 +470,14 @@ async def test_results_past_their_expiry_are_unpinned_and_deleted(
         AWS_SECRET_ACCESS_KEY=s3_server.secret_key,
     )
     workflow = await create_workflow(
-        api, namespace, "expiring", sim={"publish.message": json.dumps({"results": results})}
+        api,
+        namespace,
+        "expiring",
+        sim={"algorithm.run-for": "3s", "publish.message": json.dumps({"results": results})},
     )
+    # What publish uploads goes under the Workflow's own prefix: expiry deletes that, and only that.
+    own = f"{namespace}/expiring/{workflow.metadata['uid']}/outputs/out.csv"
+    s3.put_object(Bucket=bucket, Key=own, Body=b"1,2,3\n")
 
     final = await wait_finished(workflow, operator)
     assert [r["expiresAt"] for r in final["results"]] == [past, past]
@@ -480,7 +486,7 @@ async def test_results_past_their_expiry_are_unpinned_and_deleted(
     async with httpx.AsyncClient() as client:
         pins = await client.post(f"{ipfs_api.api_url}/api/v0/pin/ls", params={"arg": cid})
     assert cid not in (pins.json().get("Keys") or {})
-    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])] == [key]
 
 
 async def test_a_custom_filtering_container_runs_with_the_algorithm_contract(

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import time
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,64 @@ async def test_an_input_copied_into_the_logs_is_blocked_and_nothing_of_it_leaves
     assert {r["type"] for r in final["results"]} <= {"configrationLog", "filteringLog", "publishLog"}
 
 
+# A sparse file reads as 48 GiB of zeros and costs nothing on the volume: the built-in filter, which
+# reads every byte it judges, is still at work on it when the stop arrives.
+SLOW_TO_JUDGE = """
+import os, pathlib
+pathlib.Path(os.environ["OUTPUTS"], "answer.txt").write_text("mean 42\\n")
+with open(pathlib.Path(os.environ["OUTPUTS"], "zeros.bin"), "wb") as big:
+    big.truncate(48 * 1024**3)
+print("wrote the answer", flush=True)
+"""
+
+
+async def wait_container_running(
+    api: kr8s.asyncio.Api, namespace: str, name: str, component: str, timeout: float = 120
+) -> None:
+    """Until the main container of `name`'s `component` pod runs (a watch on its pods)."""
+    selector = {"workflow": name, "component": component}
+    async with asyncio.timeout(timeout):
+        while True:
+            async for _event, pod in api.async_watch("pods", namespace=namespace, label_selector=selector):
+                statuses = pod.raw.get("status", {}).get("containerStatuses") or []
+                if any((s.get("state") or {}).get("running") for s in statuses):
+                    return
+
+
+async def test_a_stop_while_the_filter_judges_publishes_nothing_the_algorithm_wrote(
+    api: kr8s.asyncio.Api,
+    namespace: str,
+    start_operator: StartOperator,
+    real_node: RealNode,
+    node_s3: S3Server,
+) -> None:
+    """A filter stage that ends without a Pass (here: stopped while it reads) is a Block, for real:
+    the filter pod is killed, and publish uploads none of the outputs or logs."""
+    stack = await start_real_stack(api, namespace, start_operator, real_node, node_s3)
+    await create_real_environment(
+        api, namespace, real_node, filter={"enabled": True}, publish={"maxBytes": 64 * 1024**3}
+    )
+    name = unique("judged")
+    workflow = await Workflow(
+        real_workflow(name, python_algorithm(real_node, SLOW_TO_JUDGE)), namespace=namespace, api=api
+    )
+    await workflow.create()
+    await wait_container_running(api, namespace, name, "filter")
+
+    await workflow.patch({"spec": {"stop": True}})
+    final = await wait_finished(workflow, stack.operator, timeout=REAL_TIMEOUT)
+
+    assert (final["statusCode"], final["reason"]) == (72, "Stopped"), final
+    assert final["filter"]["verdict"] == "Block", final
+    assert final["stages"]["filter"]["reason"] == "Stopped", final["stages"]
+    published = results_by_name(stack, final)
+    assert set(published) <= {"configure.log", "publish.log", "filter.log"}, sorted(published)
+    keys = await asyncio.to_thread(
+        lambda: [o["Key"] for o in stack.s3.client().list_objects_v2(Bucket=stack.bucket).get("Contents", [])]
+    )
+    assert not [key for key in keys if key.endswith(("answer.txt", "zeros.bin", "algorithm.log"))], keys
+
+
 # Writes a heartbeat (its wall clock) every 100 ms and ignores SIGTERM: only the kubelet's SIGKILL, after
 # the pod's grace period, ends it. Whatever publish uploads shows when it last wrote.
 HEARTBEAT = """
@@ -273,13 +332,7 @@ async def wait_algorithm_running(
     api: kr8s.asyncio.Api, namespace: str, name: str, timeout: float = 120
 ) -> None:
     """Until the algorithm container of `name` runs (a watch on its pods)."""
-    selector = {"workflow": name, "component": "algorithm"}
-    async with asyncio.timeout(timeout):
-        while True:
-            async for _event, pod in api.async_watch("pods", namespace=namespace, label_selector=selector):
-                statuses = pod.raw.get("status", {}).get("containerStatuses") or []
-                if any((s.get("state") or {}).get("running") for s in statuses):
-                    return
+    await wait_container_running(api, namespace, name, "algorithm", timeout)
 
 
 CONNECT_FIRST = """
@@ -303,7 +356,9 @@ async def test_the_algorithm_never_reaches_the_network_unless_allowed(
 ) -> None:
     stack = await start_real_stack(api, namespace, start_operator, real_node, node_s3)
     await create_real_environment(api, namespace, real_node)
-    await create_real_environment(api, namespace, real_node, name="open", allowNetwork=True)
+    await create_real_environment(
+        api, namespace, real_node, name="open", allowNetwork=True, access={"namespaces": [namespace]}
+    )
     async with tcp_canary(real_node.host_ip) as canary:
         code = CONNECT_FIRST.format(host=canary.host, port=canary.port)
         isolated = [
@@ -321,8 +376,10 @@ async def test_the_algorithm_never_reaches_the_network_unless_allowed(
             stack,
             real_workflow(unique("open"), python_algorithm(real_node, code), environment="open"),
         )
-        assert results_by_name(stack, opened)["network.txt"] == b"CONNECTED"
-        assert canary.connections == 1
+        # allowNetwork means the public internet (issue 11, C14): the canary is on a private address.
+        assert (opened["statusCode"], opened["reason"]) == (70, "Succeeded"), opened
+        assert results_by_name(stack, opened)["network.txt"].startswith(b"BLOCKED")
+        assert canary.connections == 0
 
 
 INSPECT = """
@@ -473,6 +530,9 @@ async def test_the_charts_operator_pod_completes_a_workflow_on_the_real_node(
         f"--set=operator.publish.s3.bucket={bucket}",
         f"--set=operator.publish.s3.region={node_s3.region}",
         f"--set=operator.publish.s3.endpointUrl={node_s3.endpoint_url}",
+        # The S3 server is on the node's (private) host address: the stage pods' endpoint (issue 11).
+        "--set-json=operator.egress.stageEndpoints="
+        + json.dumps([f"{real_node.host_ip}/32:{urllib.parse.urlsplit(node_s3.endpoint_url).port}"]),
         "--set-json=computeEnvironments=[]",
         f"--set-json=nodeSelector={json.dumps(placement['nodeSelector'])}",
         f"--set-json=tolerations={json.dumps(placement['tolerations'])}",

@@ -162,6 +162,7 @@ helm upgrade --install "$release" "$repo/helm/ocean-c2d" -n "$namespace" --skip-
   --set-string operator.publish.s3.bucket="$OUTPUT_BUCKET" \
   --set-string operator.publish.s3.region="$AWS_REGION" \
   --set-string operator.publish.s3.endpointUrl="$AWS_ENDPOINT_URL" \
+  --set-json "operator.egress.stageEndpoints=[\"$REAL_NODE_HOST_IP/32:${AWS_ENDPOINT_URL##*:}\"]" \
   --set-json "nodeSelector=$node_selector" --set-json "tolerations=$tolerations" \
   --set-json 'computeEnvironments=[]' >/dev/null
 if [ -n "$secret_before" ] && [ "$secret_before" != "$secret_after" ]; then

@@ -91,7 +91,7 @@ def test_chart_metadata_matches_the_package() -> None:
     assert chart["apiVersion"] == "v2"
     assert chart["appVersion"] == package.group(1)
     assert chart["version"] == "0.1.0"
-    assert chart["kubeVersion"] == ">=1.28.0-0"
+    assert chart["kubeVersion"] == ">=1.30.0-0"  # the admission policy's API is v1 from 1.30
 
 
 def test_crds_are_copies_of_the_top_level_crds() -> None:
@@ -131,12 +131,26 @@ def test_deployment_is_one_locked_down_operator(scenario: str) -> None:
 def test_probes_and_ports(scenario: str) -> None:
     main = container(scenario)
     ports = {port["name"]: port["containerPort"] for port in main["ports"]}
-    assert ports == {"metrics": 8000, "health": 8080}
+    assert ports == {"metrics": 8000, "health": 8080, "signer": 8090}
     for probe in ("livenessProbe", "readinessProbe"):
         assert main[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     variables = env(scenario)
     assert variables["METRICS_PORT"]["value"] == "8000"
     assert variables["HEALTH_PORT"]["value"] == "8080"
+    assert variables["SIGNER_PORT"]["value"] == "8090"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_configure_pods_reach_the_signer_through_its_service(scenario: str) -> None:
+    docs = render(scenario)
+    [service] = [s for s in of_kind(docs, "Service") if s["metadata"]["name"].endswith("-signer")]
+    assert service["spec"]["ports"] == [
+        {"name": "signer", "port": 8090, "targetPort": "signer", "protocol": "TCP"}
+    ]
+    [deployment] = of_kind(docs, "Deployment")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert env(scenario)["SIGNER_URL"]["value"] == f"http://{name}.{namespace}.svc:8090"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -231,7 +245,7 @@ def test_monitoring_objects_only_when_enabled(scenario: str) -> None:
     assert bool(metrics.get("serviceMonitor", {}).get("enabled")) == monitored
     assert len(of_kind(docs, "ServiceMonitor")) == int(monitored)
     assert len(of_kind(docs, "PrometheusRule")) == int(monitored)
-    (service,) = of_kind(docs, "Service")
+    (service,) = [s for s in of_kind(docs, "Service") if s["metadata"]["name"].endswith("-metrics")]
     assert service["spec"]["ports"][0]["port"] == 8000
 
 
@@ -340,3 +354,126 @@ def test_templates_config_map_and_extra_env() -> None:
 def test_schema_rejects_more_than_one_operator_and_bad_variable_names(setting: str) -> None:
     result = helm("template", "c2d", str(CHART), "--set", setting)
     assert result.returncode != 0
+
+
+def render_with(*settings: str) -> tuple[dict[str, Any], ...]:
+    result = helm("template", "c2d", str(CHART), "--namespace", NAMESPACE, *settings)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_workflows_pods_get_the_charts_token_less_accounts(scenario: str) -> None:
+    """Issue 11 C16, E20: with one watched namespace the chart creates the stage pods' account and the
+    algorithm's (no token, no annotations, so no cloud identity) there and tells the operator their
+    names; with all namespaces it creates none and the pods use each namespace's "default"."""
+    cluster_wide = scenario_values(scenario).get("operator", {}).get("watchNamespace") == "*"
+    variables = env(scenario)
+    accounts = {doc["metadata"]["name"]: doc for doc in of_kind(render(scenario), "ServiceAccount")}
+    operator = deployment(scenario)["spec"]["template"]["spec"]["serviceAccountName"]
+    job_accounts = {name: doc for name, doc in accounts.items() if name != operator}
+    if cluster_wide:
+        assert job_accounts == {}
+        assert (
+            variables["SERVICE_ACCOUNT"]["value"]
+            == variables["ALGORITHM_SERVICE_ACCOUNT"]["value"]
+            == "default"
+        )
+        return
+    stage, algorithm = "c2d-ocean-c2d-stage", "c2d-ocean-c2d-algorithm"
+    assert (variables["SERVICE_ACCOUNT"]["value"], variables["ALGORITHM_SERVICE_ACCOUNT"]["value"]) == (
+        stage,
+        algorithm,
+    )
+    assert set(job_accounts) == {stage, algorithm}
+    watched = variables["WATCH_NAMESPACE"]["value"]
+    for account in job_accounts.values():
+        assert account["automountServiceAccountToken"] is False
+        assert account["metadata"]["namespace"] == watched
+    assert "annotations" not in job_accounts[algorithm]["metadata"]
+
+
+def test_a_workload_identity_goes_on_the_stage_account_only() -> None:
+    docs = render_with(
+        "--set", "jobServiceAccounts.stage.annotations.eks\\.amazonaws\\.com/role-arn=arn:role"
+    )
+    accounts = {doc["metadata"]["name"]: doc["metadata"] for doc in of_kind(docs, "ServiceAccount")}
+    assert accounts["c2d-ocean-c2d-stage"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:role"}
+    assert "annotations" not in accounts["c2d-ocean-c2d-algorithm"]
+
+
+def test_the_algorithm_pull_secret_and_user_namespaces_reach_the_operator() -> None:
+    docs = render_with(
+        "--set", "operator.pullSecretForJobs=stage-regcred",
+        "--set", "operator.algorithmPullSecret=algorithm-regcred",
+        "--set", "operator.userNamespaces=true",
+    )  # fmt: skip
+    (found,) = of_kind(docs, "Deployment")
+    (operator,) = found["spec"]["template"]["spec"]["containers"]
+    variables = {e["name"]: e.get("value") for e in operator["env"]}
+    assert variables["PULL_SECRET"] == "stage-regcred"
+    assert variables["ALGORITHM_PULL_SECRET"] == "algorithm-regcred"
+    assert variables["USER_NAMESPACES"] == "true"
+    assert "USER_NAMESPACES" not in {e["name"] for e in container("default-values.yaml")["env"]}
+
+
+def test_the_algorithm_may_not_share_the_stage_account() -> None:
+    same = ("--set", "jobServiceAccounts.stage.name=jobs", "--set", "jobServiceAccounts.algorithm.name=jobs")
+    result = helm("template", "c2d", str(CHART), *same)
+    assert result.returncode != 0
+    assert "the algorithm's account must differ" in result.stderr
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_admission_policy_binds_the_operator_to_its_labels_and_accounts(scenario: str) -> None:
+    """Issue 11 E20 (e2e/test_chart_install.py proves it on a cluster): the policy matches the operator's
+    ServiceAccount only, every kind RBAC lets it write, and allows exactly the job accounts it is given."""
+    docs = render(scenario)
+    (policy,) = of_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = of_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert NAMESPACE in policy["metadata"]["name"]  # cluster-scoped: one per release namespace
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    operator = deployment(scenario)["spec"]["template"]["spec"]["serviceAccountName"]
+    (condition,) = spec["matchConditions"]
+    assert (
+        condition["expression"]
+        == f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:{operator}"'
+    )
+    matched = {r for rule in spec["matchConstraints"]["resourceRules"] for r in rule["resources"]}
+    (role,) = of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
+    written = {
+        resource
+        for rule in role["rules"]
+        if {"create", "patch", "delete"} & set(rule["verbs"])
+        for resource in rule["resources"]
+        if rule["apiGroups"] != ["oceanprotocol.com"] and resource != "events"
+    }
+    assert matched == written
+    expressions = " ".join(v["expression"] for v in spec["validations"])
+    variables = env(scenario)
+    accounts = {variables["SERVICE_ACCOUNT"]["value"], variables["ALGORITHM_SERVICE_ACCOUNT"]["value"]}
+    for account in accounts:
+        assert f'"{account}"' in expressions, account
+    assert "'app.kubernetes.io/managed-by'] == 'ocean-c2d'" in expressions
+    assert "automountServiceAccountToken == false" in expressions
+
+
+def test_the_admission_policy_can_be_left_out() -> None:
+    docs = render_with("--set", "admissionPolicy.enabled=false")
+    assert (
+        of_kind(docs, "ValidatingAdmissionPolicy") == of_kind(docs, "ValidatingAdmissionPolicyBinding") == []
+    )
+
+
+def test_the_watched_namespace_is_created_for_pod_security_restricted_only_when_asked() -> None:
+    """Issue 11 E21: Helm cannot label a namespace it does not own; asked, it creates the watched one."""
+    asked = ("--set", "podSecurity.createNamespace=true")
+    (namespace,) = of_kind(render_with(*asked, "--set", "operator.watchNamespace=c2d-jobs"), "Namespace")
+    assert namespace["metadata"]["name"] == "c2d-jobs"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert namespace["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert of_kind(render_with(*asked), "Namespace") == []  # the release's own: Helm does not own it
+    assert of_kind(render_with(*asked, "--set", "operator.watchNamespace=*"), "Namespace") == []
+    assert of_kind(render_with("--set", "operator.watchNamespace=c2d-jobs"), "Namespace") == []

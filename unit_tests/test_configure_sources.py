@@ -17,8 +17,7 @@ import pytest
 
 from e2e.services import new_bucket
 from ocean_c2d.steps.configure import run_configure
-from ocean_c2d.steps.sources import NonceSource
-from unit_tests.factories import JOB_ID, OPERATOR_ADDRESS, OPERATOR_KEY_HEX
+from unit_tests.factories import JOB_ID, OPERATOR_ADDRESS
 
 if TYPE_CHECKING:
     from e2e.services import IPFSNode, S3Server
@@ -50,7 +49,6 @@ def make_job(root: Path, inputs: list[dict[str, Any]], ipfs: IPFSNode, s3: S3Ser
         ],
     }
     (root / "workflow.json").write_text(json.dumps(document))
-    (root / "key").write_text(OPERATOR_KEY_HEX + "\n")
     (root / "data").mkdir()
     return {
         "WORKFLOW": str(root / "workflow.json"),
@@ -58,7 +56,6 @@ def make_job(root: Path, inputs: list[dict[str, Any]], ipfs: IPFSNode, s3: S3Ser
         "VOLUME": str(root / "data"),
         "INPUTS": str(root / "data" / "inputs"),
         "TRANSFORMATIONS": str(root / "data" / "transformations"),
-        "PRIVATE_KEY_FILE": str(root / "key"),
         "IPFS_API": ipfs.api_url,
         "AWS_ENDPOINT_URL": s3.endpoint_url,
         "AWS_ACCESS_KEY_ID": s3.access_key,
@@ -100,7 +97,7 @@ async def test_ipfs_and_s3_inputs_land_in_the_volume(
     ]
     env = make_job(tmp_path, inputs, ipfs_api, s3_server)
     termination = tmp_path / "termination-log"
-    code = await run_configure(env, http, termination_log=termination, sleep=NoSleep(), nonces=NonceSource())
+    code = await run_configure(env, http, termination_log=termination, sleep=NoSleep())
     message = json.loads(termination.read_text())
     assert code == 0, message
     assert message["status"] == "Provisioned"
@@ -131,7 +128,7 @@ async def test_missing_s3_key_fails_with_31_naming_the_input(
     termination = tmp_path / "termination-log"
     sleep = NoSleep()
 
-    code = await run_configure(env, http, termination_log=termination, sleep=sleep, nonces=NonceSource())
+    code = await run_configure(env, http, termination_log=termination, sleep=sleep)
 
     assert code == 31
     message = json.loads(termination.read_text())

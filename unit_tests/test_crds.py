@@ -265,3 +265,66 @@ def test_the_frozen_spec_rule_names_every_spec_field_but_stop() -> None:
     fields = set(schema["properties"]["spec"]["properties"])
     compared = {f for f in fields if f"self.spec.{f} == oldSelf.spec.{f}" in rule["rule"]}
     assert compared == fields - {"stop"}
+
+
+# What a Workflow author writes is bounded field by field, so no field can make one Workflow cost the
+# operator more than the chosen maximum (issue 11, D18). The free-form objects' nested content is out of
+# OpenAPI's and CEL's reach (CEL sees no field of an x-kubernetes-preserve-unknown-fields object): the API
+# server's object size limit bounds it, and the operator's view keeps it as text (view.compact_workflow).
+def user_fields() -> list[tuple[str, dict[str, Any]]]:
+    spec = node_at(root_schema("workflows.yaml"), ".spec")
+    assert spec is not None
+    return list(walk(spec, "spec"))
+
+
+def unbounded(path: str, node: dict[str, Any]) -> str | None:
+    """Why `node` lets a Workflow author write an unbounded amount, if it does."""
+    kind = node.get("type")
+    if kind == "string" and "maxLength" not in node and "enum" not in node:
+        return f"{path}: a string without maxLength"
+    if kind == "array" and "maxItems" not in node:
+        return f"{path}: an array without maxItems"
+    if kind == "object" and node.get("x-kubernetes-preserve-unknown-fields") and "maxProperties" not in node:
+        return f"{path}: a free-form object without maxProperties"
+    if kind == "object" and node.get("additionalProperties") and "maxProperties" not in node:
+        return f"{path}: a map without maxProperties"
+    return None
+
+
+def test_every_field_a_workflow_author_writes_is_bounded() -> None:
+    fields = user_fields()
+    assert {path for path, _ in fields} >= {
+        "spec.inputs",
+        "spec.algorithm.rawCode",
+        *FREE_FORM["workflows.yaml"],
+    }
+    assert [why for path, node in fields if (why := unbounded(path, node))] == []
+
+
+def test_the_bound_check_catches_what_it_should() -> None:
+    """The check above must be able to fail: a field stripped of its bound is reported."""
+    assert unbounded("s", {"type": "string"}) is not None
+    assert unbounded("a", {"type": "array", "items": {"type": "string", "maxLength": 1}}) is not None
+    assert unbounded("o", {"type": "object", "x-kubernetes-preserve-unknown-fields": True}) is not None
+    assert unbounded("m", {"type": "object", "additionalProperties": {"type": "string"}}) is not None
+    assert unbounded("e", {"type": "string", "enum": ["a"]}) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "bound", "value"),
+    [
+        # Ocean identifiers have one length; a bound above it would only hide a wrong pattern.
+        (".spec.owner", "maxLength", 42),
+        (".spec.inputs", "maxItems", 64),
+        (".spec.algorithm.did", "maxLength", len("did:op:" + "0" * 64)),
+        (".spec.algorithm.container.checksum", "maxLength", len("sha256:" + "0" * 64)),
+        # Far above what Ocean clients send (recorded: rawcode 15 characters, userdata 0 or 1 keys).
+        (".spec.algorithm.rawCode", "maxLength", 256 * 1024),
+        (".spec.algorithm.customData", "maxProperties", 256),
+        (".spec.algorithm.userData", "maxProperties", 256),
+    ],
+)
+def test_workflow_bounds(path: str, bound: str, value: int) -> None:
+    node = node_at(root_schema("workflows.yaml"), path)
+    assert node is not None
+    assert node[bound] == value

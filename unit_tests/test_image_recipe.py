@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import tarfile
 from pathlib import Path
@@ -124,8 +125,9 @@ def mismatches(dockerfile: str, recipe: dict[str, Any]) -> list[str]:
             problems.append(f"{what}: Dockerfile {dockerfile_value!r}, recipe {recipe_value!r}")
 
     for stage in (build, final):
-        base = arguments(stage, "FROM")[0].split()[0]
+        base, _, digest = arguments(stage, "FROM")[0].split()[0].partition("@")
         differ("FROM", base, f"python:{recipe['base']['python']}-slim")
+        differ("FROM pinned by digest", bool(re.fullmatch("sha256:[0-9a-f]{64}", digest)), True)
     differ("ENTRYPOINT", exec_form(final, "ENTRYPOINT"), config.get("Entrypoint"))
     differ("CMD", exec_form(final, "CMD"), config.get("Cmd"))
     differ("USER", last(arguments(final, "USER")), config.get("User"))
@@ -144,9 +146,14 @@ def mismatches(dockerfile: str, recipe: dict[str, Any]) -> list[str]:
     differ(
         "the image runs as the added user", config["User"].split(":")[0], option(project["useradd"], "--uid")
     )
-    pip_wheel = command(build, "pip", "wheel")
-    differ("pip wheel --constraint", option(pip_wheel, "--constraint"), project["constraint"])
-    differ("pip wheel of the project", pip_wheel[-1], ".")
+    dependencies = command(build, "pip", "wheel", "--no-cache-dir", "--require-hashes")
+    differ("pip wheel --requirement", option(dependencies, "--requirement"), project["constraint"])
+    differ("pip wheel --no-deps of the dependencies", "--no-deps" in dependencies, True)
+    project_wheel = [c for c in shell_commands(build) if c[:2] == ["pip", "wheel"] and c != dependencies]
+    differ("pip wheel of the project", [c[-1] for c in project_wheel], ["."])
+    differ(
+        "pip wheel of the project without dependencies", all("--no-deps" in c for c in project_wheel), True
+    )
     pins = [w for w in command(build, "pip", "install") if w.startswith("pip==")]
     differ("the build stage's pip", pins, [f"pip=={project['pip']}"])
     installs = command(final, "pip", "install")
@@ -167,8 +174,14 @@ def test_the_recipe_builds_the_dockerfiles_image() -> None:
         ("PYTHONUNBUFFERED=1", "PYTHONUNBUFFERED=1 \\\n    TZ=UTC", "ENV"),
         ("COPY crds /opt/ocean-c2d/crds", "COPY crds /opt/crds", "COPY into the final stage"),
         ("useradd --uid 10001", "useradd --uid 10005", "useradd"),
-        ("--constraint requirements.lock", "--constraint other.lock", "pip wheel --constraint"),
-        ("FROM python:3.11-slim\n", "FROM python:3.12-slim\n", "FROM"),
+        ("--requirement requirements.lock", "--requirement other.lock", "pip wheel --requirement"),
+        ("FROM python:3.11-slim@", "FROM python:3.12-slim@", "FROM"),
+        (
+            "-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7\n",
+            "-slim\n",
+            "FROM pinned",
+        ),
+        ("--no-deps --wheel-dir /wheels .", "--wheel-dir /wheels .", "pip wheel of the project without"),
         (
             "COPY operator ./operator",
             "COPY operator ./operator\nCOPY samples ./samples",

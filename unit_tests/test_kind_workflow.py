@@ -92,3 +92,15 @@ def test_the_taint_key_is_the_fixtures() -> None:
     from e2e.operator_handle import OPERATOR_NODE_TAINT
 
     assert f"taint={OPERATOR_NODE_TAINT}  #" in (KIND / "run.sh").read_text()
+
+
+def test_every_action_is_pinned_by_commit() -> None:
+    """Issue 11 E22: a tag (`@v4`) can be moved to other code; a full commit SHA cannot."""
+    workflow: dict[str, Any] = yaml.safe_load(WORKFLOW.read_text())
+    uses = [step["uses"] for job in workflow["jobs"].values() for step in job["steps"] if "uses" in step]
+    assert uses
+    for action in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", action), action
+    for line in WORKFLOW.read_text().splitlines():
+        if "uses:" in line:
+            assert re.search(r"@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), f"name the release: {line}"

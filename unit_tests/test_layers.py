@@ -24,6 +24,7 @@ import pytest
 PACKAGE = "ocean_c2d"
 # Pure: (inputs) -> outputs, no I/O. What they may import of this package: pure modules only.
 PURE = {
+    "ocean_c2d.addresses",
     "ocean_c2d.changes",
     "ocean_c2d.environments",
     "ocean_c2d.identity",
@@ -32,6 +33,7 @@ PURE = {
     "ocean_c2d.reconcile",
     "ocean_c2d.render",
     "ocean_c2d.resilience",
+    "ocean_c2d.retention",
     "ocean_c2d.settings",
     "ocean_c2d.signing",
     "ocean_c2d.stages",
@@ -52,13 +54,17 @@ SHELL = {
     "ocean_c2d.metrics",
     "ocean_c2d.notify",
     "ocean_c2d.runner",
+    "ocean_c2d.signer",
     "ocean_c2d.view",
     "ocean_c2d.workqueue",
     "ocean_c2d.steps",
     "ocean_c2d.steps.configure",
+    "ocean_c2d.steps.egress",
     "ocean_c2d.steps.filter",
     "ocean_c2d.steps.isolation",
+    "ocean_c2d.steps.judged",
     "ocean_c2d.steps.publish",
+    "ocean_c2d.steps.signer_client",
     "ocean_c2d.steps.sources",
     "ocean_c2d.steps.streaming",
     "ocean_c2d.storage",
@@ -77,6 +83,7 @@ RUNTIME = {
     "ocean_c2d.runner",
     "ocean_c2d.k8s",
     "ocean_c2d.reconcile",
+    "ocean_c2d.signer",
     "kopf",
     "kr8s",
 }

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from ocean_c2d import retention
 from ocean_c2d.changes import changes
 from ocean_c2d.model import (
     Admission,
@@ -148,6 +149,7 @@ def test_admission_creates_the_base_children_and_the_configure_job() -> None:
         ("ConfigMap", "job1"),
         ("Job", "job1-configure-job"),
         ("NetworkPolicy", "job1-isolation"),
+        ("NetworkPolicy", "job1-stage-egress"),
         ("PersistentVolumeClaim", "job1-data"),
         ("Secret", "job1-secret"),
     ]
@@ -338,6 +340,29 @@ def test_a_blocking_filter_withholds_outputs_and_ends_51() -> None:
         for e in world.last_job_manifest["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert publish_env["PUBLISH_OUTPUTS"] == "false"
+
+
+def test_the_filters_manifest_hash_is_recorded_and_given_to_publish() -> None:
+    world = World(environment=FILTERING)
+    sha = "0123456789abcdef" * 4
+    passed = json.dumps({"verdict": "Pass", "reasons": [], "manifestSha256": sha})
+    world.run_to_end(filter={"termination_message": passed})
+
+    assert world.status["filter"] == {"verdict": "Pass", "reasons": [], "manifestSha256": sha}
+    publish_env = publish_env_of(world)
+    assert (publish_env["PUBLISH_MANIFEST"], publish_env["PUBLISH_MANIFEST_SHA256"]) == ("required", sha)
+    assert publish_env["PUBLISH_MAX_BYTES"] == str(FILTERING.publish_byte_cap)
+
+
+def test_a_pass_without_a_hash_still_requires_the_manifest_file_and_no_filter_requires_none() -> None:
+    custom = World(settings=dataclasses.replace(SETTINGS, filtering_container="filter:1"))
+    custom.run_to_end(filter={"termination_message": "anything the custom filter says"})
+    assert custom.status["filter"] == {"verdict": "Pass", "reasons": []}
+    assert publish_env_of(custom)["PUBLISH_MANIFEST"] == "required"
+    assert "PUBLISH_MANIFEST_SHA256" not in publish_env_of(custom)
+    unfiltered = World()
+    unfiltered.run_to_end()
+    assert "PUBLISH_MANIFEST" not in publish_env_of(unfiltered)
 
 
 def test_a_crashing_filter_fails_closed() -> None:
@@ -576,11 +601,13 @@ def test_a_checksum_pins_the_image_by_digest() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"python@{digest}"
 
 
-def test_network_policy_only_when_the_environment_denies_network() -> None:
+def test_an_open_environment_still_gets_a_network_policy_with_public_egress_only() -> None:
     open_environment = dataclasses.replace(ENVIRONMENT, allow_network=True)
-    kinds = {m["kind"] for m in World(environment=open_environment).reconcile().desired}
-    assert "NetworkPolicy" not in kinds
-    policy = next(m for m in World().reconcile().desired if m["kind"] == "NetworkPolicy")
+    desired = World(environment=open_environment).reconcile().desired
+    policy = next(m for m in desired if m["metadata"]["name"] == "job1-isolation")
+    assert policy["spec"]["ingress"] == []
+    assert "169.254.0.0/16" in policy["spec"]["egress"][0]["to"][0]["ipBlock"]["except"]
+    policy = next(m for m in World().reconcile().desired if m["metadata"]["name"] == "job1-isolation")
     assert policy["spec"]["egress"] == []
     assert policy["spec"]["ingress"] == []
     assert policy["spec"]["podSelector"] == {
@@ -628,7 +655,7 @@ def test_the_configure_step_saying_which_input_failed_reaches_the_status() -> No
     assert "input 1 (https://example.org/a.csv): HTTP 404" in world.status["message"]
 
 
-def test_results_expire_once_the_last_of_them_is_due() -> None:
+def test_results_expire_by_their_record_once_the_last_of_them_is_due() -> None:
     world = World()
     expires = int((T0 + timedelta(hours=2)).timestamp())
     results = [
@@ -650,16 +677,20 @@ def test_results_expire_once_the_last_of_them_is_due() -> None:
     world.run_to_end(publish={"termination_message": json.dumps({"results": results})})
     assert world.status["results"][0]["expiresAt"] == expires
 
-    early = world.plan()
-    assert early.expire_results == ()
-    assert early.requeue_after == pytest.approx(expires - world.now.timestamp())
-
-    world.now = T0 + timedelta(hours=3)
-    due = world.plan()
-    assert due.expire_results == ("ipfs://cid1/out.csv", "ipfs://cid2/algorithm.log")
-
+    # The Workflow plans no wake-up for them (it may be deleted first): its results record does.
+    assert world.plan().requeue_after is None
+    stores = retention.ResultStores(ipfs_prefix="ipfs://")
+    finished = Workflow.from_object(world.obj)
+    record = retention.wanted_record(finished, finished.status, stores)
+    assert record is not None
+    assert (record.state, record.expires_at, record.cids) == (
+        retention.State.PUBLISHED,
+        expires,
+        ("cid1", "cid2"),
+    )
     world.obj["status"]["resultsExpiredAt"] = "2026-01-01T15:00:00Z"
-    assert world.plan().expire_results == ()
+    ended = Workflow.from_object(world.obj)
+    assert retention.wanted_record(ended, ended.status, stores) is None
 
 
 # ---- permanent failures: InvalidSpec (code 90) ----------------------------------------------------------

@@ -332,6 +332,9 @@ def test_secrets_are_not_in_repr() -> None:
         ("METRICS_PORT", "65536"),
         ("HEALTH_PORT", "http"),
         ("HEALTH_PORT", "8000"),
+        ("SIGNER_PORT", "8000"),
+        ("SIGNER_PORT", "0"),
+        ("SIGNER_URL", "signer:8090"),
     ],
 )
 def test_invalid_value_names_the_variable(name: str, value: str) -> None:
@@ -474,3 +477,110 @@ def test_the_isolation_check_settings() -> None:
     error = load_error({**BASE, "ISOLATION_PROBE_ADDRESS": "10.96.0.1", "ISOLATION_TIMEOUT_SECONDS": "0"})
     assert "ISOLATION_PROBE_ADDRESS: expected host:port" in str(error)
     assert "ISOLATION_TIMEOUT_SECONDS" in str(error)
+
+
+def test_the_algorithm_pod_has_its_own_account_and_pull_secret() -> None:
+    default = load().plan_settings().template_values
+    assert (default.algorithm_service_account, default.algorithm_pull_secret) == ("default", None)
+    values = (
+        load(
+            SERVICE_ACCOUNT="c2d-stage",
+            PULL_SECRET="stage-regcred",
+            ALGORITHM_SERVICE_ACCOUNT="c2d-algorithm",
+            ALGORITHM_PULL_SECRET="algorithm-regcred",
+        )
+        .plan_settings()
+        .template_values
+    )
+    assert (values.service_account, values.pull_secret) == ("c2d-stage", "stage-regcred")
+    assert (values.algorithm_service_account, values.algorithm_pull_secret) == (
+        "c2d-algorithm",
+        "algorithm-regcred",
+    )
+    # Unset, the algorithm falls back to the namespace's `default` account, not to SERVICE_ACCOUNT.
+    assert load(SERVICE_ACCOUNT="c2d-stage").algorithm_service_account == "default"
+
+
+def test_the_algorithm_may_not_share_the_stage_account() -> None:
+    error = load_error({**BASE, "SERVICE_ACCOUNT": "c2d-stage", "ALGORITHM_SERVICE_ACCOUNT": "c2d-stage"})
+    assert "ALGORITHM_SERVICE_ACCOUNT: must differ from SERVICE_ACCOUNT" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("", False), ("false", False), ("true", True), ("TRUE", True)]
+)
+def test_user_namespaces_is_a_boolean(value: str, expected: bool) -> None:
+    settings = load(USER_NAMESPACES=value)
+    assert settings.user_namespaces is expected
+    assert settings.plan_settings().template_values.user_namespaces is expected
+
+
+def test_user_namespaces_rejects_other_values() -> None:
+    assert "USER_NAMESPACES: expected one of true, false" in str(load_error({**BASE, "USER_NAMESPACES": "1"}))
+
+
+def test_the_signer_listens_where_configured_and_its_url_reaches_the_configure_jobs() -> None:
+    default = load()
+    assert (default.signer_host, default.signer_port, default.signer_url) == ("0.0.0.0", 8090, None)
+    assert default.plan_settings().template_values.signer_url == ""
+    url = "http://ocean-c2d-signer.c2d.svc:9000"
+    settings = load(SIGNER_HOST="10.0.0.5", SIGNER_PORT="9000", SIGNER_URL=url)
+    assert (settings.signer_host, settings.signer_port, settings.signer_url) == ("10.0.0.5", 9000, url)
+    assert settings.plan_settings().template_values.signer_url == url
+
+
+def test_egress_defaults_allow_nothing_private_and_no_service() -> None:
+    """Issue 11 (C11, C12): by default no private address is allowed, no service is listed, and the
+    public-internet except lists hold the metadata service's link-local range."""
+    egress = load().egress
+    assert (egress.allow_cidrs, egress.cluster_cidrs, egress.stage_endpoints) == ((), (), ())
+    assert (egress.allowed_metadata_caches, egress.allowed_providers) == ((), ())
+    assert "169.254.0.0/16" in egress.public_except_v4
+    assert "fe80::/10" in egress.public_except_v6
+
+
+def test_egress_settings_are_parsed_and_reach_the_templates() -> None:
+    settings = load(
+        EGRESS_ALLOW_CIDRS="10.250.0.1, 127.0.0.2/32",
+        CLUSTER_CIDRS="10.244.0.0/16,34.118.224.0/20",
+        STAGE_EGRESS_ENDPOINTS="10.96.0.20/32:9000",
+        SIGNER_URL="http://10.250.0.1:8090",
+        ALLOWED_METADATA_CACHES="https://aquarius.example",
+        ALLOWED_PROVIDERS="https://provider.example/api,http://127.0.0.2:8030",
+    )
+    egress = settings.egress
+    assert egress.allow_cidrs == ("10.250.0.1/32", "127.0.0.2/32")
+    assert [(e.cidr, e.port) for e in egress.stage_endpoints] == [
+        ("10.96.0.20/32", 9000),
+        ("10.250.0.1/32", 8090),
+    ]
+    assert "34.118.224.0/20" in egress.public_except_v4  # a public cluster range is excepted too
+    assert egress.allowed_providers == ("https://provider.example/api", "http://127.0.0.2:8030")
+    assert settings.plan_settings().template_values.egress == egress
+
+
+def test_the_signer_pod_selector_names_namespace_and_labels() -> None:
+    egress = load(
+        SIGNER_POD_SELECTOR="c2d:app.kubernetes.io/name=ocean-c2d,app.kubernetes.io/instance=r"
+    ).egress
+    assert egress.signer_namespace == "c2d"
+    assert egress.signer_labels == (
+        ("app.kubernetes.io/name", "ocean-c2d"),
+        ("app.kubernetes.io/instance", "r"),
+    )
+    assert egress.signer_port == 8090
+    assert "SIGNER_POD_SELECTOR" in str(load_error({**BASE, "SIGNER_POD_SELECTOR": "no-labels"}))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("EGRESS_ALLOW_CIDRS", "10.0.0.1/8"),
+        ("CLUSTER_CIDRS", "not-a-cidr"),
+        ("STAGE_EGRESS_ENDPOINTS", "10.96.0.20/32"),
+        ("ALLOWED_PROVIDERS", "ftp://provider.example"),
+        ("ALLOWED_METADATA_CACHES", "https://user@aquarius.example"),
+    ],
+)
+def test_bad_egress_values_name_their_variable(name: str, value: str) -> None:
+    assert name in str(load_error({**BASE, name: value}))

@@ -30,11 +30,13 @@ from ocean_c2d.render import (
     Templates,
     pod_affinity,
 )
+from ocean_c2d.settings import load_settings
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 TEMPLATES = Templates()
 JOB_SECRET = "job-secret-value"
+SIGNER_TOKEN = "signer-token-value"
 DEADLINE = 600
 NAME = "0123456789abcdef0123456789abcdef"
 NAMESPACE = "ocean-c2d"
@@ -49,7 +51,10 @@ CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IPFS_API_KEY")
 
 BASE_VALUES: dict[str, Any] = {
     "service_account": "ocean-c2d-jobs",
+    "algorithm_service_account": "ocean-c2d-algorithm",
     "pull_secret": None,
+    "algorithm_pull_secret": None,
+    "user_namespaces": False,
     "node_selector_scope": None,
     "pull_policy": "IfNotPresent",
     "configure_image": "ghcr.io/example/ocean-c2d:0.1.0",
@@ -58,6 +63,7 @@ BASE_VALUES: dict[str, Any] = {
     "storage_class": "",
     "publish_env": {},
     "isolation_probe_address": None,
+    "signer_url": "http://ocean-c2d-signer.ocean-c2d.svc:8090",
     "isolation_timeout": 60,
 }
 
@@ -156,6 +162,7 @@ GPU = Scenario(
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "allowNetwork": True,
             "storageClassName": "fast-ssd",
+            "runtimeClassName": "gvisor",
             "filter": {"enabled": True, "maxOutputBytes": 1048576, "forbiddenExtensions": [".csv"]},
         },
     },
@@ -165,6 +172,8 @@ GPU = Scenario(
             **{
                 **BASE_VALUES,
                 "pull_secret": "regcred",
+                "algorithm_pull_secret": "algorithm-regcred",
+                "user_namespaces": True,
                 "node_selector_scope": "c2d",
                 "pull_policy": "Always",
                 "storage_class": "standard",
@@ -174,6 +183,18 @@ GPU = Scenario(
                     "IPFS_OUTPUT": "http://ipfs:5001",
                     "IPFS_EXPIRY_TIME": 3600,
                 },
+                # The operator's egress settings (issue 11, C11/C12), as settings.py builds them.
+                "egress": load_settings(
+                    {
+                        "OCEAN_C2D_DEV_MODE": "1",
+                        "EGRESS_ALLOW_CIDRS": "203.0.113.7/32",
+                        "CLUSTER_CIDRS": "10.96.0.0/12,fd00:10:96::/112",
+                        "STAGE_EGRESS_ENDPOINTS": "10.96.0.20/32:9000",
+                        "SIGNER_URL": "http://10.96.0.30:8090",
+                        "ALLOWED_METADATA_CACHES": "https://meta.example.com",
+                        "ALLOWED_PROVIDERS": "https://provider.example.com,https://p2.example.com/api",
+                    }
+                ).egress,
             }
         ),
     ),
@@ -190,6 +211,7 @@ def inputs(scenario: Scenario) -> TemplateInputs:
         scenario.settings.template_values,
         scenario.settings.filtering_container,
         JOB_SECRET,
+        SIGNER_TOKEN,
     )
 
 
@@ -198,10 +220,22 @@ def context(scenario: Scenario, templates: Templates = TEMPLATES) -> dict[str, A
 
 
 def render_job(
-    stage: str, values: dict[str, Any], publish_outputs: bool = True, templates: Templates = TEMPLATES
+    stage: str,
+    values: dict[str, Any],
+    publish_outputs: bool = True,
+    templates: Templates = TEMPLATES,
+    manifest_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """A stage's Job from a context of `context()` (which a test may have changed)."""
-    job_values = {**values, "stage": stage, "deadline": DEADLINE, "publish_outputs": publish_outputs}
+    """A stage's Job from a context of `context()` (which a test may have changed); `manifest_sha256`:
+    after the built-in filter's Pass."""
+    job_values = {
+        **values,
+        "stage": stage,
+        "deadline": DEADLINE,
+        "publish_outputs": publish_outputs,
+        "manifest_required": manifest_sha256 is not None,
+        "manifest_sha256": manifest_sha256 or "",
+    }
     manifest = templates.render(JOB_TEMPLATES[stage], job_values)
     assert manifest is not None
     return manifest
@@ -300,12 +334,35 @@ def test_rendering_is_deterministic() -> None:
 def test_the_job_secret_is_only_in_the_secret(scenario: str) -> None:
     for manifest in manifests(scenario):
         if manifest["kind"] == "Secret":
-            assert manifest["stringData"] == {"secret": JOB_SECRET}
+            assert manifest["stringData"] == {"secret": JOB_SECRET, "signer-token": SIGNER_TOKEN}
             assert "data" not in manifest
             rest = {k: v for k, v in manifest.items() if k != "stringData"}
             assert JOB_SECRET not in dump(rest)
         else:
             assert JOB_SECRET not in dump(manifest), f"{manifest['kind']} {manifest['metadata']['name']}"
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_only_the_configure_pod_reads_the_signer_token_and_no_pod_holds_the_key(scenario: str) -> None:
+    """Issue 11 C13: the configure pod asks the operator's signer with its Workflow's token; it mounts no
+    key, and no other pod (the algorithm's above all) can read the token."""
+    for manifest in manifests(scenario):
+        if manifest["kind"] != "Secret":
+            assert SIGNER_TOKEN not in dump(manifest), f"{manifest['kind']} {manifest['metadata']['name']}"
+    configure = only_container(job(scenario, "configure"))
+    variables = env(configure)
+    assert variables["SIGNER_TOKEN"] == {
+        "name": "SIGNER_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": f"{NAME}-secret", "key": "signer-token", "optional": True}},
+    }
+    assert variables["SIGNER_URL"]["value"] == BASE_VALUES["signer_url"]
+    assert variables["WORKFLOW_NAMESPACE"]["value"] == NAMESPACE
+    assert "PRIVATE_KEY_FILE" not in variables
+    assert [v["name"] for v in pod_spec(job(scenario, "configure"))["volumes"]] == ["data", "workflow", "tmp"]
+    for manifest in jobs(scenario):
+        assert "operator-private-key" not in dump(manifest), manifest["metadata"]["name"]
+        if manifest["metadata"]["labels"]["component"] != "configure":
+            assert "signer-token" not in dump(manifest), manifest["metadata"]["name"]
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -321,32 +378,23 @@ def test_the_stage_pods_read_the_job_secret_by_secret_key_ref(scenario: str) -> 
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_the_configure_job_gets_the_operator_key_only_as_a_mounted_file(scenario: str) -> None:
+def test_the_configure_job_reads_secrets_only_by_reference_and_no_key(scenario: str) -> None:
     manifest = job(scenario, "configure")
     container = only_container(manifest)
     variables = env(container)
     assert "envFrom" not in container
-    assert variables["PRIVATE_KEY_FILE"] == {
-        "name": "PRIVATE_KEY_FILE",
-        "value": "/var/run/ocean-c2d/credentials/operator-private-key",
-    }
     # The only Secret values by reference: the s3:// input credentials, under keys of their own (never the
-    # publish step's writer keys), mapped to the names boto3 reads.
+    # publish step's writer keys), mapped to the names boto3 reads, and the signer token; no key file.
     by_reference = {name: v["valueFrom"] for name, v in variables.items() if "valueFrom" in v}
     assert by_reference == {
-        name: {"secretKeyRef": {"name": CREDENTIALS, "key": f"INPUTS_{name}", "optional": True}}
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-    }
-    [credentials] = [v for v in pod_spec(manifest)["volumes"] if v["name"] == "credentials"]
-    assert credentials == {
-        "name": "credentials",
-        "secret": {
-            "secretName": CREDENTIALS,
-            "items": [{"key": "operator-private-key", "path": "operator-private-key"}],
+        **{
+            name: {"secretKeyRef": {"name": CREDENTIALS, "key": f"INPUTS_{name}", "optional": True}}
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
         },
+        "SIGNER_TOKEN": {"secretKeyRef": {"name": f"{NAME}-secret", "key": "signer-token", "optional": True}},
     }
-    [mount] = [m for m in container["volumeMounts"] if m["name"] == "credentials"]
-    assert mount == {"name": "credentials", "mountPath": "/var/run/ocean-c2d/credentials", "readOnly": True}
+    assert not [v for v in pod_spec(manifest)["volumes"] if "secret" in v]
+    assert not [m for m in container["volumeMounts"] if m["name"] == "credentials"]
     # No other stage sees the credentials Secret at all, neither mounted nor by reference.
     for stage in ("algorithm", "filter"):
         assert CREDENTIALS not in dump(job(scenario, stage))
@@ -402,7 +450,8 @@ def test_every_pod_has_no_service_account_token(scenario: str) -> None:
     for manifest in jobs(scenario):
         spec = pod_spec(manifest)
         assert spec["automountServiceAccountToken"] is False, manifest["metadata"]["name"]
-        assert spec["serviceAccountName"] == "ocean-c2d-jobs"
+        third_party = manifest["metadata"]["labels"]["component"] in ("algorithm", "filter")
+        assert spec["serviceAccountName"] == ("ocean-c2d-algorithm" if third_party else "ocean-c2d-jobs")
         assert spec["restartPolicy"] == "Never"
         assert spec["enableServiceLinks"] is False
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -499,12 +548,29 @@ def test_the_cpu_pvc_uses_the_cluster_default_storage_class() -> None:
     assert "storageClassName" not in pvc["spec"]
 
 
-def test_the_gpu_environment_allows_network_so_there_is_no_network_policy() -> None:
-    assert rendered("gpu")["network-policy"] is None
+def test_the_gpu_environment_allows_network_but_only_to_public_addresses() -> None:
+    """allowNetwork (issue 11, C14): the algorithm and filter pods still get a policy, whose only egress
+    is the public internet (no link-local, private, CGNAT, cluster range) and DNS; ingress stays closed."""
+    policy = rendered("gpu")["network-policy"]
+    assert policy is not None
+    assert policy["spec"]["ingress"] == []
+    public, dns = policy["spec"]["egress"]  # no EGRESS_ALLOW_CIDRS: that is for the stage pods
+    stage_policy = rendered("gpu")["egress-policy"]
+    assert stage_policy is not None
+    stage_rules = stage_policy["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}]} in stage_rules
+    v4, v6 = (peer["ipBlock"] for peer in public["to"])
+    assert (v4["cidr"], v6["cidr"]) == ("0.0.0.0/0", "::/0")
+    for denied in ("169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"):
+        assert denied in v4["except"]
+    assert {"fe80::/10", "fc00::/7", "::/96"} <= set(v6["except"])
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
     assert [m["kind"] for m in TEMPLATES.render_base(inputs(GPU))] == [
         "ConfigMap",
         "Secret",
         "PersistentVolumeClaim",
+        "NetworkPolicy",
+        "NetworkPolicy",
     ]
 
 
@@ -526,7 +592,8 @@ def test_the_gpu_algorithm_job() -> None:
 def test_every_gpu_pod_gets_the_pull_secret_and_the_scope_affinity() -> None:
     for manifest in jobs("gpu"):
         spec = pod_spec(manifest)
-        assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+        algorithm = manifest["metadata"]["labels"]["component"] == "algorithm"
+        assert spec["imagePullSecrets"] == [{"name": "algorithm-regcred" if algorithm else "regcred"}]
         terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert terms == {
             "nodeSelectorTerms": [
@@ -541,6 +608,40 @@ def test_every_gpu_pod_gets_the_pull_secret_and_the_scope_affinity() -> None:
         ]
         if manifest["metadata"]["labels"]["component"] != "algorithm":
             assert "nvidia.com/gpu" not in only_container(manifest)["resources"]["limits"]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_algorithm_pod_has_no_token_no_stage_account_and_no_stage_pull_secret(scenario: str) -> None:
+    """Issue 11 C16: the Workflow author's code gets no identity meant for the stage pods (a workload
+    identity on SERVICE_ACCOUNT is for publish) and its image is pulled without PULL_SECRET."""
+    values = SCENARIOS[scenario].settings.template_values
+    spec = pod_spec(job(scenario, "algorithm"))
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == values.algorithm_service_account != values.service_account
+    pull_secrets = [entry["name"] for entry in spec.get("imagePullSecrets", [])]
+    assert values.pull_secret not in pull_secrets
+    assert pull_secrets == ([values.algorithm_pull_secret] if values.algorithm_pull_secret else [])
+    assert values.service_account not in dump(job(scenario, "algorithm"))
+
+
+def test_the_stage_pods_never_get_the_algorithm_pull_secret() -> None:
+    for stage in ("configure", "filter", "publish"):
+        assert "algorithm-regcred" not in dump(job("gpu", stage)), stage
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_only_third_party_pods_get_the_runtime_class_and_a_user_namespace(scenario: str) -> None:
+    """Issue 11 E21: the environment's RuntimeClass and USER_NAMESPACES (hostUsers: false) sandbox the
+    pods that run or read third-party code; the operator's own stages keep the node's default runtime."""
+    environment = Environment.from_object(SCENARIOS[scenario].environment)
+    user_namespaces = SCENARIOS[scenario].settings.template_values.user_namespaces
+    for stage in JOB_TEMPLATES:
+        spec = pod_spec(job(scenario, stage))
+        sandboxed = stage in ("algorithm", "filter")
+        expected_class = environment.runtime_class_name if sandboxed else None
+        assert spec.get("runtimeClassName") == expected_class, stage
+        assert spec.get("hostUsers", True) is not (sandboxed and user_namespaces), stage
+    assert scenario != "gpu" or environment.runtime_class_name == "gvisor"  # the GPU scenario sets both
 
 
 def test_the_gpu_filter_job_runs_the_filtering_container() -> None:
@@ -591,6 +692,20 @@ def test_the_publish_job_says_whether_outputs_are_published() -> None:
     assert env(only_container(blocked))["PUBLISH_OUTPUTS"]["value"] == "false"
     assert env(only_container(job("cpu", "publish")))["PUBLISH_OUTPUTS"]["value"] == "true"
     assert env(only_container(job("cpu", "publish")))["STORAGE_EXPIRY"]["value"] == "24"
+
+
+def test_the_publish_job_gets_the_filter_manifest_the_caps_and_no_metadata_credentials() -> None:
+    values = context(CPU)
+    passed = env(only_container(render_job("publish", values, manifest_sha256="ab" * 32)))
+    assert passed["PUBLISH_MANIFEST"]["value"] == "required"
+    assert passed["PUBLISH_MANIFEST_SHA256"]["value"] == "ab" * 32
+    unfiltered = env(only_container(job("cpu", "publish")))
+    assert "PUBLISH_MANIFEST" not in unfiltered
+    assert "PUBLISH_MANIFEST_SHA256" not in unfiltered
+    environment = values["environment"]
+    assert unfiltered["PUBLISH_MAX_BYTES"]["value"] == str(environment.publish_byte_cap)
+    assert unfiltered["PUBLISH_MAX_FILES"]["value"] == str(environment.publish_max_files)
+    assert unfiltered["AWS_EC2_METADATA_DISABLED"]["value"] == "true"
 
 
 # ---- TEMPLATES_DIR -----------------------------------------------------------------------------------
@@ -685,17 +800,45 @@ def test_a_template_with_a_syntax_error_is_named_in_the_load_error(tmp_path: Pat
         Templates(tmp_path)
 
 
-def test_algorithm_and_filter_pods_wait_for_their_isolation_unless_the_network_is_allowed() -> None:
+def test_algorithm_and_filter_pods_wait_for_their_isolation_even_when_the_network_is_allowed() -> None:
     for stage in ("algorithm", "filter"):
         [check] = pod_spec(job("cpu", stage))["initContainers"]
         assert check["name"] == "isolation-check"
         assert check["args"] == ["isolation-check"]
         assert check["image"] == BASE_VALUES["configure_image"]  # our own image, not the algorithm's
         assert env(check)["ISOLATION_TIMEOUT_SECONDS"]["value"] == "60"
-        # The gpu scenario's environment allows network: nothing to wait for.
-        assert "initContainers" not in pod_spec(job("gpu", stage))
+    # The gpu scenario's environment allows network, but not to the cluster: its pods wait too, until
+    # the API server is refused (then its filter pod records the manifest before FILTERING_CONTAINER).
+    assert [c["name"] for c in pod_spec(job("gpu", "algorithm"))["initContainers"]] == ["isolation-check"]
+    assert [c["name"] for c in pod_spec(job("gpu", "filter"))["initContainers"]] == [
+        "isolation-check",
+        "manifest",
+    ]
     for stage in ("configure", "publish"):
         assert "initContainers" not in pod_spec(job("cpu", stage))
+
+
+def test_a_custom_filter_runs_after_the_built_in_step_that_records_the_manifest() -> None:
+    values = {**context(CPU), "filter_image": "example/filter:1"}
+    spec = pod_spec(render_job("filter", values))
+    check, manifest = spec["initContainers"]
+    assert (check["name"], manifest["name"]) == ("isolation-check", "manifest")
+    assert manifest["image"] == BASE_VALUES["configure_image"]
+    assert manifest["args"] == ["filter"]
+    assert env(manifest)["FILTER_MANIFEST_ONLY"]["value"] == "true"
+    mounts = {m["mountPath"]: m for m in manifest["volumeMounts"]}
+    assert mounts["/data/outputs"]["readOnly"]
+    assert mounts["/data/logs"]["readOnly"]
+    assert mounts["/data/filtering"]["subPath"] == "filtering"
+    # The custom filter (third-party code) never mounts the manifest's folder.
+    [custom] = spec["containers"]
+    assert "/data/filtering" not in {m["mountPath"] for m in custom["volumeMounts"]}
+    builtin = only_container(job("cpu", "filter"))
+    assert {m["mountPath"] for m in builtin["volumeMounts"]} >= {"/data/filtering"}
+    assert env(builtin)["PUBLISH_MAX_FILES"]["value"] == str(values["environment"].publish_max_files)
+    # Nor does the algorithm's pod: it cannot write what publish trusts.
+    algorithm = only_container(job("cpu", "algorithm"))
+    assert not any(m.get("subPath") == "filtering" for m in algorithm["volumeMounts"])
 
 
 def test_the_scope_affinity_is_anded_into_every_term_of_the_environments_affinity() -> None:

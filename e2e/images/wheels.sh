@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The wheels of the project image, built on this machine as the Dockerfile's build stage does
-# (`pip wheel --constraint requirements.lock .` with its pinned pip), with a host Python of the image's
-# minor version. Called by build.sh.
+# (`pip wheel --require-hashes --no-deps -r requirements.lock`, then the project's own wheel, with its
+# pinned pip), with a host Python of the image's minor version. Called by build.sh.
 #
 #   e2e/images/wheels.sh deps <src> <dir>
 #       <dir>/venv: a virtualenv with the recipe's pip and the project's build requirements;
-#       <dir>/wheels: every dependency's wheel, the project's own left out. build.sh keeps <dir> keyed
+#       <dir>/wheels: the wheel of every locked dependency, each checked against its hashes in the lock
+#       (a changed or substituted file fails the build), the project's own left out. build.sh keeps <dir> keyed
 #       by this file, requirements.lock, pyproject.toml, the pip version and the host Python.
 #   e2e/images/wheels.sh project <src> <deps-dir> <out>
 #       the project's own wheel into <out>, offline (rebuilt for every project image)
@@ -31,11 +32,6 @@ host_python() { # a host interpreter of the image's Python minor version that ca
   exit 1
 }
 
-project_name() { # <src>: the project's wheel name prefix (ocean-c2d -> ocean_c2d)
-  "$py" -c 'import re, sys, tomllib
-print(re.sub(r"[-_.]+", "_", tomllib.load(open(sys.argv[1], "rb"))["project"]["name"]).lower())' "$1/pyproject.toml"
-}
-
 build_requires() { # <src>: the [build-system] requires of pyproject.toml, one a line
   "$py" -c 'import sys, tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$1/pyproject.toml"
@@ -53,9 +49,9 @@ case "${1:-}" in
     pip=("$dir/venv/bin/python" -m pip --quiet --disable-pip-version-check)
     mapfile -t requires < <(build_requires "$src")
     nice -n 10 "${pip[@]}" install "pip==$(recipe project.pip)" "${requires[@]}"
-    (cd "$src" && nice -n 10 "${pip[@]}" wheel --wheel-dir "$dir/wheels" \
-      --constraint "$(recipe project.constraint)" .)
-    rm -f "$dir/wheels/$(project_name "$src")"-*.whl ;;
+    # --no-deps: the lock is the whole dependency set; the image's offline install proves it complete.
+    (cd "$src" && nice -n 10 "${pip[@]}" wheel --require-hashes --no-deps --wheel-dir "$dir/wheels" \
+      --requirement "$(recipe project.constraint)") ;;
   project)
     src="$2" deps="$3" out="$4"
     mkdir -p "$out"

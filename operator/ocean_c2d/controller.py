@@ -19,15 +19,22 @@ import httpx
 
 from ocean_c2d import metrics, telemetry
 from ocean_c2d.changes import changes
-from ocean_c2d.effects import Effects
-from ocean_c2d.environments import admission, environment_status, occupancy_changed
+from ocean_c2d.effects import Effects, ResultExpiry
+from ocean_c2d.environments import (
+    admission,
+    environment_status,
+    isolation_recheck,
+    isolation_signal,
+    isolation_status,
+    occupancy_changed,
+)
 from ocean_c2d.k8s import Cluster, ConflictError
 from ocean_c2d.metrics import RECONCILE_SECONDS, RECONCILES
 from ocean_c2d.model import Admission, Environment, InvalidWorkflow, Observed, Plan, Workflow
 from ocean_c2d.reconcile import invalid, plan
 from ocean_c2d.render import Templates
 from ocean_c2d.settings import Settings
-from ocean_c2d.signing import job_secret
+from ocean_c2d.signing import job_secret, signer_token
 from ocean_c2d.times import utc_now
 from ocean_c2d.view import WORKFLOW_INDEX, WORKFLOWS_BY_ENVIRONMENT_INDEX, View
 from ocean_c2d.workqueue import Key, WorkQueue
@@ -50,6 +57,7 @@ class Controller:
         self.cluster = cluster
         self.view = View()
         self.effects = Effects(settings, cluster, http, self.view)
+        self.expiry = ResultExpiry(settings, cluster, self.view, self.effects)
         self.queue = WorkQueue(self._reconcile_key, workers=workers)
         self._admission_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._environment_generations: dict[tuple[str, str], int] = {}
@@ -79,10 +87,16 @@ class Controller:
             if not workflow.admitted and not workflow.finished:
                 self.queue.add(("workflow", namespace, workflow.name))
 
+    def record_changed(self, namespace: str, name: str) -> None:
+        """A results record appeared or changed: it may be due now, or later (its timer)."""
+        self.queue.add(("expiry", namespace, name))
+
     def resync(self) -> None:
         """The slow safety timer: everything once more, in case an event was missed."""
         for namespace, name in self.view.keys(WORKFLOW_INDEX):
             self.queue.add(("workflow", namespace, name))
+        for namespace, name in self.view.record_keys():
+            self.queue.add(("expiry", namespace, name))
 
     # ---- reconciles ------------------------------------------------------------------------------------
 
@@ -91,6 +105,8 @@ class Controller:
         if kind == "environment":
             await self.reconcile_environment(namespace, name)
             return None
+        if kind == "expiry":
+            return await self.expiry.run(namespace, name)
         with RECONCILE_SECONDS.time():
             try:
                 return await self.reconcile_workflow(namespace, name)
@@ -105,7 +121,12 @@ class Controller:
         raw = self.view.workflow(namespace, name)
         if raw is None:
             RECONCILES.labels("idle").inc()
-            return None  # deleted: the garbage collector removes what it owned
+            # Deleted: the garbage collector removes what it owned; its results records (which it does
+            # not own) now decide by themselves, e.g. a publish cut short is cleaned up at once.
+            for record in self.view.records(self.expiry.seal_key):
+                if (record.namespace, record.workflow) == (namespace, name):
+                    self.queue.add(("expiry", namespace, record.name))
+            return None
         now = utc_now()
         try:
             workflow = Workflow.from_object(raw)
@@ -140,14 +161,34 @@ class Controller:
         elif environment is None:
             verdict = Admission(may_start=False)
         else:
-            verdict = admission(workflow, self.view.peers(namespace, workflow.spec.environment), environment)
-        secret = job_secret(self.settings.operator_key, workflow.uid)
-        return plan(workflow, environment, observed, verdict, self.plan_settings, self.templates, secret, now)
+            peers = self.view.peers(namespace, workflow.spec.environment)
+            verdict = admission(workflow, peers, environment, (env_body or {}).get("status") or {})
+        key = self.settings.operator_key
+        secret = job_secret(key, workflow.uid)
+        token = signer_token(key, workflow.uid)
+        return plan(
+            workflow,
+            environment,
+            observed,
+            verdict,
+            self.plan_settings,
+            self.templates,
+            secret,
+            now,
+            signer_token=token,
+        )
 
     async def _apply(
         self, raw: dict[str, Any], workflow: Workflow, result: Plan, observed: Observed
     ) -> float | None:
         namespace, name = workflow.namespace, workflow.name
+        # The results record first: it must exist before the status that calls for it, and before a TTL
+        # deletes the Workflow.
+        await self.expiry.keep(
+            workflow,
+            result.status if result.status is not None else workflow.status,
+            self._storage_expiry(workflow),
+        )
         delta = changes(result, observed)
         if len(delta) == 0:
             RECONCILES.labels("idle").inc()
@@ -164,8 +205,44 @@ class Controller:
                 metrics.record(namespace, telemetry.transition_observations(workflow, result.status, known))
                 if occupancy_changed(workflow.status, result.status):
                     self.queue_moved(namespace, workflow.spec.environment)
-        self.effects.start(namespace, name, result.notify, result.expire_results)
+                signal = isolation_signal(workflow, workflow.status, result.status)
+                if signal is not None:
+                    await self._record_isolation(workflow, signal)
+        self.effects.start(namespace, name, result.notify)
         return result.requeue_after
+
+    def _storage_expiry(self, workflow: Workflow) -> int:
+        body = self.view.environment(workflow.namespace, workflow.spec.environment)
+        return Environment.from_object(body).storage_expiry if body is not None else 0
+
+    async def _record_isolation(self, workflow: Workflow, isolated: bool) -> None:
+        """A Workflow of an isolating environment passed or failed its isolation check: the environment's
+        NetworkIsolation condition says so (False holds its queue: see environments.isolation_hold)."""
+        namespace, name = workflow.namespace, workflow.spec.environment
+        body = self.view.environment(namespace, name)
+        if body is None or Environment.from_object(body).allow_network:
+            return
+        conditions = isolation_status(
+            body.get("status") or {},
+            isolated,
+            workflow.name,
+            body["metadata"].get("generation", 1),
+            utc_now(),
+        )
+        if conditions is None:
+            return
+        await self.cluster.write_status_fields(
+            "ComputeEnvironment", namespace, name, {"conditions": conditions}
+        )
+        log.log(
+            logging.INFO if isolated else logging.WARNING,
+            "Set NetworkIsolation=%s on ComputeEnvironment %s/%s (Workflow %s)",
+            isolated,
+            namespace,
+            name,
+            workflow.name,
+        )
+        self.queue_moved(namespace, name)
 
     async def reconcile_environment(self, namespace: str, name: str) -> None:
         body = self.view.environment(namespace, name)
@@ -180,5 +257,15 @@ class Controller:
             body["metadata"].get("generation", 1),
         )
         current = body.get("status") or {}
+        recheck = isolation_recheck(
+            current, body["metadata"].get("annotations") or {}, desired["observedGeneration"], utc_now()
+        )
+        if recheck is not None:
+            desired.update(recheck)
         if any(current.get(k) != v for k, v in desired.items()):
             await self.cluster.write_status_fields("ComputeEnvironment", namespace, name, desired)
+            if recheck is not None and "conditions" in recheck:
+                log.info(
+                    "Set NetworkIsolation=Unknown on ComputeEnvironment %s/%s: recheck asked", namespace, name
+                )
+                self.queue_moved(namespace, name)  # the Workflows it held may start now

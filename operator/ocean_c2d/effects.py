@@ -1,28 +1,47 @@
-"""What a reconcile starts but does not wait for: notifications (start, stop) and expiring results.
+"""What a reconcile starts but does not wait for (notifications: start, stop), and the results records
+(retention.py) with the expiry they drive.
 
-Each runs as a background task, at most one per (Workflow, kind), so a slow receiver never holds a
-reconcile. Its outcome is written to the Workflow's status through the same guarded path as the
+A notification runs as a background task, at most one per (Workflow, kind), so a slow receiver never
+holds a reconcile. Its outcome is written to the Workflow's status through the same guarded path as the
 reconcile's: conditional on the resourceVersion read (a conflict reads again and retries), and kept in
 the view until the watch shows it, so the next reconcile never plans from a status without it.
+
+Expiry is not a task of the Workflow: it is a key of its own on the work queue, one per results record,
+woken by the record's watch events and by the queue's timer at its due time, so it happens whether or not
+the Workflow still exists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 import httpx
 
-from ocean_c2d.expiry import expire_results
+from ocean_c2d.expiry import remove_results
 from ocean_c2d.k8s import Cluster, ConflictError
 from ocean_c2d.metrics import NOTIFICATIONS
 from ocean_c2d.model import Workflow
 from ocean_c2d.notify import send_notification
-from ocean_c2d.resilience import redact_url
+from ocean_c2d.retention import (
+    ResultStores,
+    State,
+    build_record,
+    due_in,
+    parse_record,
+    record_data_differs,
+    record_name,
+    wanted_record,
+)
 from ocean_c2d.settings import Settings
 from ocean_c2d.signing import job_secret, notification_payload
+from ocean_c2d.status import WorkflowStatus
+from ocean_c2d.storage.ipfs import normalize_prefix
 from ocean_c2d.times import now_stamp
 from ocean_c2d.view import View
 
@@ -40,12 +59,10 @@ class Effects:
         self._running: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, namespace: str, name: str, notify: tuple[str, ...], expire: tuple[str, ...]) -> None:
-        """Start the notifications due and the expiry of `expire` (URLs), unless already under way."""
+    def start(self, namespace: str, name: str, notify: tuple[str, ...]) -> None:
+        """Start the notifications due, unless already under way."""
         for kind in notify:
             self._spawn((namespace, name, kind), self._notify(namespace, name, kind))
-        if expire:
-            self._spawn((namespace, name, "expiry"), self._expire(namespace, name, expire))
 
     def _spawn(self, key: tuple[str, str, str], coroutine: Coroutine[Any, Any, None]) -> None:
         if key in self._running:
@@ -83,23 +100,6 @@ class Effects:
             return True
         return False
 
-    async def _expire(self, namespace: str, name: str, urls: tuple[str, ...]) -> None:
-        """Delete or unpin a finished Workflow's results past their expiry, then record it (that status
-        write ends the expiry; a failure is retried at the next reconcile of the Workflow)."""
-        try:
-            leftovers = await expire_results(urls, self.settings.publish)
-            for url in leftovers:
-                log.warning(
-                    "Cannot expire %s of %s/%s: not in the configured S3 bucket or IPFS node",
-                    redact_url(url),
-                    namespace,
-                    name,
-                )
-            await self.record(namespace, name, {"resultsExpiredAt": now_stamp()})
-            log.info("Expired %d results of Workflow %s/%s", len(urls) - len(leftovers), namespace, name)
-        except Exception:  # a background task: nobody awaits it
-            log.exception("Could not expire the results of %s/%s; will retry", namespace, name)
-
     async def _notify(self, namespace: str, name: str, kind: str) -> None:
         """Send one notification outside the reconcile (never blocking it) and record the outcome."""
         try:
@@ -133,3 +133,94 @@ class Effects:
             NOTIFICATIONS.labels(kind, state).inc()
         except Exception:  # a background task: nobody awaits it, so say what went wrong here
             log.exception("Could not send or record the %s notification of %s/%s", kind, namespace, name)
+
+
+class ResultExpiry:
+    """The results records: kept as each Workflow's status says (`keep`, from its reconcile), and acted
+    on when due (`run`, the work queue's "expiry" key of one record)."""
+
+    def __init__(self, settings: Settings, cluster: Cluster, view: View, effects: Effects) -> None:
+        self.publish = settings.publish
+        self.stores = result_stores(settings)
+        self.seal_key = record_seal_key(settings)
+        self.cluster = cluster
+        self.view = view
+        self.effects = effects
+
+    async def keep(self, workflow: Workflow, status: WorkflowStatus, storage_expiry_hours: int) -> None:
+        """Make the cluster hold the record `workflow` needs with `status`, before that status is written
+        (and before a TTL deletes the Workflow): a record that outlives a crash is re-derived the same."""
+        wanted = wanted_record(workflow, status, self.stores, storage_expiry_hours)
+        name = record_name(workflow.uid)
+        current = self.view.record(workflow.namespace, name)
+        if wanted is None:
+            # Nothing (more) to expire: a record left from Publishing goes. One that is due is the
+            # expiry's to delete, after it has removed what it names.
+            parsed = parse_record(current, self.seal_key) if current is not None else None
+            if parsed is not None and (parsed.state is State.PUBLISHING or status.get("resultsExpiredAt")):
+                await self.cluster.delete("ConfigMap", workflow.namespace, name)
+                log.info("Deleted ConfigMap %s/%s: nothing of it is left to expire", workflow.namespace, name)
+            return
+        if not record_data_differs(current, wanted, self.seal_key):
+            return
+        manifest = build_record(wanted, self.seal_key)
+        if current is None and await self.cluster.ensure(manifest):
+            log.info("Created ConfigMap %s/%s (results record, %s)", workflow.namespace, name, wanted.state)
+            return
+        await self.cluster.merge_patch("ConfigMap", workflow.namespace, name, {"data": manifest["data"]})
+        log.info("Updated ConfigMap %s/%s (results record, %s)", workflow.namespace, name, wanted.state)
+
+    async def run(self, namespace: str, name: str) -> float | None:
+        """Act on one record: seconds until it is due (the queue wakes it then), or None once done or
+        when only an event can make it due. Store errors raise: the queue retries with backoff."""
+        body = self.view.record(namespace, name)
+        record = parse_record(body, self.seal_key) if body is not None else None
+        if record is None:
+            if body is not None:
+                log.warning(
+                    "Ignored ConfigMap %s/%s: not a results record the operator sealed", namespace, name
+                )
+            return None
+        raw = self.view.workflow(namespace, record.workflow)
+        alive = raw is not None and raw["metadata"].get("uid") == record.uid
+        delay = due_in(record, alive, time.time())
+        if delay is None or delay > 0:
+            return delay
+        others = [r for r in self.view.records(self.seal_key) if r.uid != record.uid]
+        deleted, unpinned = await remove_results(record, others, self.publish)
+        if alive and raw is not None and not (raw.get("status") or {}).get("resultsExpiredAt"):
+            await self._mark_expired(namespace, record.workflow)
+        await self.cluster.delete("ConfigMap", namespace, name)
+        log.info(
+            "Removed the results of Workflow %s/%s (%s): %d S3 objects deleted, %d CIDs unpinned",
+            namespace,
+            record.workflow,
+            "publish did not finish" if record.state is not State.PUBLISHED else "expired",
+            deleted,
+            unpinned,
+        )
+        return None
+
+    async def _mark_expired(self, namespace: str, workflow: str) -> None:
+        """resultsExpiredAt on the Workflow, before its record goes (else its reconcile would want the
+        record back); a Workflow that keeps changing is tried again by the queue."""
+        written = await self.effects.record(namespace, workflow, {"resultsExpiredAt": now_stamp()})
+        if not written and self.view.workflow(namespace, workflow) is not None:
+            raise ConflictError(f"could not record the expiry on Workflow {namespace}/{workflow}")
+
+
+def record_seal_key(settings: Settings) -> bytes:
+    """The key results records are sealed with: derived from the operator's private key, so it is
+    never stored anywhere and stays the same across restarts."""
+    secret = settings.operator_key.private_key.to_bytes()
+    return hmac.new(secret, b"ocean-c2d/results-record", hashlib.sha256).digest()
+
+
+def result_stores(settings: Settings) -> ResultStores:
+    """What of the operator's result stores it expires itself: the S3 bucket, and a kubo node's pins."""
+    publish = settings.publish
+    unpins = bool(publish.ipfs_output) and (publish.ipfs_type or "CLIENT").upper() != "CLUSTER"
+    return ResultStores(
+        s3_bucket=publish.aws_bucket_output or None,
+        ipfs_prefix=normalize_prefix(publish.ipfs_output_prefix) if unpins else None,
+    )

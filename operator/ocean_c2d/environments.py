@@ -7,14 +7,16 @@ kept in memory, so a restart or a burst cannot overshoot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
+from ocean_c2d import status as st
 from ocean_c2d.identity import MANAGED_BY
 from ocean_c2d.model import API_VERSION, Admission, Environment, Workflow
 from ocean_c2d.settings import DefaultEnvironment
-from ocean_c2d.status import Stage, WorkflowStatus
+from ocean_c2d.status import Condition, Outcome, Stage, WorkflowStatus
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,31 @@ def occupancy(workflows: Iterable[Workflow]) -> Occupancy:
     return Occupancy(running, queued)
 
 
-def admission(workflow: Workflow, peers: Iterable[Workflow], environment: Environment) -> Admission:
+def admission(
+    workflow: Workflow,
+    peers: Iterable[Workflow],
+    environment: Environment,
+    environment_status: Mapping[str, Any] | None = None,
+) -> Admission:
     """May `workflow` start now? `peers` are all Workflows of its environment (itself included).
 
-    Strict FIFO: a Workflow starts only when every Workflow queued before it has started too, so a
-    small job never overtakes a large one.
+    A Workflow the environment's spec.access does not admit is denied (for good). While the environment
+    reports NetworkIsolation=False nothing that needs isolation starts. Otherwise strict FIFO: a Workflow
+    starts only when every Workflow queued before it has started too, so a small job never overtakes a
+    large one.
     """
     if workflow.admitted:
         return Admission(may_start=True)
+    denied = access_denial(workflow, environment)
+    if denied is not None:
+        return Admission(may_start=False, denied=denied)
     peers = list(peers)
+    held = isolation_hold(environment, environment_status or {})
+    if held is not None:
+        waiting = sorted((w for w in peers if not w.admitted and not w.finished), key=lambda w: w.queue_key)
+        names = [w.name for w in waiting]
+        position = names.index(workflow.name) + 1 if workflow.name in names else len(names) + 1
+        return Admission(may_start=False, position=position, held=held)
     free = environment.max_jobs - occupancy(peers).running
     waiting = sorted((w for w in peers if not w.admitted and not w.finished), key=lambda w: w.queue_key)
     names = [w.name for w in waiting]
@@ -52,6 +70,156 @@ def admission(workflow: Workflow, peers: Iterable[Workflow], environment: Enviro
     if index < free:
         return Admission(may_start=True)
     return Admission(may_start=False, position=index - max(free, 0) + 1)
+
+
+# ---- access: which Workflows an environment admits (spec.access) ------------------------------------------
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A Kubernetes LabelSelector on `labels`: every matchLabels pair and every matchExpressions
+    requirement (In, NotIn, Exists, DoesNotExist) holds. An empty selector matches everything; an
+    operator it does not know matches nothing (fail closed)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for requirement in selector.get("matchExpressions") or []:
+        key, operator = requirement.get("key"), requirement.get("operator")
+        values = set(requirement.get("values") or [])
+        present = key in labels
+        if operator == "In":
+            ok = present and labels[key] in values
+        elif operator == "NotIn":
+            ok = not present or labels[key] not in values
+        elif operator == "Exists":
+            ok = present
+        elif operator == "DoesNotExist":
+            ok = not present
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
+
+
+def access_denial(workflow: Workflow, environment: Environment) -> str | None:
+    """Why `environment` does not admit `workflow` (None: it does). A network-allowed environment
+    without spec.access admits nothing: the Workflow author must not grant themselves the network by
+    naming it."""
+    name, namespace = environment.name, workflow.namespace
+    if (
+        environment.allow_network
+        and environment.access_namespaces is None
+        and environment.access_selector is None
+    ):
+        return (
+            f"ComputeEnvironment {name!r} allows network access and admits only the Workflows its"
+            " spec.access names; it names none"
+        )
+    if environment.access_namespaces is not None and namespace not in environment.access_namespaces:
+        return (
+            f"ComputeEnvironment {name!r} does not admit Workflows of namespace {namespace!r}"
+            " (spec.access.namespaces)"
+        )
+    if environment.access_selector is not None and not selector_matches(
+        environment.access_selector, workflow.labels
+    ):
+        return (
+            f"ComputeEnvironment {name!r} does not admit this Workflow: its labels do not match"
+            " spec.access.workflowSelector"
+        )
+    return None
+
+
+# ---- network isolation: fail closed when the cluster does not enforce NetworkPolicy ------------------------
+
+ISOLATION_RECHECK_ANNOTATION = "ocean-c2d/isolation-recheck"
+
+
+def isolation_condition(environment_status: Mapping[str, Any]) -> Condition | None:
+    return next(
+        (c for c in environment_status.get("conditions") or [] if c.get("type") == st.NETWORK_ISOLATION), None
+    )
+
+
+def isolation_hold(environment: Environment, environment_status: Mapping[str, Any]) -> str | None:
+    """Why the environment admits nothing now (None: it may): it needs isolation (no network allowed)
+    and its NetworkIsolation condition is False."""
+    condition = isolation_condition(environment_status)
+    if environment.allow_network or condition is None or condition.get("status") != "False":
+        return None
+    return (
+        f"Queued: ComputeEnvironment {environment.name} admits nothing while NetworkIsolation is False"
+        f" ({condition.get('message', '')}); an administrator sets the annotation"
+        f" {ISOLATION_RECHECK_ANNOTATION} on it once NetworkPolicy is enforced"
+    )
+
+
+def isolation_signal(workflow: Workflow, before: WorkflowStatus, after: WorkflowStatus) -> bool | None:
+    """What a status transition says of the environment's isolation: False when the Workflow just failed
+    its isolation check, True when its algorithm just ran (its init container saw egress blocked, or it
+    would not have started), None when it says nothing."""
+    if after.get("reason") == Outcome.NETWORK_NOT_ISOLATED.value:
+        return False if before.get("reason") != after.get("reason") else None
+    done_before = ((before.get("stages") or {}).get("algorithm") or {}).get("exitCode")
+    done_after = ((after.get("stages") or {}).get("algorithm") or {}).get("exitCode")
+    if done_before is None and done_after is not None:
+        return True
+    return None
+
+
+def isolation_status(
+    environment_status: Mapping[str, Any],
+    signal: bool,
+    workflow: str,
+    generation: int,
+    now: datetime,
+) -> list[Condition] | None:
+    """The environment's conditions after a Workflow's isolation `signal`; None when nothing changes
+    (only a change of status is written: one write per flip, not one per Workflow)."""
+    current = isolation_condition(environment_status)
+    wanted: Literal["True", "False"] = "True" if signal else "False"
+    if current is not None and current.get("status") == wanted:
+        return None
+    if signal:
+        reason, message = "IsolationCheckPassed", f"Workflow {workflow} passed its isolation check"
+    else:
+        reason, message = (
+            "IsolationCheckFailed",
+            f"Workflow {workflow} failed its isolation check: the cluster did not enforce its NetworkPolicy",
+        )
+    return st.set_condition(
+        list(environment_status.get("conditions") or []),
+        st.NETWORK_ISOLATION,
+        wanted,
+        reason,
+        message,
+        generation,
+        now,
+    )
+
+
+def isolation_recheck(
+    environment_status: Mapping[str, Any], annotations: Mapping[str, str], generation: int, now: datetime
+) -> dict[str, Any] | None:
+    """The status fields to write when an administrator asked to trust the cluster again (a new value of
+    ISOLATION_RECHECK_ANNOTATION while NetworkIsolation is False): Unknown, so Workflows are admitted and
+    the next isolation check decides. None when there is nothing to do."""
+    requested = annotations.get(ISOLATION_RECHECK_ANNOTATION)
+    condition = isolation_condition(environment_status)
+    if not requested or requested == environment_status.get("isolationRecheck"):
+        return None
+    fields: dict[str, Any] = {"isolationRecheck": requested}
+    if condition is not None and condition.get("status") == "False":
+        fields["conditions"] = st.set_condition(
+            list(environment_status.get("conditions") or []),
+            st.NETWORK_ISOLATION,
+            "Unknown",
+            "RecheckRequested",
+            f"An administrator asked for a new isolation check ({ISOLATION_RECHECK_ANNOTATION}={requested})",
+            generation,
+            now,
+        )
+    return fields
 
 
 def occupancy_changed(before: WorkflowStatus, after: WorkflowStatus) -> bool:

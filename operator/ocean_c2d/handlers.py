@@ -22,13 +22,17 @@ from ocean_c2d import observe
 from ocean_c2d.controller import Controller
 from ocean_c2d.identity import MANAGED_BY
 from ocean_c2d.model import GROUP, VERSION
+from ocean_c2d.retention import RECORD_LABELS
 from ocean_c2d.view import (
     CHILD_INDEXES,
     ENVIRONMENT_INDEX,
     JOB_INDEX,
     POD_INDEX,
+    RECORD_INDEX,
     WORKFLOW_INDEX,
     WORKFLOWS_BY_ENVIRONMENT_INDEX,
+    compact_workflow,
+    release_bulk,
 )
 
 
@@ -73,7 +77,12 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.index(GROUP, VERSION, "workflows", id=WORKFLOW_INDEX)
 async def workflow_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(_ns(namespace), name): copy.deepcopy(dict(body))}
+    # Compact, not a deep copy: a free-form customData parsed into Python objects costs ~25 times its text,
+    # and every Workflow of every watched namespace sits in this index. kopf's own body is shrunk too: it
+    # holds it until the initial listing of every kind is over.
+    compact = compact_workflow(body)
+    release_bulk(body, compact)
+    return {(_ns(namespace), name): compact}
 
 
 @kopf.index(GROUP, VERSION, "workflows", id=WORKFLOWS_BY_ENVIRONMENT_INDEX)
@@ -96,6 +105,17 @@ async def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
 @kopf.index("v1", "pods", labels=MANAGED_BY, id=POD_INDEX)
 async def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(_ns(namespace), labels.get("workflow", "")): observe.pod_record(body)}
+
+
+# Results records (retention.py): ConfigMaps no Workflow owns, which outlive it to drive its expiry.
+@kopf.index("v1", "configmaps", labels=RECORD_LABELS, id=RECORD_INDEX)
+async def results_record_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {
+        (_ns(namespace), name): {
+            "metadata": {"name": name, "namespace": _ns(namespace)},
+            "data": dict(body.get("data") or {}),
+        }
+    }
 
 
 # The children other than Jobs and pods (view.CHILD_INDEXES): the reconcile needs their names and spec
@@ -128,6 +148,13 @@ async def environment_reconcile(
     controller = _controller(memo)
     controller.bind(kwargs)
     controller.environment_changed(_ns(namespace), name, meta.get("generation"))
+
+
+@kopf.on.event("v1", "configmaps", labels=RECORD_LABELS, id="results_records_changed")
+async def results_record_changed(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    controller = _controller(memo)
+    controller.bind(kwargs)
+    controller.record_changed(_ns(namespace), name)
 
 
 async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:

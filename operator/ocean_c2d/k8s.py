@@ -248,6 +248,14 @@ class Cluster:
         """The object as the API server has it now (None when it does not exist)."""
         return await self._request("GET", kind, namespace, name, ok=(404,))
 
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch of an object the operator keeps outside any Workflow (a results record)."""
+        await self._request("PATCH", kind, namespace, name, json=patch, headers=MERGE_PATCH)
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete one object; already gone (404) counts as done."""
+        await self._request("DELETE", kind, namespace, name, ok=(404,))
+
     async def post_event(self, involved: dict[str, Any], event: Event, now: datetime) -> None:
         metadata = involved["metadata"]
         timestamp = format_time(now)

@@ -10,10 +10,14 @@ planner, the templates, the settings and the shell, so none of them needs to imp
 from __future__ import annotations
 
 import enum
+import json
+import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from ocean_c2d.addresses import EgressValues
 from ocean_c2d.status import Stage, WorkflowStatus
 from ocean_c2d.times import parse_time
 
@@ -41,6 +45,49 @@ class InvalidWorkflow(Exception):  # noqa: N818 (the issue's and the docs' name 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class RawJSON:
+    """Free-form user data (userData, customData) kept as the JSON text `json.dumps` gives it. Parsed, a
+    JSON tree costs Python ~25 times its text (a dict per `{}`): the operator's view holds this instead
+    (view.compact_workflow), and `dumps` writes it back byte for byte where a template needs it."""
+
+    text: str
+
+    @classmethod
+    def of(cls, value: Any) -> RawJSON:
+        return value if isinstance(value, RawJSON) else cls(json.dumps(value))
+
+    def value(self) -> Any:
+        return json.loads(self.text)
+
+
+# Stands for a RawJSON while `dumps` serialises the rest. The per-process random part keeps a user's own
+# string from ever being taken for one.
+_RAW_MARK = f"\x00ocean-c2d-raw-{secrets.token_hex(8)}:"
+_RAW_MARKED = re.compile(re.escape(json.dumps(_RAW_MARK)[:-1]) + r'(\d+)"')
+
+
+def dumps(value: Any) -> str:
+    """`json.dumps(value)` where every RawJSON inside counts as the value it holds: the same text as
+    with the parsed tree, without ever building that tree."""
+    fragments: list[str] = []
+
+    def mark(item: Any) -> Any:
+        if isinstance(item, RawJSON):
+            fragments.append(item.text)
+            return f"{_RAW_MARK}{len(fragments) - 1}"
+        if isinstance(item, dict):
+            return {key: mark(child) for key, child in item.items()}
+        if isinstance(item, list | tuple):
+            return [mark(child) for child in item]
+        return item
+
+    text = json.dumps(mark(value))
+    if not fragments:
+        return text
+    return _RAW_MARKED.sub(lambda match: fragments[int(match[1])], text)
 
 
 @dataclass(frozen=True)
@@ -341,6 +388,10 @@ class TemplateValues:
 
     service_account: str = "default"
     pull_secret: str | None = None
+    # The algorithm pod's (ALGORITHM_SERVICE_ACCOUNT, ALGORITHM_PULL_SECRET): never the stage pods' ones.
+    algorithm_service_account: str = "default"
+    algorithm_pull_secret: str | None = None
+    user_namespaces: bool = False  # USER_NAMESPACES: hostUsers false on the pods that run third-party code
     node_selector_scope: str | None = None  # NODE_SELECTOR: a required node affinity `scope In [...]`
     pull_policy: str = "IfNotPresent"
     configure_image: str = "ocean-c2d:latest"
@@ -349,7 +400,11 @@ class TemplateValues:
     storage_class: str = ""
     publish_env: dict[str, Any] = field(default_factory=dict)  # IPFS_*, AWS_REGION, ... (no credentials)
     isolation_probe_address: str | None = None
+    signer_url: str = ""  # SIGNER_URL: where configure pods reach the operator's download signer
     isolation_timeout: int = 60
+    # Where configure and publish pods (and allowNetwork algorithms) may connect: their NetworkPolicies and
+    # the configure step's egress guard and service allowlists (addresses.py).
+    egress: EgressValues = field(default_factory=EgressValues)
 
 
 @dataclass(frozen=True)
@@ -376,6 +431,8 @@ class TemplateInputs:
     values: TemplateValues
     filter_image: str | None  # FILTERING_CONTAINER
     job_secret: str
+    # The configure pod's proof of which Workflow it works for, to the operator's signer (signer.py).
+    signer_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -384,6 +441,8 @@ class Admission:
 
     may_start: bool
     position: int | None = None  # 1-based position among the queued, when it may not start
+    denied: str | None = None  # the environment does not admit this Workflow (never will): why
+    held: str | None = None  # it waits for a reason other than a free slot (isolation not enforced): why
 
 
 @dataclass(frozen=True)
@@ -405,7 +464,6 @@ class Plan:
     status: WorkflowStatus | None = None  # the new status, when it differs from the current one
     events: tuple[Event, ...] = ()
     notify: tuple[str, ...] = ()  # "start" / "stop" notifications due
-    expire_results: tuple[str, ...] = ()  # URLs of results past their expiry, to delete or unpin now
     delete_workflow: bool = False  # the finished Workflow's TTL has passed
     requeue_after: float | None = None  # reconcile again after this many seconds, even without events
 

@@ -11,7 +11,6 @@ started again. A Workflow that can never run as written ends InvalidSpec (`inval
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -89,6 +88,8 @@ def plan(
     templates: Templates,
     job_secret: str,
     now: datetime,
+    *,
+    signer_token: str = "",
 ) -> Plan:
     """Everything that should be true for `workflow` now, given what exists."""
     draft = _draft(workflow, settings, now)
@@ -109,19 +110,28 @@ def plan(
         if workflow.spec.stop:
             _finish(draft, Outcome.STOPPED, "Stopped before it started")
             return _result(draft)
+        if admission.denied:  # permanent: the environment's spec.access does not admit it
+            _finish(draft, Outcome.ENVIRONMENT_DENIED, admission.denied)
+            return _result(draft)
         if not admission.may_start:
             draft.enter(Stage.QUEUED, st.WARMING_UP)
             draft.status["queuePosition"] = admission.position
-            draft.status["message"] = (
+            queued = (
                 f"Queued: position {admission.position} for environment {environment.name}"
                 f" (at most {environment.max_jobs} running)"
             )
+            draft.status["message"] = st.printable(admission.held) if admission.held else queued
             draft.status["conditions"] = st.conditions(draft.status, False, workflow.generation, now)
             return _result(draft)
         _admit(draft)
 
     inputs = TemplateInputs(
-        workflow, environment, settings.template_values, settings.filtering_container, job_secret
+        workflow,
+        environment,
+        settings.template_values,
+        settings.filtering_container,
+        job_secret,
+        signer_token,
     )
     base = tuple(templates.render_base(inputs))
     desired_jobs = _advance(draft, environment, observed, templates, inputs)
@@ -210,9 +220,12 @@ def _step(
         _record_algorithm_end(draft)
         # Not created yet: create it. The shell writes this status only after the create succeeded.
         # What the algorithm wrote (outputs/, logs/) leaves only when no filter blocked it; admin logs always.
-        blocked = draft.status.get("filter", {}).get("verdict") == "Block"
+        judged = draft.status.get("filter")
+        blocked = judged is not None and judged.get("verdict") == "Block"
         deadline = definition.deadline(draft.workflow, environment, draft.settings)
-        manifest = templates.render_job(definition.name, inputs, deadline, publish_outputs=not blocked)
+        manifest = templates.render_job(
+            definition.name, inputs, deadline, publish_outputs=not blocked, judged=judged
+        )
         record["jobName"] = manifest["metadata"]["name"]
         record["startedAt"] = format_time(draft.now)
         return (manifest,)
@@ -319,8 +332,8 @@ def _finish(draft: _Draft, outcome: Outcome, message: str) -> None:
 
 
 def _plan_finished(draft: _Draft, observed: Observed, settings: PlanSettings) -> Plan:
-    """A finished Workflow never moves again; all that remains is notifying, cleaning up, expiring its
-    results when their time comes (STORAGE_EXPIRY, IPFS_EXPIRY_TIME) and deleting it after its TTL."""
+    """A finished Workflow never moves again; all that remains is notifying, cleaning up and deleting it
+    after its TTL."""
     admitted = bool(draft.status.get("admittedAt"))
     draft.status["conditions"] = st.conditions(draft.status, admitted, draft.workflow.generation, draft.now)
     unwanted: tuple[tuple[str, str], ...] = ()
@@ -340,17 +353,8 @@ def _plan_finished(draft: _Draft, observed: Observed, settings: PlanSettings) ->
             delete_workflow = True
         else:
             wake_ups.append((expiry - draft.now).total_seconds())
-    expire_results: tuple[str, ...] = ()
-    expiring = [r for r in draft.status.get("results") or [] if isinstance(r.get("expiresAt"), int)]
-    if expiring and "resultsExpiredAt" not in draft.status:
-        # All of one Workflow's results expire together, once the last of them is due.
-        due = max(r["expiresAt"] for r in expiring) - draft.now.timestamp()
-        if due <= 0:
-            expire_results = tuple(str(r["url"]) for r in expiring)
-        else:
-            wake_ups.append(due)
-    result = _result(draft, (), unwanted, delete_workflow, min(wake_ups) if wake_ups else None)
-    return dataclasses.replace(result, expire_results=expire_results)
+    # Expiring the results is not the Workflow's business: its results record (retention.py) outlives it.
+    return _result(draft, (), unwanted, delete_workflow, min(wake_ups) if wake_ups else None)
 
 
 def _result(

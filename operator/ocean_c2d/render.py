@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,14 @@ import jinja2
 import yaml
 
 from ocean_c2d.identity import MANAGED_BY, PACKAGE
-from ocean_c2d.model import API_VERSION, Environment, InvalidWorkflow, TemplateInputs
+from ocean_c2d.model import API_VERSION, Environment, InvalidWorkflow, TemplateInputs, dumps
 from ocean_c2d.stages import STAGES
 
 SPEC_HASH_ANNOTATION = "ocean-c2d/spec-hash"
-BASE_TEMPLATES = ("workflow-configmap", "job-secret", "data-pvc", "network-policy")
+BASE_TEMPLATES = ("workflow-configmap", "job-secret", "data-pvc", "network-policy", "egress-policy")
 JOB_TEMPLATES = {name: definition.template for name, definition in STAGES.items()}
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "templates"
+_FAST_LOADER: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
 
 
 class TemplateError(InvalidWorkflow):
@@ -89,15 +91,29 @@ def _join_surrogates(value: Any) -> Any:
     return value
 
 
+def _load(text: str) -> Any:
+    """The rendered YAML, by libyaml's parser where PyYAML has it: the pure-Python one takes seconds, on
+    the event loop, for the workflow.json of a Workflow with a large customData. libyaml refuses a
+    `json`-escaped surrogate (an emoji in an entrypoint, say): that text is small, the pure parser
+    takes it."""
+    if _FAST_LOADER is not None:
+        try:
+            return yaml.load(text, Loader=_FAST_LOADER)  # a SafeLoader: plain data only
+        except yaml.YAMLError:
+            pass  # the pure parser decides, and words the error
+    return yaml.safe_load(text)
+
+
 def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= char <= "\udfff" for char in text)
 
 
 def _json(value: Any) -> str:
-    """The `json` filter. An undefined variable is an error naming it, never a serialisation crash."""
+    """The `json` filter. An undefined variable is an error naming it, never a serialisation crash.
+    Free-form user data arrives as model.RawJSON (the view keeps it as text) and is written as it was."""
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
-    return json.dumps(value)
+    return dumps(value)
 
 
 class Templates:
@@ -172,6 +188,7 @@ class Templates:
             "environment": environment,
             "algorithm_resources": algorithm_resources(environment),
             "job_secret": inputs.job_secret,
+            "signer_token": inputs.signer_token,
             "workflow_document": document,
             "filter_image": inputs.filter_image,
             **dataclasses.asdict(values),
@@ -182,7 +199,7 @@ class Templates:
         """One manifest, with its spec hash annotation; None when the template renders nothing."""
         try:
             text = self._templates[template].render(context)
-            manifest = yaml.safe_load(text)
+            manifest = _load(text)
             if "\\ud" in text:  # only `json`-escaped text can hold a surrogate
                 manifest = _join_surrogates(manifest)
         except (jinja2.TemplateError, yaml.YAMLError, UnicodeError) as error:
@@ -203,14 +220,24 @@ class Templates:
         return [manifest for manifest in rendered if manifest is not None]
 
     def render_job(
-        self, stage: str, inputs: TemplateInputs, deadline_seconds: int, publish_outputs: bool = True
+        self,
+        stage: str,
+        inputs: TemplateInputs,
+        deadline_seconds: int,
+        publish_outputs: bool = True,
+        judged: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A stage's Job; `publish_outputs` False when the filter blocked (then only admin logs go up)."""
+        """A stage's Job; `publish_outputs` False when the filter blocked (then only admin logs go up).
+        `judged` is status.filter: after a Pass, publish uploads only the files of the filter's manifest
+        (verified against its recorded hash, when the built-in filter recorded one)."""
+        passed = judged is not None and judged.get("verdict") == "Pass"
         context = {
             **self.context(inputs),
             "stage": stage,
             "deadline": deadline_seconds,
             "publish_outputs": publish_outputs,
+            "manifest_required": passed,
+            "manifest_sha256": str((judged or {}).get("manifestSha256") or "") if passed else "",
         }
         manifest = self.render(JOB_TEMPLATES[stage], context)
         if manifest is None:

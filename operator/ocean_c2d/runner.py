@@ -18,6 +18,7 @@ import yaml
 from ocean_c2d import (
     handlers,  # noqa: F401  (registers the kopf handlers)
     metrics,
+    signer,
 )
 from ocean_c2d.controller import Controller
 from ocean_c2d.environments import default_environment_object
@@ -27,6 +28,9 @@ from ocean_c2d.settings import Settings
 
 log = logging.getLogger("ocean_c2d")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# Objects per page of kopf's initial listing of each watched kind: at most this many Workflows are parsed
+# at once on start (e2e/test_operator_memory.py).
+LIST_CHUNK_SIZE = 8
 
 
 def setup_logging(settings: Settings) -> None:
@@ -81,6 +85,14 @@ async def run(settings: Settings) -> None:
     async with httpx.AsyncClient() as http:
         cluster = Cluster(api)
         controller = Controller(settings, templates, cluster, http)
+        # The only place provider downloads are signed: configure pods ask here (no pod holds the key).
+        signer_server = await signer.serve(
+            signer.DownloadSigner(settings.operator_key, controller.view.workflow),
+            settings.signer_host,
+            settings.signer_port,
+        )
+        if settings.signer_url is None:
+            log.warning("SIGNER_URL is not set: configure pods cannot download inputs by DID")
         metrics.collect_cluster_state(controller.view.levels)
         metrics.WORK_QUEUE_DEPTH.set_function(lambda: controller.queue.depth)
         if namespace is not None and settings.default_environment is not None:
@@ -91,6 +103,9 @@ async def run(settings: Settings) -> None:
         # before the operator (helm's crds/). Scanning would need cluster-wide list/watch on namespaces and
         # CustomResourceDefinitions, which the chart's least-privilege RBAC does not grant.
         kopf_settings.scanning.disabled = True
+        # The initial listing in chunks: in one answer, every Workflow would be parsed at once (a Workflow
+        # of the API server's largest size costs ~25 MiB as Python objects), before any is compacted.
+        kopf_settings.watching.chunk_size = LIST_CHUNK_SIZE
         queue = asyncio.create_task(controller.queue.run())
         resync = asyncio.create_task(_resync(controller, settings.resync_seconds))
         log.info(
@@ -111,6 +126,7 @@ async def run(settings: Settings) -> None:
             queue.cancel()
             resync.cancel()
             await metrics_server.cleanup()
+            await signer_server.cleanup()
 
 
 async def _resync(controller: Controller, every_seconds: int) -> None:

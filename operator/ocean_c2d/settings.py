@@ -13,10 +13,20 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
+from ocean_c2d.addresses import (
+    EgressValues,
+    host_endpoint,
+    parse_base_url,
+    parse_endpoint,
+    parse_network,
+    parse_pod_selector,
+    policy_excepts,
+)
 from ocean_c2d.identity import PACKAGE, package_version
 from ocean_c2d.model import PlanSettings, TemplateValues
 from ocean_c2d.signing import OperatorKey
@@ -41,6 +51,7 @@ DEFAULT_ENVIRONMENT_VARIABLES: tuple[str, ...] = (
 PULL_POLICIES: tuple[str, ...] = ("Always", "IfNotPresent", "Never")
 IPFS_TYPES: tuple[str, ...] = ("CLIENT", "CLUSTER")
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+T = TypeVar("T")
 _TRUTHY = frozenset({"1", "true", "yes"})
 # Kubernetes names (environments become labels, namespaces are labels): RFC 1123 label, at most 63 chars.
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -101,16 +112,22 @@ class Settings:
 
     storage_class: str  # "" = the cluster's default class (the original hard-wired gp2, i.e. AWS)
     service_account: str
+    # The algorithm pod's own service account and pull secret: it runs the Workflow author's code, so it
+    # never shares the stage pods' identity (workload identity, a token) or their registry credentials.
+    algorithm_service_account: str
     node_selector: str | None
     pull_secret: str | None
+    algorithm_pull_secret: str | None
+    # USER_NAMESPACES: algorithm and filter pods run with hostUsers: false (needs kernel and runtime support).
+    user_namespaces: bool
     pull_policy: str
     filtering_container: str | None
     image: str  # OCEAN_C2D_IMAGE: our own image, the default for the configure and publish steps
     pod_configuration_container: str
     pod_publish_container: str
     templates_dir: str | None  # None = the templates shipped in the package
-    # The Secret (in each Workflow's namespace) holding operator-private-key and the storage credentials;
-    # stage pods read it by secretKeyRef / a mounted file, so no credential is ever a plain env value.
+    # The Secret (in each Workflow's namespace) holding the storage credentials; stage pods read it by
+    # secretKeyRef, so no credential is ever a plain env value. No stage pod reads the operator key.
     credentials_secret: str
 
     notify_start_url: str | None
@@ -137,6 +154,14 @@ class Settings:
     log_cfg: str | None  # the original only used it when LOG_LEVEL is unset; the caller keeps that rule
     metrics_port: int
     health_port: int
+    # The download signer (signer.py): where the operator serves it, and the URL configure pods use to reach
+    # it (None: downloads by DID fail, saying so). A NetworkPolicy must let configure pods reach it.
+    signer_host: str
+    signer_port: int
+    signer_url: str | None
+    # EGRESS_ALLOW_CIDRS, CLUSTER_CIDRS, STAGE_EGRESS_ENDPOINTS, ALLOWED_METADATA_CACHES, ALLOWED_PROVIDERS:
+    # where a Workflow's pods may connect, and which services receive the operator's signed requests.
+    egress: EgressValues = field(default_factory=EgressValues)
 
     def plan_settings(self) -> PlanSettings:
         """The part of these settings the reconcile reads, including what the child templates use."""
@@ -162,7 +187,10 @@ class Settings:
             publish_timeout=self.publish_timeout_seconds,
             template_values=TemplateValues(
                 service_account=self.service_account,
+                algorithm_service_account=self.algorithm_service_account,
                 pull_secret=self.pull_secret,
+                algorithm_pull_secret=self.algorithm_pull_secret,
+                user_namespaces=self.user_namespaces,
                 node_selector_scope=self.node_selector,
                 pull_policy=self.pull_policy,
                 configure_image=self.pod_configuration_container,
@@ -171,7 +199,9 @@ class Settings:
                 storage_class=self.storage_class,
                 publish_env={k: v for k, v in publish_env.items() if v is not None},
                 isolation_probe_address=self.isolation_probe_address,
+                signer_url=self.signer_url or "",
                 isolation_timeout=self.isolation_timeout_seconds,
+                egress=self.egress,
             ),
         )
 
@@ -298,6 +328,15 @@ def _label(environ: Mapping[str, str], name: str, errors: list[str], *, default:
     return raw
 
 
+def _algorithm_service_account(environ: Mapping[str, str], stage_account: str, errors: list[str]) -> str:
+    """ALGORITHM_SERVICE_ACCOUNT, by default the namespace's `default` (never the stage pods' account: a
+    workload identity bound to it would reach the algorithm). Both `default` is allowed: no identity."""
+    account = _text(environ, "ALGORITHM_SERVICE_ACCOUNT", "default")
+    if account == stage_account and account != "default":
+        errors.append(f"ALGORITHM_SERVICE_ACCOUNT: must differ from SERVICE_ACCOUNT (both are {account!r})")
+    return account
+
+
 def _parse_key(value: str) -> OperatorKey | None:
     """The key, or None. Catches everything: eth_keys rejects out-of-range keys with its own
     ValidationError (not a ValueError) whose text quotes the key, so no exception text may escape."""
@@ -390,6 +429,55 @@ def _host_port(environ: Mapping[str, str], name: str, errors: list[str]) -> str 
     return raw
 
 
+def _items(environ: Mapping[str, str], name: str) -> list[str]:
+    return [item.strip() for item in (_str(environ, name) or "").split(",") if item.strip()]
+
+
+def _parsed(environ: Mapping[str, str], name: str, errors: list[str], parse: Callable[[str], T]) -> list[T]:
+    """Each comma-separated item of `name` through `parse`; one error per bad item."""
+    values: list[T] = []
+    for item in _items(environ, name):
+        try:
+            values.append(parse(item))
+        except ValueError as error:
+            errors.append(f"{name}: {item!r}: {error}")
+    return values
+
+
+def _egress(
+    environ: Mapping[str, str], errors: list[str], signer_url: str | None, signer_port: int
+) -> EgressValues:
+    """Where the Workflows' pods may connect (addresses.py). The defaults allow no private, link-local,
+    CGNAT or other non-public address, and no metadata cache or provider at all."""
+    allow = _parsed(environ, "EGRESS_ALLOW_CIDRS", errors, parse_network)
+    cluster = _parsed(environ, "CLUSTER_CIDRS", errors, parse_network)
+    endpoints = _parsed(environ, "STAGE_EGRESS_ENDPOINTS", errors, parse_endpoint)
+    signer = host_endpoint(signer_url) if signer_url else None
+    if signer is not None and signer not in endpoints:
+        endpoints.append(signer)  # configure pods ask the signer; by IP it can go in their policy
+    v4, v6 = policy_excepts(cluster)
+    selector = _str(environ, "SIGNER_POD_SELECTOR")
+    signer_namespace = ""
+    signer_labels: tuple[tuple[str, str], ...] = ()
+    if selector is not None:
+        try:
+            signer_namespace, signer_labels = parse_pod_selector(selector)
+        except ValueError as error:
+            errors.append(f"SIGNER_POD_SELECTOR: {error}")
+    return EgressValues(
+        allow_cidrs=tuple(str(network) for network in allow),
+        cluster_cidrs=tuple(str(network) for network in cluster),
+        stage_endpoints=tuple(endpoints),
+        allowed_metadata_caches=tuple(_parsed(environ, "ALLOWED_METADATA_CACHES", errors, parse_base_url)),
+        allowed_providers=tuple(_parsed(environ, "ALLOWED_PROVIDERS", errors, parse_base_url)),
+        public_except_v4=tuple(v4),
+        public_except_v6=tuple(v6),
+        signer_namespace=signer_namespace,
+        signer_labels=signer_labels,
+        signer_port=signer_port if signer_namespace else 0,  # the pod's port: what the policy sees
+    )
+
+
 def _watch_namespace(environ: Mapping[str, str], errors: list[str]) -> str | None:
     """None (the operator's own namespace), "*" (all namespaces) or a namespace name."""
     raw = _str(environ, "WATCH_NAMESPACE")
@@ -409,8 +497,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     default_environment_name = _label(environ, "DEFAULT_ENVIRONMENT_NAME", errors, default="default")
     storage_class = _text(environ, "STORAGE_CLASS", "")
     service_account = _text(environ, "SERVICE_ACCOUNT", "default")
+    algorithm_service_account = _algorithm_service_account(environ, service_account, errors)
     node_selector = _str(environ, "NODE_SELECTOR")
     pull_secret = _str(environ, "PULL_SECRET")
+    algorithm_pull_secret = _str(environ, "ALGORITHM_PULL_SECRET")
+    user_namespaces = (
+        _choice(environ, "USER_NAMESPACES", errors, ("true", "false"), ignore_case=True) == "true"
+    )
     pull_policy = _choice(environ, "PULL_POLICY", errors, PULL_POLICIES) or "IfNotPresent"
     filtering_container = _str(environ, "FILTERING_CONTAINER")
     image = _str(environ, "OCEAN_C2D_IMAGE") or _default_image()
@@ -442,6 +535,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     health_port = _int(environ, "HEALTH_PORT", errors, default=8080, minimum=1, maximum=65535)
     if metrics_port == health_port:
         errors.append(f"HEALTH_PORT: must differ from METRICS_PORT (both are {health_port})")
+    signer_host = _text(environ, "SIGNER_HOST", "0.0.0.0")
+    signer_port = _int(environ, "SIGNER_PORT", errors, default=8090, minimum=1, maximum=65535)
+    if signer_port in (metrics_port, health_port):
+        errors.append(f"SIGNER_PORT: must differ from METRICS_PORT and HEALTH_PORT (it is {signer_port})")
+    signer_url = _url(environ, "SIGNER_URL", errors)
+    egress = _egress(environ, errors, signer_url, signer_port)
 
     if errors or operator_key is None:  # a missing or bad key always adds an error
         raise SettingsError(errors)
@@ -452,8 +551,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         default_environment_name=default_environment_name,
         storage_class=storage_class,
         service_account=service_account,
+        algorithm_service_account=algorithm_service_account,
         node_selector=node_selector,
         pull_secret=pull_secret,
+        algorithm_pull_secret=algorithm_pull_secret,
+        user_namespaces=user_namespaces,
         pull_policy=pull_policy,
         filtering_container=filtering_container,
         image=image,
@@ -479,4 +581,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_cfg=log_cfg,
         metrics_port=metrics_port,
         health_port=health_port,
+        signer_host=signer_host,
+        signer_port=signer_port,
+        signer_url=signer_url,
+        egress=egress,
     )

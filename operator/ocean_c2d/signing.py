@@ -3,7 +3,9 @@
 - Notifications (NOTIFY_START_URL / NOTIFY_STOP_URL) carry an EIP-191 personal signature over the
   *text* json.dumps(secret) + json.dumps(DID list) + json.dumps(jobId) + json.dumps(algoDID), exactly as
   the original operator-engine signed them, so existing receivers verify them unchanged.
-- Provider downloads are signed over keccak256(did + nonce), with the 32-byte EIP-191 prefix.
+- Provider downloads are signed over keccak256(did + nonce), with the 32-byte EIP-191 prefix. Only the
+  operator signs them (signer.py): no pod of a Workflow holds the key. A configure pod proves which
+  Workflow it works for with `signer_token`, which only the operator (and that Workflow's Secret) knows.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from eth_keys.datatypes import PrivateKey, Signature
@@ -50,6 +55,19 @@ def job_secret(key: OperatorKey, uid: str) -> str:
     without being stored anywhere but the job's own Secret."""
     derived = hmac.new(key.private_key.to_bytes(), f"ocean-c2d/job-secret/{uid}".encode(), hashlib.sha256)
     return derived.hexdigest()[:32]
+
+
+def signer_token(key: OperatorKey, uid: str) -> str:
+    """The token a Workflow's configure pod shows the operator's signer: like `job_secret`, derived from the
+    operator key and the uid (nothing to store, the same after a restart), but under its own label, so
+    the job secret (which the algorithm sees) says nothing about it."""
+    derived = hmac.new(key.private_key.to_bytes(), f"ocean-c2d/signer-token/{uid}".encode(), hashlib.sha256)
+    return derived.hexdigest()
+
+
+def same_secret(expected: str, presented: str) -> bool:
+    """Constant-time comparison (bytes: compare_digest refuses non-ASCII text, which a caller may send)."""
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
 
 
 def personal_message_hash(message: bytes) -> bytes:
@@ -99,3 +117,43 @@ def notification_payload(
 def download_signature(key: OperatorKey, did: str, nonce: str) -> str:
     """Provider's download signature: personal sign over the 32-byte keccak256(utf8(did + nonce))."""
     return sign_personal(key, keccak((did + nonce).encode()))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NonceSource:
+    """Download nonces: the current time in milliseconds, but strictly increasing.
+
+    Every download is signed as the same operator address, and the provider refuses a nonce that is not
+    greater than the last one it saw for that address; so two signatures in the same millisecond must
+    not share a nonce (the original's Date.now() could). One source for the address, in the operator,
+    orders every Workflow's downloads, not just one pod's.
+    """
+
+    def __init__(self, clock: Callable[[], int] = _now_ms) -> None:
+        self._clock = clock
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            self._last = max(self._clock(), self._last + 1)
+            return str(self._last)
+
+
+@dataclass(frozen=True)
+class DownloadSignature:
+    """What a provider download needs from the operator: who signs, the nonce, and the signature (kept
+    out of repr, so it never reaches a log line by accident)."""
+
+    address: str
+    nonce: str
+    signature: str = field(repr=False)
+
+
+def sign_download(key: OperatorKey, did: str, nonces: NonceSource) -> DownloadSignature:
+    """A fresh nonce and the download signature over it."""
+    nonce = nonces.next()
+    return DownloadSignature(key.address, nonce, download_signature(key, did, nonce))

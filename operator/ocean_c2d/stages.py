@@ -30,6 +30,7 @@ from ocean_c2d.steps.contract import (
     EXIT_ALGORITHM_PROVISIONING_FAILED,
     EXIT_RESULTS_BLOCKED,
     ISOLATION_CHECK_CONTAINER,
+    read_filter_manifest,
     read_filter_reasons,
     read_results,
     read_step_message,
@@ -133,8 +134,12 @@ def _filter_wanted(environment: Environment, settings: PlanSettings, outcome: Ou
     return configured and outcome not in NO_ALGORITHM_OUTPUT
 
 
-def _filter_passed(_: StageJob) -> Verdict:
-    return Verdict(status=WorkflowStatus(filter=FilterVerdict(verdict="Pass", reasons=[])))
+def _filter_passed(job: StageJob) -> Verdict:
+    verdict = FilterVerdict(verdict="Pass", reasons=[])
+    manifest = read_filter_manifest(job.termination_message)
+    if manifest is not None:  # the built-in filter's (a custom filter's pod records it in a file only)
+        verdict["manifestSha256"] = manifest
+    return Verdict(status=WorkflowStatus(filter=verdict))
 
 
 def _filter_failed(job: StageJob | None, why: str) -> Verdict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from ocean_c2d.times import format_time
 
@@ -32,6 +32,8 @@ class StageRecord(TypedDict, total=False):
 class FilterVerdict(TypedDict):
     verdict: Literal["Pass", "Block"]
     reasons: list[str]
+    # The SHA-256 of the built-in filter's manifest (what it judged); publish uploads exactly that.
+    manifestSha256: NotRequired[str]
 
 
 class NotificationRecord(TypedDict, total=False):
@@ -131,6 +133,7 @@ class Outcome(enum.StrEnum):
     RESULTS_UPLOAD_FAILED = "ResultsUploadFailed"
     STOPPED = "Stopped"
     UNKNOWN_ENVIRONMENT = "UnknownEnvironment"
+    ENVIRONMENT_DENIED = "EnvironmentDenied"  # its spec.access does not admit the Workflow
     INVALID_SPEC = "InvalidSpec"
 
 
@@ -146,6 +149,7 @@ FINAL_CODES: dict[Outcome, Code] = {
     Outcome.RESULTS_UPLOAD_FAILED: RESULTS_UPLOAD_FAILED,
     Outcome.STOPPED: JOB_STOPPED,
     Outcome.UNKNOWN_ENVIRONMENT: INVALID_WORKFLOW,
+    Outcome.ENVIRONMENT_DENIED: INVALID_WORKFLOW,
     Outcome.INVALID_SPEC: INVALID_WORKFLOW,
 }
 
@@ -154,6 +158,9 @@ FINAL_CODES: dict[Outcome, Code] = {
 ADMITTED = "Admitted"
 FINISHED = "Finished"
 SUCCEEDED = "Succeeded"
+# A ComputeEnvironment's: False once a Workflow of it failed its isolation check (the cluster does not
+# enforce its NetworkPolicy); it then admits nothing that needs isolation (environments.py).
+NETWORK_ISOLATION = "NetworkIsolation"
 
 
 MESSAGE_LIMIT = 1024  # characters of a status message or an Event's message

@@ -12,18 +12,20 @@ them): a renamed handler cannot silently leave an index empty, and `bind` fails 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
-from ocean_c2d import observe, telemetry
-from ocean_c2d.model import Environment, InvalidWorkflow, Observed, Workflow
+from ocean_c2d import observe, retention, telemetry
+from ocean_c2d.model import Environment, InvalidWorkflow, Observed, RawJSON, Workflow
 
-WORKFLOW_INDEX = "workflow_index"  # (namespace, name) -> the Workflow's body
+WORKFLOW_INDEX = "workflow_index"  # (namespace, name) -> the Workflow's body, compact_workflow's copy
 WORKFLOWS_BY_ENVIRONMENT_INDEX = "workflow_by_environment_index"  # (namespace, environment) -> names
 ENVIRONMENT_INDEX = "environment_index"  # (namespace, name) -> the ComputeEnvironment's body
 JOB_INDEX = "job_index"  # (namespace, workflow) -> observe.JobRecord
 POD_INDEX = "pod_index"  # (namespace, workflow) -> observe.PodRecord
+RECORD_INDEX = "results_record_index"  # (namespace, name) -> a results record's ConfigMap (retention.py)
 # The children other than Jobs and pods (name and spec hash only): index name -> (apiVersion, plural).
 CHILD_INDEXES: dict[str, tuple[str, str]] = {
     "configmap_index": ("v1", "configmaps"),
@@ -37,6 +39,7 @@ INDEXES = (
     ENVIRONMENT_INDEX,
     JOB_INDEX,
     POD_INDEX,
+    RECORD_INDEX,
     *CHILD_INDEXES,
 )
 # How long a child we created may stay unseen by the watches before the view forgets it (it was created
@@ -105,7 +108,8 @@ class View:
         versions = {read["metadata"].get("resourceVersion")}
         if key in self._written:  # `read` was our previous write, not yet shown by the watch
             versions |= self._written[key][0]
-        self._written[key] = (frozenset(v for v in versions if v), written)
+        # `written` is the API server's answer, the whole body: kept compact, as the index keeps it.
+        self._written[key] = (frozenset(v for v in versions if v), compact_workflow(written))
 
     def workflows(self) -> list[Workflow]:
         """Every Workflow the view holds (readable ones by their status alone: see `readable`)."""
@@ -131,6 +135,24 @@ class View:
         names = self.values(WORKFLOWS_BY_ENVIRONMENT_INDEX, (namespace, environment))
         bodies = (self.workflow(namespace, n) for n in names)
         return [readable(body) for body in bodies if body is not None]
+
+    # ---- results records (retention.py): they outlive their Workflows --------------------------------
+
+    def record(self, namespace: str, name: str) -> dict[str, Any] | None:
+        [body] = self.values(RECORD_INDEX, (namespace, name)) or [None]
+        return dict(body) if body is not None else None
+
+    def record_keys(self) -> list[tuple[str, str]]:
+        return [(str(key[0]), str(key[1])) for key in self.keys(RECORD_INDEX)]
+
+    def records(self, seal_key: bytes) -> list[retention.ResultRecord]:
+        """Every results record the watches hold (in every watched namespace) that the operator sealed."""
+        bodies = (self.record(namespace, name) for namespace, name in self.record_keys())
+        return [
+            r
+            for body in bodies
+            if body is not None and (r := retention.parse_record(body, seal_key)) is not None
+        ]
 
     # ---- one Workflow's children ----------------------------------------------------------------------
 
@@ -171,6 +193,86 @@ class View:
         deleted = set(deleted)
         if deleted:
             self._deleted.setdefault(key, set()).update(deleted)
+
+
+# The free-form fields of a Workflow's spec (the CRD's x-kubernetes-preserve-unknown-fields): the schema
+# bounds their keys but not their depth, so only the API server's object size limit bounds them, and a
+# parsed JSON tree costs ~25 times its text. Only the ConfigMap's workflow.json reads them.
+FREE_FORM_INPUT_FIELDS = ("userData",)
+FREE_FORM_ALGORITHM_FIELDS = ("userData", "customData")
+
+
+def compact_workflow(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the view keeps of a Workflow: a copy of `body` (kopf reuses its own) without
+    metadata.managedFields (the API server's bookkeeping, as large as the spec), its free-form user data
+    as RawJSON text. Everything the planner reads is there as it was; templates get the free-form data
+    back byte for byte through model.dumps (render's `json` filter)."""
+    compact = {key: copy.deepcopy(value) for key, value in body.items() if key not in ("metadata", "spec")}
+    metadata = body.get("metadata")
+    if isinstance(metadata, Mapping):
+        compact["metadata"] = {k: copy.deepcopy(v) for k, v in metadata.items() if k != "managedFields"}
+    spec = body.get("spec")
+    if isinstance(spec, Mapping):
+        compact["spec"] = _compact_spec(spec)
+    elif "spec" in body:
+        compact["spec"] = copy.deepcopy(spec)
+    return compact
+
+
+def _compact_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    compact = {key: copy.deepcopy(value) for key, value in spec.items() if key not in ("inputs", "algorithm")}
+    inputs = spec.get("inputs")
+    if "inputs" in spec:
+        compact["inputs"] = (
+            [_freeze(item, FREE_FORM_INPUT_FIELDS) for item in inputs]
+            if isinstance(inputs, list)
+            else copy.deepcopy(inputs)
+        )
+    if "algorithm" in spec:
+        compact["algorithm"] = _freeze(spec["algorithm"], FREE_FORM_ALGORITHM_FIELDS)
+    return compact
+
+
+def _freeze(item: Any, free_form: tuple[str, ...]) -> Any:
+    """`item` (an input or the algorithm) copied, its `free_form` fields as RawJSON."""
+    if not isinstance(item, Mapping):
+        return copy.deepcopy(item)
+    return {
+        key: RawJSON.of(_plain(value)) if key in free_form else copy.deepcopy(value)
+        for key, value in item.items()
+    }
+
+
+def release_bulk(body: Mapping[str, Any], compact: Mapping[str, Any]) -> None:
+    """Shrink kopf's own parsed `body` to what `compact` (its compact_workflow) holds: no managedFields,
+    the free-form data as the same RawJSON. On start kopf keeps every listed body until all watched
+    kinds are listed (its indexes are complete before any handler runs): in full, a thousand Workflows
+    of the largest size would cost ~25 GiB then. No handler after the index reads those fields."""
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
+    spec, compact_spec = body.get("spec"), compact.get("spec")
+    if not isinstance(spec, dict) or not isinstance(compact_spec, dict):
+        return
+    inputs, compact_inputs = spec.get("inputs"), compact_spec.get("inputs")
+    if isinstance(inputs, list) and isinstance(compact_inputs, list):
+        for item, compact_item in zip(inputs, compact_inputs, strict=False):
+            _swap(item, compact_item, FREE_FORM_INPUT_FIELDS)
+    _swap(spec.get("algorithm"), compact_spec.get("algorithm"), FREE_FORM_ALGORITHM_FIELDS)
+
+
+def _swap(item: Any, compact_item: Any, free_form: tuple[str, ...]) -> None:
+    if isinstance(item, dict) and isinstance(compact_item, dict):
+        for key in free_form:
+            if key in item and key in compact_item:
+                item[key] = compact_item[key]
+
+
+def _plain(value: Any) -> Any:
+    """A kopf mapping view as the dict it shows (json.dumps takes dicts and lists only)."""
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        return {key: _plain(child) for key, child in value.items()}
+    return value
 
 
 def readable(body: dict[str, Any]) -> Workflow:

@@ -1,5 +1,6 @@
 """`ocean-c2d configure` against real HTTP servers on 127.0.0.1 (providers.py): a metadata cache, an Ocean
-provider that verifies the download signatures, and plain file URLs."""
+provider that verifies the download signatures, and plain file URLs. Downloads are signed by a KeySigner
+(the key in the test process); test_signer.py runs configure against the operator's real signer."""
 
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from ocean_c2d.signing import OperatorKey
-from ocean_c2d.steps.configure import run_configure
+from ocean_c2d.signing import NonceSource, OperatorKey
+from ocean_c2d.steps.configure import NO_SIGNER, run_configure
 from ocean_c2d.steps.contract import (
     EXIT_ALGORITHM_PROVISIONING_FAILED,
     EXIT_DATA_PROVISIONING_FAILED,
     EXIT_OK,
 )
-from ocean_c2d.steps.sources import NonceSource
-from unit_tests.steps.providers import BLOCK, Asset, OceanStack
+from ocean_c2d.steps.sources import Signer
+from unit_tests.steps.providers import BLOCK, Asset, KeySigner, OceanStack
 
 KEY_HEX = "95c716e9df3bc4ffd7299e7861ce401de810e8d245d3127b8e7b430f4ca7fd27"
 KEY = OperatorKey.from_hex(KEY_HEX)
@@ -52,12 +53,12 @@ class FakeSleep:
 
 @dataclass
 class Job:
-    """A workflow document, a key file and an empty volume under tmp_path, and how to run configure."""
+    """A workflow document and an empty volume under tmp_path, and how to run configure."""
 
     root: Path
     env: dict[str, str]
     sleep: FakeSleep
-    nonces: NonceSource
+    signer: Signer
 
     @property
     def volume(self) -> Path:
@@ -76,7 +77,7 @@ class Job:
 
     async def run(self, http: httpx.AsyncClient) -> int:
         return await run_configure(
-            self.env, http, termination_log=self.termination, sleep=self.sleep, nonces=self.nonces
+            self.env, http, termination_log=self.termination, sleep=self.sleep, signer=self.signer
         )
 
 
@@ -86,7 +87,9 @@ def make_job(
     algorithm: dict[str, Any],
     metadata_uri: str | None = None,
     disk_limit: int | None = None,
+    providers: tuple[str, ...] = (),
 ) -> Job:
+    """The job; the operator's allowlists hold `metadata_uri` and `providers` (allowing(stack))."""
     document = {
         "jobId": "0123456789abcdef0123456789abcdef",
         "owner": ADDRESS,
@@ -104,7 +107,6 @@ def make_job(
         ],
     }
     (root / "workflow.json").write_text(json.dumps(document))
-    (root / "operator-private-key").write_text("0x" + KEY_HEX + "\n")
     (root / "data").mkdir()
     env = {
         "WORKFLOW": str(root / "workflow.json"),
@@ -112,11 +114,20 @@ def make_job(
         "VOLUME": str(root / "data"),
         "INPUTS": str(root / "data" / "inputs"),
         "TRANSFORMATIONS": str(root / "data" / "transformations"),
-        "PRIVATE_KEY_FILE": str(root / "operator-private-key"),
     }
     if disk_limit is not None:
         env["DISK_LIMIT_BYTES"] = str(disk_limit)
-    return Job(root, env, FakeSleep(), NonceSource())
+    if metadata_uri:
+        env["ALLOWED_METADATA_CACHES"] = metadata_uri
+    if providers:
+        env["ALLOWED_PROVIDERS"] = ",".join(providers)
+    return Job(root, env, FakeSleep(), KeySigner(KEY))
+
+
+def allowing(stack: OceanStack) -> dict[str, Any]:
+    """make_job's arguments for a Workflow whose metadata cache and provider are the stack's, both in
+    the operator's allowlists."""
+    return {"metadata_uri": stack.metadata.url, "providers": (stack.provider.url,)}
 
 
 def mode_of(path: Path) -> int:
@@ -141,7 +152,7 @@ async def test_did_input_and_did_algorithm_land_at_the_contract_paths(
         tmp_path,
         [did_input(data), {"url": stack.files.url_of("extra.csv") + "?token=s3cr3t"}],
         did_input(algo),
-        metadata_uri=stack.metadata.url,
+        **allowing(stack),
     )
 
     assert await job.run(http) == EXIT_OK
@@ -242,7 +253,7 @@ async def test_provider_refusing_the_signature_fails_the_input(
             tmp_path,
             [did_input(data)],
             {"url": stack.files.url_of("algo.py")},
-            metadata_uri=stack.metadata.url,
+            **allowing(stack),
         )
 
         assert await job.run(http) == EXIT_DATA_PROVISIONING_FAILED
@@ -251,7 +262,7 @@ async def test_provider_refusing_the_signature_fails_the_input(
         assert message["status"] == "DataProvisioningFailed"
         assert message["message"] == (
             f"input 0 ({DATA_DID}): provider refused the download of file 0: "
-            "HTTP 401 Invalid signature provided."
+            "HTTP 401 Unauthorized"  # the provider's own words stay out of the status
         )
         # Signed once more with a fresh nonce, then given up; the algorithm was never fetched.
         assert len(stack.provider.downloads) == 2
@@ -275,13 +286,13 @@ async def test_wrong_transfer_tx_is_refused_without_signing_again(
         tmp_path,
         [did_input(data, transferTxId="0x" + "00" * 32)],
         {"rawCode": RAW_CODE},
-        metadata_uri=stack.metadata.url,
+        **allowing(stack),
     )
 
     assert await job.run(http) == EXIT_DATA_PROVISIONING_FAILED
 
     assert job.message()["message"].startswith(
-        f"input 0 ({DATA_DID}): provider refused the download of file 0: HTTP 400 Order with tx_id 0x0000"
+        f"input 0 ({DATA_DID}): provider refused the download of file 0: HTTP 400 Bad Request"
     )
     assert len(stack.provider.downloads) == 1
 
@@ -293,8 +304,8 @@ async def test_a_nonce_refused_as_too_old_is_signed_again_with_a_newer_one(
     # Another job (same operator address, a node whose clock runs ahead) already used a later nonce.
     stack.provider.last_nonce[ADDRESS.lower()] = 1_700_000_000_500
     clock = iter([1_700_000_000_000, 1_700_000_001_000])
-    job = make_job(tmp_path, [did_input(data)], {"rawCode": RAW_CODE}, metadata_uri=stack.metadata.url)
-    job.nonces = NonceSource(clock=lambda: next(clock))
+    job = make_job(tmp_path, [did_input(data)], {"rawCode": RAW_CODE}, **allowing(stack))
+    job.signer = KeySigner(KEY, NonceSource(clock=lambda: next(clock)))
 
     assert await job.run(http) == EXIT_OK
 
@@ -304,7 +315,7 @@ async def test_a_nonce_refused_as_too_old_is_signed_again_with_a_newer_one(
     ]
     assert (job.volume / "inputs" / DATA_DID.removeprefix("did:op:") / "0").read_bytes() == b"data"
     log = job.configure_log()
-    assert "Invalid nonce: <nonce> is not greater than the last nonce seen (<nonce>)" in log
+    assert "the provider refused the signed request (HTTP 400 Bad Request); signing again" in log
     assert "17000000" not in log
 
 
@@ -317,7 +328,7 @@ async def test_user_data_is_forwarded_for_inputs_and_the_algorithm(
         tmp_path,
         [did_input(data, userData={"rows": 10, "note": "a b&c"})],
         did_input(algo, userData={"learningRate": 0.1}, customData={"epochs": 3}),
-        metadata_uri=stack.metadata.url,
+        **allowing(stack),
     )
 
     assert await job.run(http) == EXIT_OK
@@ -354,7 +365,7 @@ async def test_algorithm_url_404_fails_the_algorithm(
 
     assert job.message() == {
         "status": "AlgorithmProvisioningFailed",
-        "message": f"algorithm ({stack.files.url_of('gone.py')}): HTTP 404 /files/gone.py not found",
+        "message": f"algorithm ({stack.files.url_of('gone.py')}): HTTP 404 Not Found",
     }
     assert [r.path for r in stack.files.requests] == ["/files/data.csv", "/files/gone.py"]  # 404: no retry
     assert (job.volume / "inputs" / "0" / "data.csv").exists()
@@ -433,7 +444,8 @@ async def test_transient_503s_are_retried_then_succeed(
     assert 1.6 <= second <= 2.4
     assert (job.volume / "inputs" / "0" / "data.csv").read_bytes() == b"eventually"
     log = job.configure_log()
-    assert "HTTP 503 busy, try later; retry 1 of 4" in log
+    assert "HTTP 503 Service Unavailable; retry 1 of 4" in log
+    assert "busy, try later" not in log  # the server's body is never echoed
     assert "retry 2 of 4" in log
 
 
@@ -444,7 +456,7 @@ async def test_retries_are_bounded(tmp_path: Path, http: httpx.AsyncClient, stac
 
     assert len(stack.files.requests) == 5
     assert len(job.sleep.delays) == 4
-    assert job.message()["message"].endswith("HTTP 503 down for maintenance (gave up after 5 attempts)")
+    assert job.message()["message"].endswith("HTTP 503 Service Unavailable (gave up after 5 attempts)")
 
 
 async def test_a_body_cut_short_is_retried_and_never_left_as_complete(
@@ -467,16 +479,16 @@ async def test_an_input_with_neither_did_nor_url_is_an_error(tmp_path: Path, htt
     assert job.message()["message"] == "input 0 (no did or url): names neither a did nor a url"
 
 
-async def test_a_did_input_without_a_key_file_is_an_error(
+async def test_a_did_input_without_a_signer_is_an_error(
     tmp_path: Path, http: httpx.AsyncClient, stack: OceanStack
 ) -> None:
     data = stack.add_asset(Asset(DATA_DID, [b"data"]))
-    job = make_job(tmp_path, [did_input(data)], {"rawCode": RAW_CODE}, metadata_uri=stack.metadata.url)
-    del job.env["PRIVATE_KEY_FILE"]
+    job = make_job(tmp_path, [did_input(data)], {"rawCode": RAW_CODE}, **allowing(stack))
+    job.signer = NO_SIGNER
 
     assert await job.run(http) == EXIT_DATA_PROVISIONING_FAILED
 
-    assert "PRIVATE_KEY_FILE is not set" in job.message()["message"]
+    assert "signed by the operator's signer: no signer was given" in job.message()["message"]
     assert stack.metadata.requests == []
 
 
@@ -487,15 +499,12 @@ async def test_an_unknown_did_names_the_metadata_cache_answer(
         tmp_path,
         [{"did": DATA_DID, "serviceId": "compute", "transferTxId": "0x01"}],
         {"rawCode": RAW_CODE},
-        metadata_uri=stack.metadata.url,
+        **allowing(stack),
     )
 
     assert await job.run(http) == EXIT_DATA_PROVISIONING_FAILED
 
-    assert job.message()["message"] == (
-        f"input 0 ({DATA_DID}): cannot resolve the DDO: "
-        f"HTTP 404 Asset DID {DATA_DID} not found in Elasticsearch."
-    )
+    assert job.message()["message"] == (f"input 0 ({DATA_DID}): cannot resolve the DDO: HTTP 404 Not Found")
 
 
 async def test_a_second_run_starts_from_empty_trees(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,7 @@ from ocean_c2d.steps.filter import (
     run_filter,
     termination_document,
 )
+from ocean_c2d.steps.judged import RefusedError, read_manifest
 
 OPEN = FilterPolicy(max_output_bytes=None, forbidden_extensions=(), block_copied_inputs=False)
 
@@ -129,7 +133,12 @@ def test_run_filter_passes_with_exit_0(volume: Path, tmp_path: Path) -> None:
     termination = tmp_path / "termination-log"
     env = {"VOLUME": str(volume), "FILTER_POLICY": json.dumps({"maxOutputBytes": None})}
     assert run_filter(env, termination) == EXIT_OK
-    assert json.loads(termination.read_text()) == {"verdict": "Pass", "reasons": []}
+    manifest = (volume / "filtering" / "manifest.json").read_bytes()
+    assert json.loads(termination.read_text()) == {
+        "verdict": "Pass",
+        "reasons": [],
+        "manifestSha256": hashlib.sha256(manifest).hexdigest(),
+    }
     log = (volume / "adminlogs" / "filter.log").read_text()
     assert "verdict: Pass" in log
     assert "2 output files, 18 bytes" in log
@@ -200,3 +209,76 @@ def test_what_the_algorithm_wrote_to_its_logs_is_judged_like_an_output(volume: P
     assert {r.split(":")[0] for r in verdict.reasons} == {"logs/algorithm.log", "logs/x.bin"}
     capped = judge(volume, FilterPolicy(max_output_bytes=len(source), block_copied_inputs=False))
     assert capped.decision == "Block"  # logs count toward the size cap
+
+
+# ---- the manifest of what was judged, and the publish caps --------------------------------------------
+
+
+def run_and_read(volume: Path, tmp_path: Path, **env: str) -> tuple[int, dict[str, Any]]:
+    termination = tmp_path / "termination-log"
+    code = run_filter({"VOLUME": str(volume), **env}, termination)
+    document: dict[str, Any] = json.loads(termination.read_text())
+    return code, document
+
+
+def test_the_manifest_records_each_judged_file_and_its_hash_is_in_the_message(
+    volume: Path, tmp_path: Path
+) -> None:
+    write(volume / "logs" / "algorithm.log", b"done\n")
+    (volume / "outputs" / "link").symlink_to(volume / "inputs" / "did1" / "0")
+    os.mkfifo(volume / "outputs" / "pipe")  # not read (it would hang), not listed
+
+    code, document = run_and_read(volume, tmp_path)
+
+    assert code == EXIT_OK, document
+    data = (volume / "filtering" / "manifest.json").read_bytes()
+    assert document["manifestSha256"] == hashlib.sha256(data).hexdigest()
+    entries = read_manifest(volume, document["manifestSha256"])
+    assert [e.name for e in entries] == ["logs/algorithm.log", "outputs/plots/a.png", "outputs/result.csv"]
+    for entry in entries:
+        info = (volume / entry.name).stat()
+        content = (volume / entry.name).read_bytes()
+        # dev 0: on the volume's device (as each pod numbers it), the same as its top folder's.
+        assert (entry.dev, entry.inode, entry.size) == (0, info.st_ino, len(content))
+        assert info.st_dev == (volume / entry.name.split("/")[0]).stat().st_dev
+        assert entry.sha256 == hashlib.sha256(content).hexdigest()
+    with pytest.raises(RefusedError, match="is not the"):
+        read_manifest(volume, "0" * 64)
+
+
+def test_the_filter_blocks_a_sparse_file_over_the_publish_byte_cap(volume: Path, tmp_path: Path) -> None:
+    sparse = volume / "outputs" / "zeros.bin"
+    with sparse.open("wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    assert sparse.stat().st_blocks * 512 < 1024 * 1024  # next to nothing on disk
+
+    code, document = run_and_read(volume, tmp_path, PUBLISH_MAX_BYTES=str(4 * 1024 * 1024))
+
+    assert code == EXIT_RESULTS_BLOCKED
+    assert document["reasons"] == [
+        "zeros.bin: over the cap of 4194304 bytes read; not judged, results withheld"
+    ]
+    code, _ = run_and_read(volume, tmp_path, PUBLISH_MAX_BYTES=str(65 * 1024 * 1024))
+    assert code == EXIT_OK
+
+
+def test_the_filter_blocks_more_files_than_the_publish_file_cap(volume: Path, tmp_path: Path) -> None:
+    code, document = run_and_read(volume, tmp_path, PUBLISH_MAX_FILES="1")
+    assert code == EXIT_RESULTS_BLOCKED
+    assert document["reasons"] == ["the algorithm wrote 2 files, over the publish cap of 1 files"]
+    assert run_and_read(volume, tmp_path, PUBLISH_MAX_FILES="2")[0] == EXIT_OK
+
+
+def test_manifest_only_mode_records_the_manifest_and_applies_only_the_caps(
+    volume: Path, tmp_path: Path
+) -> None:
+    write(volume / "outputs" / "copy.csv", (volume / "inputs" / "did1" / "0").read_bytes())
+    code, document = run_and_read(volume, tmp_path, FILTER_MANIFEST_ONLY="true")
+    assert code == EXIT_OK, document  # the copy is the custom filter's to judge
+    assert [e.name for e in read_manifest(volume, document["manifestSha256"])] == [
+        "outputs/copy.csv",
+        "outputs/plots/a.png",
+        "outputs/result.csv",
+    ]
+    code, _ = run_and_read(volume, tmp_path, FILTER_MANIFEST_ONLY="true", PUBLISH_MAX_FILES="2")
+    assert code == EXIT_RESULTS_BLOCKED

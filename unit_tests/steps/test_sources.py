@@ -11,14 +11,14 @@ import httpx
 import pytest
 
 from ocean_c2d.resilience import safe_url, scrub
-from ocean_c2d.signing import OperatorKey
+from ocean_c2d.signing import NonceSource, OperatorKey
 from ocean_c2d.steps.sources import (
     FetchContext,
     HttpSource,
     IpfsSource,
-    NonceSource,
     ProviderSource,
     S3Source,
+    ServiceAllowlist,
     file_name_from_url,
     sanitise_name,
     url_source,
@@ -34,7 +34,7 @@ from ocean_c2d.steps.streaming import (
     http_json,
     stream_to_file,
 )
-from unit_tests.steps.providers import Asset, OceanStack
+from unit_tests.steps.providers import Asset, KeySigner, OceanStack
 
 KEY = OperatorKey.from_hex("0x95c716e9df3bc4ffd7299e7861ce401de810e8d245d3127b8e7b430f4ca7fd27")
 DID = "did:op:" + "c3" * 32
@@ -170,7 +170,7 @@ async def test_429_honours_retry_after(tmp_path: Path, http: httpx.AsyncClient, 
 
     assert result.size == 2
     assert sleep.delays == [3.0, 3.0]
-    assert "HTTP 429 slow down; retry 1 of 4 in 3.0 s" in lines[1]
+    assert "HTTP 429 Too Many Requests; retry 1 of 4 in 3.0 s" in lines[1]
 
 
 async def test_json_answers_are_capped(http: httpx.AsyncClient, stack: OceanStack) -> None:
@@ -193,8 +193,8 @@ def provider_source(
         transfer_tx_id=asset.transfer_tx_id,
         metadata_uri=stack.metadata.url if metadata_uri is None else metadata_uri,
         ddo_dir=tmp_path / "ddos",
-        key=KEY,
-        nonces=NonceSource(),
+        signer=KeySigner(KEY),
+        services=ServiceAllowlist((stack.metadata.url,), (stack.provider.url,)),
     )
 
 

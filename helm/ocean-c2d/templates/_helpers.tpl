@@ -105,3 +105,18 @@ namespace when watchNamespace is empty or "*". */}}
   resources: [events]
   verbs: [create]
 {{- end }}
+
+{{/* The service accounts of the Workflows' pods (SERVICE_ACCOUNT, ALGORITHM_SERVICE_ACCOUNT). With one
+watched namespace the chart creates them there (<fullname>-stage, <fullname>-algorithm unless named); with
+all namespaces it cannot, and the names (by default the namespaces' "default") must exist everywhere. */}}
+{{- define "ocean-c2d.stageServiceAccount" -}}
+{{- $default := printf "%s-stage" (include "ocean-c2d.fullname" .) }}
+{{- if include "ocean-c2d.clusterwide" . }}{{ $default = "default" }}{{ end }}
+{{- default $default .Values.jobServiceAccounts.stage.name }}
+{{- end }}
+
+{{- define "ocean-c2d.algorithmServiceAccount" -}}
+{{- $default := printf "%s-algorithm" (include "ocean-c2d.fullname" .) }}
+{{- if include "ocean-c2d.clusterwide" . }}{{ $default = "default" }}{{ end }}
+{{- default $default .Values.jobServiceAccounts.algorithm.name }}
+{{- end }}

@@ -2,9 +2,12 @@
 
 Environment (templates/configure-job.yaml.j2): WORKFLOW (the workflow document, workflow.json), VOLUME
 (/data), INPUTS and TRANSFORMATIONS (default VOLUME/inputs and VOLUME/transformations),
-PRIVATE_KEY_FILE (the operator key, as hex, for provider downloads), DISK_LIMIT_BYTES (all downloads
-together; no limit when unset), and for the other sources IPFS_API[, IPFS_API_KEY, IPFS_API_CLIENT] and
-AWS_* (AWS_ENDPOINT_URL for S3-compatible stores).
+SIGNER_URL, SIGNER_TOKEN and WORKFLOW_NAMESPACE (downloads by DID are signed by the operator's signer:
+no operator key in this pod; see signer_client.py), DISK_LIMIT_BYTES (all downloads together; no limit
+when unset), and for the other sources IPFS_API[, IPFS_API_KEY, IPFS_API_CLIENT] and AWS_*
+(AWS_ENDPOINT_URL for S3-compatible stores). Where it may connect: EGRESS_ALLOW_CIDRS and CLUSTER_CIDRS
+(steps/egress.py); whom it may ask for a DID: ALLOWED_METADATA_CACHES and ALLOWED_PROVIDERS
+(sources.ServiceAllowlist; empty: none).
 
 The layout under VOLUME (reference §2.5):
 
@@ -46,7 +49,6 @@ import httpx
 
 from ocean_c2d.identity import user_agent
 from ocean_c2d.resilience import describe_error, safe_url
-from ocean_c2d.signing import OperatorKey
 from ocean_c2d.steps.contract import (
     EXIT_ALGORITHM_PROVISIONING_FAILED,
     EXIT_DATA_PROVISIONING_FAILED,
@@ -56,13 +58,14 @@ from ocean_c2d.steps.contract import (
     load_workflow,
     write_termination_message,
 )
+from ocean_c2d.steps.egress import EgressPolicy, guarded_client
+from ocean_c2d.steps.signer_client import NoSigner, signer_client, signer_from_env
 from ocean_c2d.steps.sources import (
-    NONCES,
     FetchContext,
     FetchResult,
     InlineSource,
-    NonceSource,
     ProviderSource,
+    Signer,
     Source,
     did_directory_name,
     file_name_from_url,
@@ -196,30 +199,7 @@ class Summary:
     bytes: int
 
 
-class _OperatorKeyFile:
-    """The operator key, read from PRIVATE_KEY_FILE the first time a DID download needs it."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.path = env.get("PRIVATE_KEY_FILE", "")
-        self._key: OperatorKey | None = None
-
-    def get(self) -> OperatorKey:
-        if self._key is None:
-            if not self.path:
-                raise FetchError(
-                    "a download by DID is signed with the operator key: PRIVATE_KEY_FILE is not set"
-                )
-            try:
-                text = Path(self.path).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as error:
-                reason = getattr(error, "strerror", None) or type(error).__name__
-                raise FetchError(f"cannot read the operator key file {self.path}: {reason}") from None
-            try:
-                self._key = OperatorKey.from_hex(text)
-            except ValueError as error:
-                # OperatorKey's messages never quote the key.
-                raise FetchError(f"the operator key file {self.path} holds no valid key: {error}") from None
-        return self._key
+NO_SIGNER = NoSigner("no signer was given")
 
 
 def _disk_limit(env: Mapping[str, str]) -> int | None:
@@ -269,23 +249,23 @@ def _provider_source(
     spec: Mapping[str, Any],
     stage: Mapping[str, Any],
     layout: Layout,
-    key: _OperatorKeyFile,
-    nonces: NonceSource,
+    signer: Signer,
     mode: int = 0o644,
 ) -> ProviderSource:
     did = str(spec["did"])
     service_id, tx_id = spec.get("serviceId"), spec.get("transferTxId")
     if not service_id or not tx_id:
         raise FetchError("a download by DID needs serviceId and transferTxId")
+    if isinstance(signer, NoSigner):  # say so before asking anyone anything
+        raise FetchError(signer.message)
     return ProviderSource(
         did=did,
         service_id=str(service_id),
         transfer_tx_id=str(tx_id),
         metadata_uri=_metadata_uri(stage),
         ddo_dir=layout.ddos,
-        key=key.get(),
+        signer=signer,
         user_data=_user_data(spec, "userdata", "algouserdata"),
-        nonces=nonces,
         mode=mode,
     )
 
@@ -306,8 +286,7 @@ async def fetch_input(
     index: int,
     stage: Mapping[str, Any],
     layout: Layout,
-    key: _OperatorKeyFile,
-    nonces: NonceSource,
+    signer: Signer,
 ) -> FetchResult:
     """One input: by DID into inputs/<did w/o prefix>/<i>, by URL into inputs/<index>/<name>."""
     if not isinstance(spec, dict):
@@ -320,7 +299,7 @@ async def fetch_input(
     expect = Expectation.from_spec(spec)
     source: Source
     if did:
-        source = _provider_source(spec, stage, layout, key, nonces)
+        source = _provider_source(spec, stage, layout, signer)
         directory = layout.inputs / did_directory_name(str(did))
 
         def place(i: int) -> Path:
@@ -351,8 +330,7 @@ async def fetch_algorithm(
     algorithm: Mapping[str, Any],
     stage: Mapping[str, Any],
     layout: Layout,
-    key: _OperatorKeyFile,
-    nonces: NonceSource,
+    signer: Signer,
 ) -> FetchResult:
     """The algorithm into transformations/algorithm (and 1..N), its customData into inputs/."""
     raw_code = algorithm.get("rawCode", algorithm.get("rawcode"))
@@ -366,7 +344,7 @@ async def fetch_algorithm(
         )
     source: Source
     if algorithm.get("did"):
-        source = _provider_source(algorithm, stage, layout, key, nonces, ALGORITHM_MODE)
+        source = _provider_source(algorithm, stage, layout, signer, ALGORITHM_MODE)
     elif algorithm.get("url"):
         source = url_source(str(algorithm["url"]), ALGORITHM_MODE)
     else:
@@ -391,7 +369,7 @@ async def configure(
     http: httpx.AsyncClient,
     log: ConfigureLog,
     limits: Limits,
-    nonces: NonceSource = NONCES,
+    signer: Signer = NO_SIGNER,
 ) -> Summary:
     """Provision the volume; raises StepError (31 or 32) with a message naming what failed and why."""
     layout = Layout.from_env(env)
@@ -413,8 +391,6 @@ async def configure(
         f"configure {env.get('WORKFLOWID') or 'workflow'}: {len(inputs)} input(s), disk limit "
         f"{format_bytes(limit) if limit is not None else 'none'}"
     )
-    key = _OperatorKeyFile(env)
-
     for position, spec in enumerate(inputs):
         raw_index = spec.get("index", position) if isinstance(spec, dict) else position
         index = raw_index if isinstance(raw_index, int) else position
@@ -422,7 +398,7 @@ async def configure(
         started = time.monotonic()
         input_ctx = FetchContext(http=http, limits=limits, env=env, log=_prefixed(log, what))
         try:
-            result = await fetch_input(input_ctx, spec, index, stage, layout, key, nonces)
+            result = await fetch_input(input_ctx, spec, index, stage, layout, signer)
         except FetchError as error:
             raise StepError(EXIT_DATA_PROVISIONING_FAILED, f"{what}: {error.message}") from None
         except Exception as error:
@@ -438,7 +414,7 @@ async def configure(
     started = time.monotonic()
     algo_ctx = FetchContext(http=http, limits=limits, env=env, log=_prefixed(log, what))
     try:
-        result = await fetch_algorithm(algo_ctx, algorithm, stage, layout, key, nonces)
+        result = await fetch_algorithm(algo_ctx, algorithm, stage, layout, signer)
     except FetchError as error:
         raise StepError(EXIT_ALGORITHM_PROVISIONING_FAILED, f"{what}: {error.message}") from None
     except Exception as error:
@@ -473,7 +449,7 @@ async def run_configure(
     *,
     termination_log: Path = TERMINATION_LOG,
     sleep: Sleep = asyncio.sleep,
-    nonces: NonceSource = NONCES,
+    signer: Signer = NO_SIGNER,
     retries: int = DEFAULT_RETRIES,
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
     echo: TextIO | None = None,
@@ -484,7 +460,7 @@ async def run_configure(
     started = time.monotonic()
     try:
         try:
-            summary = await configure(env, http, log, limits, nonces)
+            summary = await configure(env, http, log, limits, signer)
         except Exception as error:
             if not isinstance(error, StepError):
                 error = StepError(EXIT_DATA_PROVISIONING_FAILED, f"unexpected error: {describe_error(error)}")
@@ -504,11 +480,33 @@ async def run_configure(
         log.close()
 
 
+def _refuse_to_start(message: str) -> int:
+    """A misconfigured step (the operator's settings): exit 31 with the reason, fetching nothing."""
+    log = ConfigureLog(sys.stderr)
+    log(f"failed, exit code {EXIT_DATA_PROVISIONING_FAILED}: {message}")
+    _report(
+        {"status": STATUS_OF_EXIT[EXIT_DATA_PROVISIONING_FAILED], "message": _fit(message)},
+        TERMINATION_LOG,
+        log,
+    )
+    return EXIT_DATA_PROVISIONING_FAILED
+
+
 async def main(env: Mapping[str, str]) -> int:
-    """The `ocean-c2d configure` command: run_configure with its own HTTP client, logging to stderr."""
-    async with httpx.AsyncClient(
-        headers={"User-Agent": user_agent()},
-        follow_redirects=True,
-        timeout=httpx.Timeout(60.0, connect=10.0),
-    ) as http:
-        return await run_configure(env, http, echo=sys.stderr)
+    """The `ocean-c2d configure` command: run_configure with its own HTTP client, logging to stderr.
+
+    The client is the egress-guarded one (steps/egress.py): every connection, every redirect hop, goes
+    to a public address or one the operator allowed (EGRESS_ALLOW_CIDRS), never to CLUSTER_CIDRS."""
+    try:
+        policy = EgressPolicy.from_env(env)
+    except FetchError as error:
+        return _refuse_to_start(error.message)
+    async with (
+        guarded_client(
+            policy,
+            headers={"User-Agent": user_agent()},
+            timeout=httpx.Timeout(60.0, connect=10.0),
+        ) as http,
+        signer_client() as signer_http,
+    ):
+        return await run_configure(env, http, signer=signer_from_env(env, signer_http), echo=sys.stderr)

@@ -103,3 +103,15 @@ def read_filter_reasons(text: str | None) -> list[str]:
         return [text.strip()[:500]]
     reasons = document.get("reasons", []) if isinstance(document, dict) else []
     return [str(r) for r in reasons]
+
+
+def read_filter_manifest(text: str | None) -> str | None:
+    """The built-in filter's manifest hash ({"manifestSha256": "<64 hex>"}), else None."""
+    try:
+        document = json.loads(text or "")
+    except json.JSONDecodeError:
+        return None
+    value = document.get("manifestSha256") if isinstance(document, dict) else None
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None

@@ -10,17 +10,25 @@ environment's policy (FILTER_POLICY, JSON {maxOutputBytes, forbiddenExtensions, 
 - with blockCopiedInputs, no output is a byte-for-byte copy of a file under <VOLUME>/inputs (SHA-256,
   streamed; only files of equal size are hashed, and empty files are never "copies").
 Only regular files count, as only they are published: a symbolic link is neither followed nor uploaded.
+Every judged file is hashed once (opened without following links, see steps.judged), and the filter
+blocks when the algorithm's files exceed the environment's publish caps (PUBLISH_MAX_BYTES,
+PUBLISH_MAX_FILES), counted on the bytes it reads: a sparse file is as large as what it reads.
 
-Exit 0 with {"verdict": "Pass", "reasons": []}, or 51 (EXIT_RESULTS_BLOCKED) with {"verdict": "Block",
-"reasons": [...]} naming the files (paths relative to outputs/); the reasons are cut to fit the 4096-byte
-termination message, ending with "... and N more". The whole list goes to <VOLUME>/adminlogs/filter.log
-(published as "filteringLog"). When the filter cannot judge (a bad policy, an unreadable file), it exits
-1 with a plain-text message, and the operator withholds the results: the filter fails closed.
+What it judged is its manifest, <VOLUME>/filtering/manifest.json (name, size, SHA-256, device, inode
+of each file); the manifest's SHA-256 is "manifestSha256" in the termination message, and publish uploads
+exactly those files. With FILTER_MANIFEST_ONLY=true (an init container before a FILTERING_CONTAINER) it
+records the manifest and applies the caps only.
+
+Exit 0 with {"verdict": "Pass", "reasons": [], "manifestSha256": ...}, or 51 (EXIT_RESULTS_BLOCKED)
+with {"verdict": "Block", "reasons": [...]} naming the files (paths relative to outputs/); the reasons
+are cut to fit the 4096-byte termination message, ending with "... and N more". The whole list goes to
+<VOLUME>/adminlogs/filter.log (published as "filteringLog"). When the filter cannot judge (a bad policy,
+an unreadable file), it exits 1 with a plain-text message, and the operator withholds the results: the
+filter fails closed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +36,7 @@ import stat
 import sys
 import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +48,19 @@ from ocean_c2d.steps.contract import (
     encode_message,
     write_termination_message,
 )
+from ocean_c2d.steps.judged import (
+    MANIFEST,
+    Budget,
+    Entry,
+    RefusedError,
+    judge_file,
+    list_regular,
+    write_manifest,
+)
 from ocean_c2d.times import now_stamp
 
 EXIT_FILTER_FAILED = 1
+ALGORITHM_FOLDERS = ("outputs", "logs")  # what the algorithm can write
 MAX_REASON_CHARS = 300  # one reason, in the termination message (the log has it whole)
 
 
@@ -88,8 +106,9 @@ def normalize_extensions(extensions: list[str] | tuple[str, ...]) -> tuple[str, 
 class Verdict:
     decision: Literal["Pass", "Block"]
     reasons: tuple[str, ...] = ()
-    files: int = 0  # regular files judged under outputs/
+    files: int = 0  # regular files judged under outputs/ and logs/
     total_bytes: int = 0
+    entries: tuple[Entry, ...] = field(default=(), compare=False)  # the manifest: what was judged
 
     @property
     def blocked(self) -> bool:
@@ -141,35 +160,82 @@ def forbidden_extension(name: str, forbidden: tuple[str, ...]) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def judge(volume: Path, policy: FilterPolicy) -> Verdict:
+@dataclass(frozen=True)
+class Caps:
+    """The publish caps of the environment (PUBLISH_MAX_BYTES, PUBLISH_MAX_FILES; None: no cap): the
+    filter blocks what publish would refuse, counting the bytes it reads while hashing."""
+
+    max_bytes: int | None = None
+    max_files: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Caps:
+        return cls(_cap(env, "PUBLISH_MAX_BYTES"), _cap(env, "PUBLISH_MAX_FILES"))
+
+
+def _cap(env: Mapping[str, str], key: str) -> int | None:
+    raw = (env.get(key) or "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"{key} must be a whole number >= 0, not {raw!r}")
+    return int(raw)
+
+
+def shown(name: str) -> str:
+    """How a reason names a file: relative to outputs/, or "logs/..."."""
+    return name.removeprefix("outputs/")
+
+
+def judge(volume: Path, policy: FilterPolicy, caps: Caps = Caps()) -> Verdict:
     """The verdict on what the algorithm wrote (<volume>/outputs, and <volume>/logs as "logs/...")
-    under `policy`. Reads files, writes nothing."""
-    logs = [dataclasses.replace(f, relative=f"logs/{f.relative}") for f in regular_files(volume / "logs")]
-    outputs = [*regular_files(volume / "outputs"), *logs]
-    total = sum(f.size for f in outputs)
+    under `policy` and `caps`, with the manifest of what it judged. Reads files, writes nothing."""
+    names = list_regular(volume, ALGORITHM_FOLDERS)
     reasons: list[str] = []
+    entries, refused = _hash_all(volume, names, caps)
+    if refused is not None:
+        reasons.append(refused)
+    total = sum(e.size for e in entries)
     if policy.max_output_bytes is not None and total > policy.max_output_bytes:
         reasons.append(
-            f"the outputs total {total} bytes in {len(outputs)} files, "
+            f"the outputs total {total} bytes in {len(entries)} files, "
             f"over the limit of {policy.max_output_bytes} bytes"
         )
-    for output in outputs:
-        extension = forbidden_extension(output.relative, policy.forbidden_extensions)
+    for entry in entries:
+        extension = forbidden_extension(entry.name, policy.forbidden_extensions)
         if extension is not None:
-            reasons.append(f"{output.relative}: the extension .{extension} is not allowed")
+            reasons.append(f"{shown(entry.name)}: the extension .{extension} is not allowed")
     if policy.block_copied_inputs:
-        reasons.extend(_copies(volume, outputs))
+        reasons.extend(_copies(volume, entries))
     return Verdict(
         decision="Block" if reasons else "Pass",
         reasons=tuple(reasons),
-        files=len(outputs),
+        files=len(entries),
         total_bytes=total,
+        entries=tuple(entries),
     )
 
 
-def _copies(volume: Path, outputs: list[_File]) -> list[str]:
-    """Reasons for the outputs that are byte-for-byte copies of an input. Only sizes that occur on
-    both sides are hashed, so large inputs with no same-sized output are never read."""
+def _hash_all(volume: Path, names: list[str], caps: Caps) -> tuple[list[Entry], str | None]:
+    """The manifest entries of `names`, and the reason to block when one could not be judged (a cap
+    reached, a file swapped for a link or FIFO since the listing): hashing stops there."""
+    if caps.max_files is not None and len(names) > caps.max_files:
+        return [], f"the algorithm wrote {len(names)} files, over the publish cap of {caps.max_files} files"
+    budget = Budget(caps.max_bytes, caps.max_files)
+    entries: list[Entry] = []
+    for name in names:
+        try:
+            entries.append(judge_file(volume, name, budget))
+        except FileNotFoundError:
+            continue  # gone since the listing: not judged, and so never published
+        except RefusedError as refusal:
+            return entries, f"{shown(str(refusal))}; not judged, results withheld"
+    return entries, None
+
+
+def _copies(volume: Path, outputs: list[Entry]) -> list[str]:
+    """Reasons for the outputs that are byte-for-byte copies of an input. Only inputs of a size that
+    some output has are hashed, so large inputs with no same-sized output are never read."""
     candidates = [o for o in outputs if o.size > 0]
     if not candidates:
         return []
@@ -178,22 +244,20 @@ def _copies(volume: Path, outputs: list[_File]) -> list[str]:
     known: dict[tuple[int, str], str] = {}
     for item in inputs:
         known.setdefault((item.size, sha256_of(item.path)), item.relative)
-    input_sizes = {size for size, _ in known}
     reasons = []
     for output in candidates:
-        if output.size not in input_sizes:
-            continue
-        source = known.get((output.size, sha256_of(output.path)))
+        source = known.get((output.size, output.sha256))
         if source is not None:
-            reasons.append(f"{output.relative}: a byte-for-byte copy of the input {source}")
+            reasons.append(f"{shown(output.name)}: a byte-for-byte copy of the input {source}")
     return reasons
 
 
-def termination_document(verdict: Verdict) -> dict[str, Any]:
-    """{"verdict", "reasons"} that fits a termination message: each reason cut to MAX_REASON_CHARS,
-    and as many reasons as fit, then "... and N more"."""
+def termination_document(verdict: Verdict, manifest_sha256: str | None = None) -> dict[str, Any]:
+    """{"verdict", "reasons"[, "manifestSha256"]} that fits a termination message: each reason cut to
+    MAX_REASON_CHARS, and as many reasons as fit, then "... and N more"."""
     reasons = [_shorten(r) for r in verdict.reasons]
-    document: dict[str, Any] = {"verdict": verdict.decision, "reasons": reasons}
+    extra = {"manifestSha256": manifest_sha256} if manifest_sha256 else {}
+    document: dict[str, Any] = {"verdict": verdict.decision, "reasons": reasons, **extra}
     if encode_message(document) is not None:
         return document
 
@@ -201,6 +265,7 @@ def termination_document(verdict: Verdict) -> dict[str, Any]:
         return {
             "verdict": verdict.decision,
             "reasons": [*reasons[:kept], f"... and {len(reasons) - kept} more"],
+            **extra,
         }
 
     low, high = 0, len(reasons) - 1  # cut(0) always fits; find the largest that does
@@ -235,9 +300,16 @@ def write_filter_log(volume: Path, lines: list[str]) -> None:
 def run_filter(env: Mapping[str, str], termination_log: Path = TERMINATION_LOG) -> int:
     """The `ocean-c2d filter` program: judge, log, write the termination message, return the exit code."""
     volume = Path(env.get("VOLUME") or "/data")
+    # Before a custom FILTERING_CONTAINER, the built-in step only records the manifest (and the caps).
+    manifest_only = (env.get("FILTER_MANIFEST_ONLY") or "").strip().lower() == "true"
     try:
-        policy = FilterPolicy.from_json(env.get("FILTER_POLICY") or "{}")
-        verdict = judge(volume, policy)
+        policy = (
+            FilterPolicy(block_copied_inputs=False)
+            if manifest_only
+            else FilterPolicy.from_json(env.get("FILTER_POLICY") or "{}")
+        )
+        verdict = judge(volume, policy, Caps.from_env(env))
+        manifest_sha256 = write_manifest(volume, verdict.entries)
     except Exception as error:
         message = f"the filter could not judge the outputs: {type(error).__name__}: {error}"
         write_filter_log(volume, [f"filter: {message}", "filter: verdict: none (the results are withheld)"])
@@ -253,11 +325,12 @@ def run_filter(env: Mapping[str, str], termination_log: Path = TERMINATION_LOG) 
             }
         ),
         f"filter: {verdict.files} output files, {verdict.total_bytes} bytes",
+        f"filter: manifest {MANIFEST} (SHA-256 {manifest_sha256}): publish uploads these files only",
         f"filter: verdict: {verdict.decision}",
         *(f"filter: reason: {reason}" for reason in verdict.reasons),
     ]
     write_filter_log(volume, lines)
-    write_termination_message(termination_document(verdict), termination_log)
+    write_termination_message(termination_document(verdict, manifest_sha256), termination_log)
     return EXIT_RESULTS_BLOCKED if verdict.blocked else EXIT_OK
 
 

@@ -10,6 +10,16 @@ What goes up, in this order (the original's, with its gaps closed):
    still writing it). Symbolic links are never followed: an algorithm cannot publish an input by
    linking to it.
 
+Exactly what the filter judged: after a Pass (PUBLISH_MANIFEST=required) the algorithm's files are the
+filter's manifest (steps.judged), checked against its SHA-256 when the built-in filter reported one
+(PUBLISH_MANIFEST_SHA256); files on the volume that it does not list are never uploaded (publish.log
+names them). Every file is opened once, without following links on any part of its path and without
+blocking on a FIFO; only a regular file goes up, from that open file (never by path again), and an
+algorithm file must be the judged inode with the judged size and SHA-256 (hashed while read), unchanged
+until its upload ends. The algorithm's files are capped (PUBLISH_MAX_BYTES on the bytes read, so a sparse
+file counts as what it reads; PUBLISH_MAX_FILES). Any refusal stops publish (62) with a message naming the
+file, and what this run already uploaded is deleted where the destination can (S3).
+
 Where: IPFS when IPFS_OUTPUT is set (the original's priority), else S3 when AWS_BUCKET_OUTPUT is set,
 else nothing goes up and the step fails (62). See storage.ipfs and storage.s3 for URLs and expiry.
 
@@ -35,7 +45,6 @@ import asyncio
 import contextlib
 import json
 import os
-import stat
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -52,6 +61,16 @@ from ocean_c2d.steps.contract import (
     StepError,
     encode_message,
     write_termination_message,
+)
+from ocean_c2d.steps.judged import (
+    Budget,
+    Entry,
+    RefusedError,
+    digest,
+    list_regular,
+    open_regular,
+    read_manifest,
+    same_file,
 )
 from ocean_c2d.storage import Destination, UploadError
 from ocean_c2d.times import now_stamp
@@ -157,22 +176,76 @@ def failure_message(name: str, destination: str, attempts: int, error: str) -> s
 def list_volume(volume: Path) -> list[str]:
     """The regular files under the three published folders, as names relative to the volume; symbolic
     links are skipped (neither followed nor listed)."""
-    names: list[str] = []
+    return list_regular(volume, FOLDERS)
 
-    def walk(directory: Path, prefix: str) -> None:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                info = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(info.st_mode):
-                    walk(Path(entry.path), f"{prefix}{entry.name}/")
-                elif stat.S_ISREG(info.st_mode):
-                    names.append(f"{prefix}{entry.name}")
 
-    for folder in FOLDERS:
-        path = volume / folder
-        if path.is_dir() and not path.is_symlink():
-            walk(path, f"{folder}/")
-    return names
+@dataclass(frozen=True)
+class Selection:
+    """What may go up: the algorithm's files (each with what the filter recorded of it, or None when
+    there is no manifest) and the names on the volume left out because the filter never judged them."""
+
+    algorithm: dict[str, Entry | None]
+    left_out: list[str]
+
+
+def select_algorithm_files(volume: Path, publish_outputs: bool, manifest: ManifestSource) -> Selection:
+    """The algorithm's files to publish: none when withheld; exactly the manifest's when the filter
+    recorded one (files added since are left out); else the regular files listed now."""
+    if not publish_outputs:
+        return Selection({}, [])
+    on_volume = list_regular(volume, ALGORITHM_FOLDERS)
+    if not manifest.required:
+        return Selection(dict.fromkeys(on_volume), [])
+    entries = read_manifest(volume, manifest.sha256)
+    judged = {e.name: e for e in entries if e.name.split("/", 1)[0] in ALGORITHM_FOLDERS and "/" in e.name}
+    return Selection(dict(judged), [n for n in on_volume if n not in judged])
+
+
+@dataclass(frozen=True)
+class ManifestSource:
+    """PUBLISH_MANIFEST=required: a filter judged the outputs, so only its manifest's files go up;
+    PUBLISH_MANIFEST_SHA256: the manifest's hash as the built-in filter reported it (verified)."""
+
+    required: bool = False
+    sha256: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ManifestSource:
+        sha = (env.get("PUBLISH_MANIFEST_SHA256") or "").strip().lower() or None
+        required = (env.get("PUBLISH_MANIFEST") or "").strip().lower() == "required"
+        return cls(required or sha is not None, sha)
+
+
+def caps_from_env(env: Mapping[str, str]) -> Budget:
+    """PUBLISH_MAX_BYTES and PUBLISH_MAX_FILES (unset: no cap) on the algorithm's files."""
+    return Budget(_optional_cap(env, "PUBLISH_MAX_BYTES"), _optional_cap(env, "PUBLISH_MAX_FILES"))
+
+
+def _optional_cap(env: Mapping[str, str], key: str) -> int | None:
+    return _non_negative(env, key) if (env.get(key) or "").strip() else None
+
+
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
+
+
+def check_identity(volume: Path, name: str, info: os.stat_result, expected: Entry | None) -> None:
+    """Refused unless the opened file is the one the filter judged (device, inode, size)."""
+    if expected is None:
+        return
+    if not same_file(volume, info, expected):
+        raise RefusedError(f"{name}: not the file the filter judged (replaced since: another inode)")
+    if info.st_size != expected.size:
+        raise RefusedError(f"{name}: {info.st_size} bytes, the filter judged {expected.size}")
+
+
+def check_content(name: str, sha256: str, read: int, expected: Entry | None) -> None:
+    if expected is not None and (read != expected.size or sha256 != expected.sha256):
+        raise RefusedError(f"{name}: its content changed since the filter judged it (SHA-256 differs)")
 
 
 class PublishLog:
@@ -297,7 +370,17 @@ async def run_publish(
         if not publish_outputs:
             log.line("outputs withheld (PUBLISH_OUTPUTS=false: the filter blocked them); admin logs only")
         destination = uploader_factory(env)
-        document = await _publish(volume, publish_outputs, destination, log, policy, sleep, concurrency)
+        document = await _publish(
+            volume,
+            publish_outputs,
+            ManifestSource.from_env(env),
+            caps_from_env(env),
+            destination,
+            log,
+            policy,
+            sleep,
+            concurrency,
+        )
     except StepError as error:
         return _fail(error, log, termination_log)
     except OSError as error:
@@ -316,27 +399,56 @@ async def run_publish(
 async def _publish(
     volume: Path,
     publish_outputs: bool,
+    source: ManifestSource,
+    budget: Budget,
     destination: Destination,
     log: PublishLog,
     policy: RetryPolicy,
     sleep: Sleep,
     concurrency: int,
 ) -> dict[str, Any]:
-    plan = plan_uploads(list_volume(volume), publish_outputs)
+    try:
+        selection = select_algorithm_files(volume, publish_outputs, source)
+    except RefusedError as refusal:
+        why = f"{refusal}; nothing of the algorithm's is uploaded"
+        raise StepError(EXIT_RESULTS_UPLOAD_FAILED, why) from None
+    if source.required and publish_outputs:
+        log.line(f"uploading exactly the {len(selection.algorithm)} files of the filter's manifest")
+    if selection.left_out:
+        shown = ", ".join(selection.left_out[:20]) + (" ..." if len(selection.left_out) > 20 else "")
+        log.line(f"not in the filter's manifest, never uploaded: {len(selection.left_out)} files: {shown}")
+    admin = list_regular(volume, ("adminlogs",))
+    plan = plan_uploads([*selection.algorithm, *admin], publish_outputs)
     body, last = plan[:-1], plan[-1]
     log.line(f"{len(plan)} files to {destination.description}")
     results: list[dict[str, Any] | None] = [None] * len(body)
     failures: dict[int, StepError] = {}
+    uploaded: list[str] = []
     pending = iter(enumerate(body))
 
     async def worker() -> None:
         for index, item in pending:
             if failures:
                 return
-            path = volume / item.name
+            algorithm = item.name in selection.algorithm
             try:
-                size = path.stat().st_size
-                url = await upload_with_retries(destination, path, item.name, policy, sleep)
+                size, url = await _upload_one(
+                    volume,
+                    item.name,
+                    selection.algorithm.get(item.name),
+                    budget if algorithm else None,
+                    destination,
+                    uploaded,
+                    policy,
+                    sleep,
+                )
+            except RefusedError as refusal:
+                failures[index] = StepError(EXIT_RESULTS_UPLOAD_FAILED, f"{refusal}; publish stopped")
+                return
+            except OSError as error:  # gone since the filter, unreadable: stop here too, and clean up
+                message = f"{item.name}: cannot read it ({error.strerror}); publish stopped"
+                failures[index] = StepError(EXIT_RESULTS_UPLOAD_FAILED, message)
+                return
             except StepError as error:
                 failures[index] = error
                 return
@@ -345,13 +457,12 @@ async def _publish(
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     if failures:
+        await _remove_uploaded(destination, uploaded, log)
         raise failures[min(failures)]
     done = [entry for entry in results if entry is not None]
     log.line(f"{len(done)} files uploaded; {last.name} goes last")
     log.close()  # complete before it goes up
-    path = volume / last.name
-    size = path.stat().st_size
-    url = await upload_with_retries(destination, path, last.name, policy, sleep)
+    size, url = await _upload_one(volume, last.name, None, None, destination, uploaded, policy, sleep)
     done.append(result_entry(last, size, url, destination.expires_at))
     print(f"publish: uploaded {last.name} ({size} bytes): {url}", file=sys.stderr)
 
@@ -369,6 +480,52 @@ async def _publish(
     if encode_message(document) is None:
         raise StepError(EXIT_RESULTS_UPLOAD_FAILED, "the manifest URL does not fit a termination message")
     return document
+
+
+async def _upload_one(
+    volume: Path,
+    name: str,
+    expected: Entry | None,
+    budget: Budget | None,
+    destination: Destination,
+    uploaded: list[str],
+    policy: RetryPolicy,
+    sleep: Sleep,
+) -> tuple[int, str]:
+    """Upload `name` from an fd opened without following links, never by its path again: refused unless
+    it is a regular file, the one the filter judged (`expected`: inode, size, SHA-256 of what is read),
+    within `budget` (algorithm files), and unchanged until its upload is done. Returns (size, URL)."""
+    fd, info = open_regular(volume, name)
+    try:
+        check_identity(volume, name, info, expected)
+        if budget is not None:
+            budget.open_one(name)
+            sha256, read = await asyncio.to_thread(digest, fd, name, budget)
+            check_content(name, sha256, read, expected)
+        # The destination opens the file itself: through /proc/self/fd it gets this inode, whatever
+        # the path holds by now.
+        url = await upload_with_retries(destination, Path(f"/proc/self/fd/{fd}"), name, policy, sleep)
+        uploaded.append(name)
+        if _changed(info, os.fstat(fd)):
+            raise RefusedError(f"{name}: changed while it was uploaded")
+    finally:
+        os.close(fd)
+    return info.st_size, url
+
+
+async def _remove_uploaded(destination: Destination, names: list[str], log: PublishLog) -> None:
+    """Best effort: take back what this run uploaded before it failed, where the destination can."""
+    delete = getattr(destination, "delete", None)
+    if delete is None or not names:
+        if names:
+            log.line(f"{len(names)} files uploaded before the failure stay (this destination cannot delete)")
+        return
+    for name in names:
+        try:
+            await delete(name)
+        except Exception as error:
+            log.line(f"could not delete {name} after the failure: {type(error).__name__}")
+    log.line(f"deleted the {len(names)} files this run uploaded before the failure")
 
 
 def _fail(error: StepError, log: PublishLog | None, termination_log: Path) -> int:

@@ -4,9 +4,10 @@ Every source has one interface, `await source.fetch(ctx, place, expect) -> Fetch
 file number i at `place(i)` (through `streaming`: bounded memory, disk budget, atomic files, retries),
 checks `expect` (checksum and size), and raises `FetchError` with a message safe to show the consumer.
 
-The provider source follows the original pod-configuration (reference §5.2) with its bugs fixed:
-nonces strictly increase within the process, a request refused for its nonce or signature is signed
-again once, the algorithm's `userData` is forwarded, and nothing secret is ever logged.
+The provider source follows the original pod-configuration (reference §5.2) with its bugs fixed: the
+pod holds no operator key (a `Signer`, the operator's signer in production, signs each request with a
+fresh nonce), a request refused for its nonce or signature is signed again once, the algorithm's
+`userData` is forwarded, and nothing secret is ever logged.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,8 +23,9 @@ from typing import Any, Protocol
 
 import httpx
 
+from ocean_c2d.addresses import parse_base_url, url_allowed
 from ocean_c2d.resilience import describe_error, is_transient_status, safe_url
-from ocean_c2d.signing import OperatorKey, download_signature
+from ocean_c2d.signing import DownloadSignature
 from ocean_c2d.steps.streaming import (
     NO_EXPECTATION,
     DiskLimitError,
@@ -54,6 +54,7 @@ _AUTH_REFUSAL = re.compile(r"nonce|signature", re.IGNORECASE)
 _NONCE_VALUE = re.compile(r"(?<![0-9A-Za-z.])[0-9]{10,}(?:\.[0-9]+)?(?![0-9A-Za-z])")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _DID = re.compile(r"did:op:[0-9a-fA-F]{64}")
+_S3_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 
 Placement = Callable[[int], Path]
 """Where file number i of a source lands."""
@@ -211,9 +212,9 @@ class IpfsSource:
 
 @dataclass(frozen=True)
 class S3Source:
-    """s3://bucket/key with boto3 (credentials from AWS_* env or boto3's usual chain; AWS_ENDPOINT_URL for
-    S3-compatible stores, which then use path-style addressing). boto3 blocks: it runs in a thread and
-    streams the object to disk in chunks."""
+    """s3://bucket/key with boto3: the explicit AWS_* keys of the env, else unsigned, never boto3's
+    ambient chain (AWS_ENDPOINT_URL for S3-compatible stores, which then use path-style addressing).
+    boto3 blocks: it runs in a thread and streams the object to disk in chunks."""
 
     url: str
     mode: int = 0o644
@@ -247,20 +248,45 @@ class S3Source:
 
 
 def _s3_client(env: Mapping[str, str]) -> Any:
-    """The S3 client the step's env describes; boto3 is imported on first use, only s3:// inputs need it."""
+    """The S3 client the step's env describes; boto3 is imported on first use, only s3:// inputs need it.
+
+    No ambient credentials: the explicit keys (the Secret's INPUTS_AWS_* keys, as AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY), else unsigned requests (public buckets). boto3's own chain (instance
+    metadata, a web identity token, container credentials, shared files) is never asked, since it would
+    hand a Workflow author's s3:// URL the node's or the pod's cloud identity. The endpoint and region
+    are the operator's (the template sets them); a missing region is us-east-1, not a metadata lookup."""
     from ocean_c2d.storage.s3 import make_client
 
-    return make_client(
-        env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-        env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
-        env.get("AWS_ACCESS_KEY_ID") or None,
-        env.get("AWS_SECRET_ACCESS_KEY") or None,
-        session_token=env.get("AWS_SESSION_TOKEN") or None,
-        default_region=None,  # boto3's chain finds one, or S3's global endpoint applies
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    key_id, secret = env.get("AWS_ACCESS_KEY_ID") or None, env.get("AWS_SECRET_ACCESS_KEY") or None
+    if key_id and secret:
+        return make_client(
+            region,
+            endpoint,
+            key_id,
+            secret,
+            session_token=env.get("AWS_SESSION_TOKEN") or None,
+            read_timeout=60,
+            max_attempts=1,  # streaming.with_retries retries
+            addressing_style="auto",
+        )
+    return _unsigned_s3_client(region, endpoint)
+
+
+def _unsigned_s3_client(region: str, endpoint: str | None) -> Any:
+    import boto3  # type: ignore[import-untyped]
+    from botocore import UNSIGNED  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    config = Config(
+        signature_version=UNSIGNED,  # botocore then never resolves credentials
+        connect_timeout=10,
         read_timeout=60,
-        max_attempts=1,  # streaming.with_retries retries
-        addressing_style="auto",
+        retries={"mode": "standard", "max_attempts": 1},
+        s3={"addressing_style": "path" if endpoint else "auto"},
     )
+    return boto3.session.Session(region_name=region).client("s3", endpoint_url=endpoint, config=config)
 
 
 def _s3_download(
@@ -286,6 +312,7 @@ def _s3_download(
         response = client.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
         code = str(error.response.get("Error", {}).get("Code", "error"))
+        code = code if _S3_CODE.fullmatch(code) else "error"  # the server's text: only a code-like word
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         text = f"S3 answered {code} (HTTP {status})"
         if is_transient_status(status) or code in ("SlowDown", "Throttling", "RequestTimeout"):
@@ -327,30 +354,51 @@ def url_source(url: str, mode: int = 0o644) -> Source:
     raise FetchError(f"unsupported URL scheme {scheme!r}: use https, http, ipfs or s3")
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+@dataclass(frozen=True)
+class ServiceAllowlist:
+    """The operator's ALLOWED_METADATA_CACHES and ALLOWED_PROVIDERS: base URLs (addresses.url_allowed).
+
+    A Workflow names its metadata cache (spec.output.metadataUri) and the DDO names its provider, and the
+    provider receives a fresh download signature of the operator: without these lists, any server could
+    collect one and replay it at the real provider. Empty means none is allowed (downloads by DID then
+    fail until the operator lists its services); the lists are checked before the first request."""
+
+    metadata_caches: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServiceAllowlist:
+        def entries(name: str) -> tuple[str, ...]:
+            try:
+                return tuple(parse_base_url(item) for item in env.get(name, "").split(",") if item.strip())
+            except ValueError as error:
+                raise FetchError(f"{name} holds an entry that is not a base URL: {error}") from None
+
+        return cls(entries("ALLOWED_METADATA_CACHES"), entries("ALLOWED_PROVIDERS"))
+
+    def check_metadata_cache(self, url: str) -> None:
+        if not url_allowed(url, self.metadata_caches):
+            empty = ", empty: none is allowed" if not self.metadata_caches else ""
+            raise FetchError(
+                "the metadata cache (metadataUri) is not one the operator allows "
+                f"(ALLOWED_METADATA_CACHES{empty}; https only): nothing was asked of it"
+            )
+
+    def check_provider(self, url: str) -> None:
+        """The DDO's provider; its URL is the DDO's text, so the message does not quote it."""
+        if not url_allowed(url, self.providers):
+            empty = ", empty: none is allowed" if not self.providers else ""
+            raise FetchError(
+                f"the DDO's provider is not one the operator allows (ALLOWED_PROVIDERS{empty}; https "
+                "only): nothing was sent to it"
+            )
 
 
-class NonceSource:
-    """Download nonces: the current time in milliseconds, but strictly increasing within the process.
+class Signer(Protocol):
+    """Who signs provider downloads: the operator's signer (steps/signer_client.py), never a key in the
+    pod. Raises FetchError when it refuses, TransientError when it may answer later."""
 
-    Every job signs as the same operator address, and the provider refuses a nonce that is not greater
-    than the last one it saw for that address; so two downloads in the same millisecond must not share
-    a nonce (the original's Date.now() could).
-    """
-
-    def __init__(self, clock: Callable[[], int] = _now_ms) -> None:
-        self._clock = clock
-        self._last = 0
-        self._lock = threading.Lock()
-
-    def next(self) -> str:
-        with self._lock:
-            self._last = max(self._clock(), self._last + 1)
-            return str(self._last)
-
-
-NONCES = NonceSource()
+    async def sign_download(self, did: str) -> DownloadSignature: ...
 
 
 @dataclass(frozen=True)
@@ -360,10 +408,13 @@ class ProviderSource:
     1. the DDO from `{metadata_uri}/api/aquarius/assets/ddo/{did}`, saved as `ddo_dir/<did w/o prefix>`;
     2. the service whose id is `service_id`: its serviceEndpoint is the provider;
     3. `GET provider` lists serviceEndpoints; `fileinfo` (POST {did, serviceId}) counts the files;
-    4. each file i: `download` with fileIndex, documentId, transferTxId, serviceId, consumerAddress,
-       nonce, signature = download_signature(key, did, nonce), and userdata (JSON) when given.
+    4. each file i: `download` with fileIndex, documentId, transferTxId, serviceId, and the signer's
+       consumerAddress, nonce and signature (a fresh one for every attempt), and userdata (JSON) when given.
 
     `checksum` applies to an asset of one file only; `size` is the asset's total size.
+
+    `services` (the operator's allowlists) is checked before the DDO is asked for (metadataUri) and before
+    the provider receives anything; the DDO's `id` must be the DID asked for.
     """
 
     did: str
@@ -371,10 +422,11 @@ class ProviderSource:
     transfer_tx_id: str
     metadata_uri: str
     ddo_dir: Path
-    key: OperatorKey
+    signer: Signer
     user_data: Any = None
-    nonces: NonceSource = NONCES
     mode: int = 0o644
+    # The operator's allowlists; None: the step's env (ALLOWED_METADATA_CACHES, ALLOWED_PROVIDERS).
+    services: ServiceAllowlist | None = None
 
     @property
     def label(self) -> str:
@@ -385,6 +437,7 @@ class ProviderSource:
     ) -> FetchResult:
         ddo = await self.resolve(ctx)
         provider = self.provider_url(ddo)
+        self.allowlist(ctx).check_provider(provider)
         endpoints = await self.service_endpoints(ctx, provider)
         count = await self.file_count(ctx, provider, endpoints["fileinfo"])
         ctx.log(f"provider {safe_url(provider)} lists {count} file{'s' if count != 1 else ''}")
@@ -403,11 +456,15 @@ class ProviderSource:
             )
         return FetchResult(tuple(files))
 
+    def allowlist(self, ctx: FetchContext) -> ServiceAllowlist:
+        return self.services if self.services is not None else ServiceAllowlist.from_env(ctx.env)
+
     async def resolve(self, ctx: FetchContext) -> dict[str, Any]:
         """The asset's DDO, also saved to the ddos/ directory."""
         if not self.metadata_uri:
             raise FetchError("cannot resolve the DDO: the workflow names no metadataUri")
         url = join_url(self.metadata_uri, DDO_PATH + self.did)
+        self.allowlist(ctx).check_metadata_cache(url)
         target = self.ddo_dir / did_directory_name(self.did)
         try:
             result = await http_download(
@@ -427,6 +484,8 @@ class ProviderSource:
             raise FetchError(f"cannot resolve the DDO: {error.message}") from None
         if not isinstance(ddo, dict):
             raise FetchError("cannot resolve the DDO: the metadata cache did not answer a DDO")
+        if not isinstance(ddo.get("id"), str) or ddo["id"].lower() != self.did.lower():
+            raise FetchError("the metadata cache answered the DDO of another asset (its id is not the DID)")
         ctx.log(f"DDO from {safe_url(url)}: {result.size} bytes, saved to {target}")
         return ddo
 
@@ -484,17 +543,17 @@ class ProviderSource:
             raise FetchError("provider fileinfo lists no files")
         return len(files)
 
-    def signed_request(self, method: str, url: str, index: int) -> HttpRequest:
-        """A download request, signed with a fresh nonce (never logged: see HttpRequest)."""
-        nonce = self.nonces.next()
+    async def signed_request(self, method: str, url: str, index: int) -> HttpRequest:
+        """A download request, signed by the signer with a fresh nonce (never logged: see HttpRequest)."""
+        signed = await self.signer.sign_download(self.did)
         params = {
             "fileIndex": str(index),
             "documentId": self.did,
             "transferTxId": self.transfer_tx_id,
             "serviceId": self.service_id,
-            "consumerAddress": self.key.address,
-            "nonce": nonce,
-            "signature": download_signature(self.key, self.did, nonce),
+            "consumerAddress": signed.address,
+            "nonce": signed.nonce,
+            "signature": signed.signature,
         }
         if self.user_data is not None:
             params["userdata"] = json.dumps(self.user_data, separators=(",", ":"))
@@ -512,7 +571,7 @@ class ProviderSource:
         method, path = endpoint
         url = join_url(provider, path)
         what = f"file {index}"
-        ctx.log(f"{what}: {method} {safe_url(url)} (signed as {self.key.address})")
+        ctx.log(f"{what}: {method} {safe_url(url)} (signed by the operator)")
         for signing in (1, 2):
             try:
                 result = await http_download(

@@ -16,6 +16,9 @@ Rules every download of the configure step follows:
   seconds (+-20 %, at most 30 s; a numeric Retry-After on 429/503 is honoured, capped at 30 s). Any
   other 4xx is final.
   Every attempt asks its `request` factory for a fresh request, so a signed URL is signed again.
+- Remote text: an error names the HTTP status and its standard phrase, never the server's body or
+  reason phrase (they would reach status.message through the termination message).
+- Egress: the client decides where a connection may go (steps/egress.py); a refusal is final.
 - Secrets: a request's `params` (query string) may carry a nonce and a signature; they never appear
   in a message or a log line. Messages name URLs by `safe_url` (no userinfo, query or fragment).
 """
@@ -33,6 +36,7 @@ import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -77,11 +81,23 @@ class TransientError(FetchError):
         self.retry_after = retry_after
 
 
+def status_text(status: int) -> str:
+    """ "HTTP 404 Not Found": the code and the standard phrase, never the server's own words."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP {status} {phrase}".rstrip()
+
+
 class HttpStatusError(FetchError):
-    """A final HTTP answer that is not a success (4xx other than 408/429, or 5xx after the retries)."""
+    """A final HTTP answer that is not a success (4xx other than 408/429, or 5xx after the retries).
+
+    Its message is `status_text` only: the body (`detail`, kept for the caller's decisions, e.g. a
+    provider refusing a nonce) is the remote's text and never reaches a message or a log line."""
 
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"HTTP {status} {detail}".rstrip())
+        super().__init__(status_text(status))
         self.status = status
         self.detail = detail
 
@@ -363,6 +379,8 @@ class HttpRequest:
 
 
 RequestFactory = Callable[[], HttpRequest]
+# A request that must be made afresh for every attempt by asking someone first (a signed provider download).
+AsyncRequestFactory = Callable[[], Awaitable[HttpRequest]]
 
 
 async def with_retries(limits: Limits, attempt: Callable[[], Awaitable[T]], what: str, log: Log) -> T:
@@ -416,9 +434,7 @@ async def _raise_for_status(response: httpx.Response) -> None:
                 break
     detail = _detail_from_body(body[:ERROR_BODY_LIMIT], response.reason_phrase)
     if is_transient_status(status):
-        raise TransientError(
-            f"HTTP {status} {detail}".rstrip(), retry_after_seconds(status, response.headers)
-        )
+        raise TransientError(status_text(status), retry_after_seconds(status, response.headers))
     raise HttpStatusError(status, detail)
 
 
@@ -437,15 +453,25 @@ def _body(response: httpx.Response) -> AsyncIterator[bytes]:
     return response.aiter_bytes()
 
 
+def _describe_http_error(error: httpx.HTTPError) -> str:
+    """An httpx error in our words: its type, plus its text only for connect and timeout errors (the
+    system's words). Protocol and URL errors may quote what the server sent (a redirect's Location,
+    a header), so they are named by type alone."""
+    if isinstance(error, httpx.ConnectError | httpx.TimeoutException):
+        return describe_error(error)
+    return type(error).__name__
+
+
 @contextlib.asynccontextmanager
 async def _translated_errors() -> AsyncIterator[None]:
-    """httpx errors as TransientError (worth retrying) or FetchError (not)."""
+    """httpx errors as TransientError (worth retrying) or FetchError (not). An egress refusal
+    (steps/egress.py) is already a FetchError and passes through: it is never retried."""
     try:
         yield
     except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as error:
-        raise TransientError(describe_error(error)) from None
+        raise TransientError(_describe_http_error(error)) from None
     except httpx.HTTPError as error:
-        raise FetchError(describe_error(error)) from None
+        raise FetchError(_describe_http_error(error)) from None
 
 
 def _stream(
@@ -465,7 +491,7 @@ def _stream(
 
 async def http_download(
     http: httpx.AsyncClient,
-    request: RequestFactory,
+    request: RequestFactory | AsyncRequestFactory,
     target: Path,
     limits: Limits,
     expect: Expectation = NO_EXPECTATION,
@@ -474,10 +500,13 @@ async def http_download(
     what: str = "download",
     log: Log = lambda _: None,
 ) -> FileResult:
-    """Stream the answer to `request()` into `target`, retrying transient failures."""
+    """Stream the answer to `request()` into `target`, retrying transient failures; `request` is called
+    again for every attempt (and awaited when it must ask someone first)."""
 
     async def attempt() -> FileResult:
-        async with _translated_errors(), _stream(http, request(), limits) as response:
+        made = request()
+        prepared = made if isinstance(made, HttpRequest) else await made
+        async with _translated_errors(), _stream(http, prepared, limits) as response:
             await _raise_for_status(response)
             check_announced_size(_announced_size(response), expect, limits.budget)
             return await stream_to_file(

@@ -218,5 +218,14 @@ class S3Destination:
             raise classify(error) from error
         return object_url(self.bucket, key, self.endpoint_url, self.region)
 
+    async def delete(self, name: str) -> None:
+        """Remove `name`: a publish that failed half-way takes back what it had uploaded."""
+        try:
+            await asyncio.to_thread(
+                self._client.delete_object, Bucket=self.bucket, Key=s3_key(self.workflow_id, name)
+            )
+        except Exception as error:
+            raise classify(error) from error
+
     async def close(self) -> None:
         await asyncio.to_thread(self._client.close)
