@@ -176,6 +176,18 @@ async def events_of(api: kr8s.asyncio.Api, namespace: str, name: str) -> list[st
     ]
 
 
+async def wait_for_event(
+    api: kr8s.asyncio.Api, namespace: str, name: str, reason: str, timeout: float = 30
+) -> None:
+    """Until an Event of `reason` about the object `name` exists (a watch). The operator writes a
+    Workflow's Events after its status, so a test that has seen the final status may be early."""
+    selector = f"involvedObject.name={name},reason={reason}"
+    async with asyncio.timeout(timeout):
+        while True:
+            async for _event, _obj in api.async_watch("events", namespace=namespace, field_selector=selector):
+                return
+
+
 def status(obj: APIObject) -> dict[str, Any]:
     return dict(obj.raw.get("status") or {})
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import kr8s.asyncio
 import pytest
 
-from e2e.operator_fixtures import create_environment, create_workflow, events_of, status, wait_finished
+from e2e.operator_fixtures import create_environment, create_workflow, status, wait_finished, wait_for_event
 from e2e.operator_handle import StartOperator
 from e2e.waiting import wait_for
 
@@ -27,7 +27,7 @@ async def ends_invalid(api: kr8s.asyncio.Api, namespace: str, final: dict[str, o
     assert (final["statusCode"], final["reason"]) == (90, "InvalidSpec")
     assert final["statusText"] == "Invalid workflow"
     assert refused in str(final["message"])
-    assert "InvalidSpec" in await events_of(api, namespace, "a-poison")
+    await wait_for_event(api, namespace, "a-poison", "InvalidSpec")
 
 
 async def test_a_config_map_too_large_ends_invalid_spec_and_the_next_in_the_queue_runs(

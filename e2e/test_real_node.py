@@ -24,6 +24,7 @@ from e2e.operator_fixtures import (
     events_of,
     status,
     wait_finished,
+    wait_for_event,
 )
 from e2e.operator_handle import StartOperator, run_command
 from e2e.real_node import (
@@ -124,6 +125,7 @@ async def test_the_whole_pipeline_runs_for_real(
     assert published["digests.txt"].decode() == expected
     assert b"hashed 2 inputs" in published["algorithm.log"]
     assert node_http.requests.count("/sets/visits.csv") == 1
+    await wait_for_event(api, namespace, name, "Finished")  # Events follow the status
     reasons = await events_of(api, namespace, name)
     assert {"Configuring", "RunningAlgorithm", "Filtering", "Publishing", "Finished"} <= set(reasons), reasons
 
