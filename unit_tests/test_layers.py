@@ -25,6 +25,13 @@ PACKAGE = "ocean_c2d"
 # Pure: (inputs) -> outputs, no I/O. What they may import of this package: pure modules only.
 PURE = {
     "ocean_c2d.addresses",
+    "ocean_c2d.api",
+    "ocean_c2d.api.auth",
+    "ocean_c2d.api.environments",
+    "ocean_c2d.api.params",
+    "ocean_c2d.api.status_object",
+    "ocean_c2d.api.store",
+    "ocean_c2d.api.translate",
     "ocean_c2d.changes",
     "ocean_c2d.environments",
     "ocean_c2d.identity",
@@ -45,6 +52,7 @@ PURE = {
 # The I/O shell, and the pod-side steps and storage (they do I/O in the stage pods).
 SHELL = {
     "ocean_c2d",
+    "ocean_c2d.api.app",
     "ocean_c2d.cli",
     "ocean_c2d.controller",
     "ocean_c2d.effects",
