@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         "publish", help="stage step: upload outputs and logs; the result list is the termination message"
     )
     subcommands.add_parser(
+        "api", help="serve the operator-service-compatible API (/api/v1/operator/) over the cluster"
+    )
+    subcommands.add_parser(
         "isolation-check",
         help="init step of algorithm and filter pods: exit 0 once egress is blocked, 23 if it never is",
     )
@@ -51,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ocean_c2d.steps.publish import main as publish_main
 
         return publish_main()
+    elif args.command == "api":
+        import os
+
+        from ocean_c2d.api.server import main as api_main
+
+        return api_main(dict(os.environ))
     elif args.command == "isolation-check":
         from ocean_c2d.steps.isolation import main as isolation_main
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,22 +32,9 @@ from ocean_c2d.api.auth import (
 )
 from ocean_c2d.api.params import Authenticate, AuthQuery, Refusal
 from ocean_c2d.signing import sign_personal
+from unit_tests.api.fixtures import COMPAT
 from unit_tests.factories import OPERATOR_ADDRESS, OPERATOR_KEY
 
-# The recordings: unit_tests/api/ocean-compat once copied into the repository, else the shared copy.
-COMPAT = Path(
-    os.environ.get(
-        "OCEAN_COMPAT_DIR",
-        next(
-            (
-                str(path)
-                for path in (Path(__file__).parent / "ocean-compat", Path("/work/shared/ocean-compat"))
-                if path.is_dir()
-            ),
-            "unit_tests/api/ocean-compat",
-        ),
-    )
-)
 CLIENT_FILES = ("provider-v4.json", "oceanpy_provider-v4.json", "ocean-node-OPF_K8_9f2870dd.json")
 PROVIDER = "0xe08A1dAe983BC701D05E492DB80e0144f8f4b909"
 CONSUMER = "0xBE5449a6A97aD46c8558A3356267Ee5D2731ab5e"

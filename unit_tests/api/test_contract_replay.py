@@ -12,7 +12,6 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,8 +23,9 @@ from ocean_c2d.api.params import AuthQuery, Refusal
 from ocean_c2d.api.status_object import is_finished
 from ocean_c2d.api.store import InMemoryStore
 from ocean_c2d.identity import package_version
+from unit_tests.api.fixtures import COMPAT
 
-FIXTURES = Path("/work/shared/ocean-compat")
+FIXTURES = COMPAT
 FILES = [
     "provider-v4.json",
     "oceanpy_provider-v4.json",

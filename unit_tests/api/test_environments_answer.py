@@ -4,30 +4,15 @@ compared under the README's normalisation (lastSeen -> <TS>), keys, order and ty
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ocean_c2d.api.environments import environments_answer, epoch_text
+from unit_tests.api.fixtures import COMPAT
 
-# The recordings: unit_tests/api/ocean-compat once copied into the repository, else the shared copy.
-COMPAT = Path(
-    os.environ.get(
-        "OCEAN_COMPAT_DIR",
-        next(
-            (
-                str(path)
-                for path in (Path(__file__).parent / "ocean-compat", Path("/work/shared/ocean-compat"))
-                if path.is_dir()
-            ),
-            "unit_tests/api/ocean-compat",
-        ),
-    )
-)
 FIXTURE_FILES = (
     "provider-v4.json",
     "oceanpy_provider-v4.json",

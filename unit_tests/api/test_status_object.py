@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,9 @@ from ocean_c2d.api.status_object import (
     client_code,
 )
 from ocean_c2d.api.translate import build_workflow
+from unit_tests.api.fixtures import COMPAT
 
-FIXTURES = Path("/work/shared/ocean-compat")
+FIXTURES = COMPAT
 NOW = datetime(2026, 12, 1, 7, 54, 21, 956364, tzinfo=UTC)
 JOB = "38c8ca27d61e4f42ab352c5598162241"
 RESULTS = [

@@ -17,8 +17,9 @@ from ocean_c2d.api import translate
 from ocean_c2d.api.params import parse_json
 from ocean_c2d.api.translate import COMPAT_ANNOTATION, Rejected, build_workflow, check_payload, check_stages
 from ocean_c2d.model import Workflow
+from unit_tests.api.fixtures import COMPAT
 
-FIXTURES = Path("/work/shared/ocean-compat")
+FIXTURES = COMPAT
 CRD = Path(__file__).resolve().parents[2] / "crds" / "workflows.yaml"
 NOW = datetime(2026, 12, 1, 7, 54, 21, 956364, tzinfo=UTC)
 JOB = "38c8ca27d61e4f42ab352c5598162241"

@@ -58,8 +58,21 @@ class Download:
     chunks: AsyncIterator[bytes]
 
 
+class ResultUnavailableError(Exception):
+    """The fetcher's answer when it cannot stream a result: the status (404 gone from storage, 416 a
+    Range past its end, 502 storage failed), a message safe to show, and headers (416: Content-Range)."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
 # GET /getResult: (the result entry with its url, the request's Range header or None) -> the download.
 FetchResult = Callable[[Mapping[str, Any], str | None], Awaitable[Download]]
+# Too many results for the status: (status.resultsManifest, the manifest's URL) -> its result list.
+ReadManifest = Callable[[str], Awaitable[list[dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class ApiConfig:
     authenticate: Authenticate = accept_all
     environments: Environments | None = None  # None: environments_from_store
     fetch_result: FetchResult | None = None  # None: getResult answers 503 once it found the file
+    read_manifest: ReadManifest | None = None  # None: a job whose list is only in its manifest has none
     operator_address: str | None = None  # the operator key's checksummed address (GET /, consumerAddress)
     algo_time_limit: str | None = None  # GET /'s algoTimeLimit, as the original showed ALGO_POD_TIMEOUT
     clock: Callable[[], datetime] = utc_now
@@ -83,6 +97,12 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 def error(message: str, status: int = 400) -> web.Response:
     return json_response({"error": message}, status)
+
+
+def unavailable(problem: ResultUnavailableError) -> web.Response:
+    response = error(problem.message, problem.status)
+    response.headers.update(problem.headers)
+    return response
 
 
 def flask_html_error(status: int, title: str, text: str) -> web.Response:
@@ -307,9 +327,17 @@ async def get_result(request: web.Request) -> web.StreamResponse:
         return error(f"{prefix}{bad}")
     owner, job_id = params["owner"], params["jobId"]
     workflow = await config.store.get_workflow(str(job_id))
-    results = ((workflow or {}).get("status") or {}).get("results")
+    status = (workflow or {}).get("status") or {}
+    results = status.get("results")
+    owned = workflow is not None and (workflow.get("spec") or {}).get("owner") == owner
+    manifest = status.get("resultsManifest")
+    if owned and not results and manifest and config.read_manifest is not None:
+        try:
+            results = await config.read_manifest(str(manifest))
+        except ResultUnavailableError as problem:
+            return unavailable(problem)
     # Unknown job, nothing published yet, or another owner: the original said "mismatch" to all three.
-    if workflow is None or not results or (workflow.get("spec") or {}).get("owner") != owner:
+    if not owned or not results:
         return error(f"Owner {owner} mismatch for job {job_id}", 404)
     if index < 0:
         return error(f"Negative index {index}", 404)
@@ -318,7 +346,10 @@ async def get_result(request: web.Request) -> web.StreamResponse:
     if config.fetch_result is None:
         return error("result downloads are not configured", 503)
     entry = results[index]
-    download = await config.fetch_result(entry, request.headers.get("Range"))
+    try:
+        download = await config.fetch_result(entry, request.headers.get("Range"))
+    except ResultUnavailableError as problem:
+        return unavailable(problem)
     return await _stream(request, entry, download)
 
 

@@ -1,0 +1,9 @@
+"""Where the API tests read the contract recordings: the copy in the repository (fixtures/README.md),
+or the folder OCEAN_COMPAT_DIR names (a fresh recording, before it is copied in)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+COMPAT = Path(os.environ.get("OCEAN_COMPAT_DIR") or Path(__file__).parent / "fixtures" / "ocean-compat")

@@ -1,0 +1,457 @@
+"""api/cluster_store.py and api/nonces.py against FakeKube, an in-process fake of the few API-server calls
+they make (LIST with pages, WATCH, GET, POST, merge PATCH with a resourceVersion precondition).
+
+The fake is a model of the API server's behaviour, not the real thing: the same logic against the local
+cluster's API server is the next slice's e2e test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kr8s.asyncio
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from ocean_c2d.api import cluster_store
+from ocean_c2d.api.cluster_store import ApiError, ClusterStore, Kr8sKube, WatchCache
+from ocean_c2d.api.nonces import ConfigMapNonceStore, NonceConflictError, configmap_name
+
+NS = "c2d"
+ALICE = "0x" + "a1" * 20
+BOB = "0x" + "b2" * 20
+PROVIDER = "0x00000000000000000000000000000000000000Aa"
+
+
+class FakeKube:
+    """Objects by (plural, namespace, name); every write bumps one resourceVersion counter and sends
+    the event to the open watches of that plural. `requests` records (method, plural, name) of each call."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.version = 100
+        self.requests: list[tuple[str, str, str]] = []
+        self.watches: dict[str, list[asyncio.Queue[dict[str, Any] | None]]] = {}
+        self.watch_params: list[dict[str, str]] = []
+        self.before_write: list[Any] = []  # callables run before a write: a concurrent writer
+        self.muted: set[str] = set()  # plurals whose watches hear nothing (a slow watch)
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+
+    def emit(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
+        if plural in self.muted:
+            return
+        for queue in self.watches.get(plural, []):
+            queue.put_nowait({"type": kind, "object": copy.deepcopy(obj)})
+
+    def end_watches(self, plural: str, last: dict[str, Any] | None = None) -> None:
+        for queue in self.watches.get(plural, []):
+            if last is not None:
+                queue.put_nowait(last)
+            queue.put_nowait(None)
+
+    def put(
+        self, plural: str, obj: dict[str, Any], *, created: str = "2026-12-01T10:00:00Z"
+    ) -> dict[str, Any]:
+        """An object written by someone else (the operator, kubectl)."""
+        stored = copy.deepcopy(obj)
+        metadata = stored["metadata"]
+        metadata.setdefault("namespace", NS)
+        metadata.setdefault("creationTimestamp", created)
+        key = (plural, metadata["namespace"], metadata["name"])
+        existed = key in self.objects
+        self._bump(stored)
+        self.objects[key] = stored
+        self.emit(plural, "MODIFIED" if existed else "ADDED", stored)
+        return copy.deepcopy(stored)
+
+    def delete(self, plural: str, name: str) -> None:
+        gone = self.objects.pop((plural, NS, name))
+        self._bump(gone)
+        self.emit(plural, "DELETED", gone)
+
+    async def request(
+        self,
+        method: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        name: str = "",
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        self.requests.append((method, plural, name))
+        assert namespace == NS
+        await asyncio.sleep(0)
+        if method == "GET" and not name:
+            names = sorted(n for (p, ns, n) in self.objects if p == plural and ns == namespace)
+            limit = int((params or {}).get("limit", "0")) or len(names)
+            start = int((params or {}).get("continue", "0"))
+            page = names[start : start + limit]
+            metadata: dict[str, Any] = {"resourceVersion": str(self.version)}
+            if start + limit < len(names):
+                metadata["continue"] = str(start + limit)
+            items = []
+            for n in page:
+                item = copy.deepcopy(self.objects[(plural, namespace, n)])
+                item.pop("apiVersion", None)
+                item.pop("kind", None)
+                items.append(item)
+            return {"kind": "WorkflowList", "metadata": metadata, "items": items}
+        key = (plural, namespace, name)
+        if method == "GET":
+            if key not in self.objects:
+                raise ApiError(404, "not found")
+            return copy.deepcopy(self.objects[key])
+        for hook in list(self.before_write):
+            hook()
+        if method == "POST":
+            assert body is not None
+            key = (plural, namespace, body["metadata"]["name"])
+            if key in self.objects:
+                raise ApiError(409, "already exists")
+            stored = copy.deepcopy(body)
+            stored["metadata"].update(
+                namespace=namespace, uid="uid-1", creationTimestamp="2026-12-01T12:00:00Z"
+            )
+            stored["metadata"]["generation"] = 1
+            self._bump(stored)
+            self.objects[key] = stored
+            self.emit(plural, "ADDED", stored)
+            return copy.deepcopy(stored)
+        if method == "PATCH":
+            assert body is not None
+            assert headers == cluster_store.MERGE_PATCH
+            if key not in self.objects:
+                raise ApiError(404, "not found")
+            current = self.objects[key]
+            wanted = (body.get("metadata") or {}).get("resourceVersion")
+            if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
+                raise ApiError(409, "the object has been modified")
+            for section, values in body.items():
+                if section != "metadata":
+                    current.setdefault(section, {}).update(values)
+            self._bump(current)
+            self.emit(plural, "MODIFIED", current)
+            return copy.deepcopy(current)
+        raise AssertionError(method)
+
+    async def watch(
+        self, version: str, plural: str, namespace: str | None, params: dict[str, str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        self.watch_params.append(dict(params))
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.watches.setdefault(plural, []).append(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self.watches[plural].remove(queue)
+
+
+def workflow(name: str, owner: str = ALICE, agreement: str = "0xagree", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": cluster_store.API_VERSION,
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {"owner": owner, "agreementId": agreement, "environment": "small", **spec},
+    }
+
+
+def environment(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": cluster_store.API_VERSION,
+        "kind": "ComputeEnvironment",
+        "metadata": {"name": name},
+        "spec": {},
+    }
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def started(kube: FakeKube) -> tuple[ClusterStore, asyncio.Task[None]]:
+    store = ClusterStore(kube, NS)
+    task = asyncio.create_task(store.run())
+    await asyncio.wait_for(store.workflows.synced.wait(), 2)
+    await asyncio.wait_for(store.environments.synced.wait(), 2)
+    await settle()
+    return store, task
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_lists_in_pages_then_watches_from_the_lists_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster_store, "LIST_PAGE", 2)
+    kube = FakeKube()
+    for n in range(5):
+        kube.put("workflows", workflow(f"job{n}"))
+    kube.put("computeenvironments", environment("small"))
+    store = ClusterStore(kube, NS)
+    assert not store.synced
+    store, task = await started(kube)
+    assert store.synced
+    lists = [r for r in kube.requests if r == ("GET", "workflows", "")]
+    assert len(lists) == 3  # 2 + 2 + 1
+    assert sorted(store.workflows.objects) == ["job0", "job1", "job2", "job3", "job4"]
+    # The items of a LIST lack apiVersion and kind; the cache fills them in.
+    assert store.workflows.objects["job0"]["kind"] == "Workflow"
+    assert {p["resourceVersion"] for p in kube.watch_params} == {"106"}
+    assert kube.watch_params[0]["allowWatchBookmarks"] == "true"
+    await stop(task)
+
+
+async def test_watch_events_update_the_indexes_without_any_request() -> None:
+    kube = FakeKube()
+    kube.put("workflows", workflow("a", owner=ALICE, agreement="x"))
+    store, task = await started(kube)
+    requests = len(kube.requests)
+    kube.put("workflows", workflow("b", owner=BOB, agreement="x"), created="2026-12-01T09:00:00Z")
+    kube.put("workflows", workflow("a", owner=BOB, agreement="y"))  # owner changed
+    await settle()
+    assert [w["metadata"]["name"] for w in await store.list_workflows(owner=BOB)] == [
+        "b",
+        "a",
+    ]  # oldest first
+    assert await store.list_workflows(owner=ALICE) == []
+    assert [w["metadata"]["name"] for w in await store.list_workflows(agreement_id="x")] == ["b"]
+    assert [w["metadata"]["name"] for w in await store.list_workflows(owner=BOB, agreement_id="y")] == ["a"]
+    assert await store.list_workflows(owner=ALICE, job_id="a") == []
+    kube.delete("workflows", "b")
+    await settle()
+    assert await store.get_workflow("b") is None
+    assert await store.list_workflows(agreement_id="x") == []
+    assert store.workflows.resource_version == str(kube.version)
+    assert len(kube.requests) == requests  # answers come from the cache
+    await stop(task)
+
+
+async def test_a_created_workflow_is_seen_at_once_before_its_watch_event() -> None:
+    kube = FakeKube()
+    store, task = await started(kube)
+    kube.muted.add("workflows")  # the watch delivers nothing: only the POST's answer can fill the cache
+    created = await store.create_workflow(workflow("new", agreement="z"))
+    assert created["metadata"]["resourceVersion"] == "101"
+    found = await store.get_workflow("new")
+    assert found is not None
+    assert found["metadata"]["uid"] == "uid-1"
+    assert [w["metadata"]["name"] for w in await store.list_workflows(agreement_id="z")] == ["new"]
+    await stop(task)
+
+
+def test_a_writes_answer_never_replaces_a_newer_watch_event() -> None:
+    cache = WatchCache(FakeKube(), cluster_store.WORKFLOWS, NS, indexes=("owner",))
+    newer = workflow("w", owner=BOB)
+    newer["metadata"]["resourceVersion"] = "120"
+    cache.apply({"type": "MODIFIED", "object": newer})
+    older = workflow("w", owner=ALICE)
+    older["metadata"]["resourceVersion"] = "119"
+    cache.put(older)
+    assert cache.objects["w"]["spec"]["owner"] == BOB
+    assert cache.names_by("owner", ALICE) == set()
+    older["metadata"]["resourceVersion"] = "121"
+    cache.put(older)
+    assert cache.names_by("owner", ALICE) == {"w"}
+
+
+async def test_an_expired_version_lists_again_and_a_closed_watch_resumes_without_listing() -> None:
+    kube = FakeKube()
+    kube.put("workflows", workflow("a"))
+    store, task = await started(kube)
+    lists = lambda: sum(1 for r in kube.requests if r == ("GET", "workflows", ""))  # noqa: E731
+    assert lists() == 1
+    kube.end_watches("workflows")  # the server's timeout: resume from the last version
+    await settle()
+    assert lists() == 1
+    assert kube.watch_params[-1]["resourceVersion"] == store.workflows.resource_version
+    # Meanwhile, a deletion the watch missed; then 410 Gone: the new LIST sees it.
+    kube.objects.pop(("workflows", NS, "a"))
+    kube.end_watches("workflows", {"type": "ERROR", "object": {"code": 410, "message": "too old"}})
+    await settle()
+    assert lists() == 2
+    assert await store.get_workflow("a") is None
+    await stop(task)
+
+
+async def test_a_bookmark_moves_the_version_only() -> None:
+    cache = WatchCache(FakeKube(), cluster_store.WORKFLOWS, NS)
+    cache.replace([workflow("a")], "5")
+    cache.apply({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}})
+    assert cache.resource_version == "9"
+    assert list(cache.objects) == ["a"]
+
+
+async def test_stop_patches_spec_stop_once_and_answers_none_for_a_gone_workflow() -> None:
+    kube = FakeKube()
+    kube.put("workflows", workflow("a"))
+    store, task = await started(kube)
+    patched = await store.set_stop("a")
+    assert patched is not None
+    assert patched["spec"]["stop"] is True
+    assert kube.objects[("workflows", NS, "a")]["spec"]["stop"] is True
+    assert (await store.get_workflow("a") or {})["spec"]["stop"] is True
+    patches = sum(1 for r in kube.requests if r[0] == "PATCH")
+    await store.set_stop("a")
+    assert sum(1 for r in kube.requests if r[0] == "PATCH") == patches  # already stopped: no write
+    assert await store.set_stop("missing") is None
+    await stop(task)
+
+
+async def test_environments_come_from_their_watch() -> None:
+    kube = FakeKube()
+    kube.put("computeenvironments", environment("small"))
+    store, task = await started(kube)
+    kube.put("computeenvironments", environment("big"))
+    await settle()
+    assert [e["metadata"]["name"] for e in await store.list_environments()] == ["big", "small"]
+    await stop(task)
+
+
+# Nonces.
+
+
+async def test_a_nonce_advances_only_upwards_and_is_kept_in_a_configmap() -> None:
+    kube = FakeKube()
+    nonces = ConfigMapNonceStore(kube, NS)
+    assert await nonces.advance(PROVIDER, 10)
+    name = configmap_name(PROVIDER)
+    assert name == "ocean-c2d-api-nonce-0x00000000000000000000000000000000000000aa"
+    assert kube.objects[("configmaps", NS, name)]["data"] == {"nonce": "10"}
+    assert not await nonces.advance(PROVIDER, 10)
+    assert not await nonces.advance(PROVIDER, 9)
+    assert await nonces.advance(PROVIDER, 1733000000000000000123)
+    assert kube.objects[("configmaps", NS, name)]["data"] == {"nonce": "1733000000000000000123"}
+    # A second replica (or a restarted one) reads the same counter.
+    assert not await ConfigMapNonceStore(kube, NS).advance(PROVIDER, 11)
+
+
+async def test_a_conflicting_write_is_read_again_and_decided_on_the_new_value() -> None:
+    kube = FakeKube()
+    nonces = ConfigMapNonceStore(kube, NS)
+    assert await nonces.advance(PROVIDER, 10)
+    name = configmap_name(PROVIDER)
+
+    def other_replica() -> None:  # writes 20 between our read and our write, once
+        kube.before_write.clear()
+        kube.objects[("configmaps", NS, name)]["data"] = {"nonce": "20"}
+        kube._bump(kube.objects[("configmaps", NS, name)])
+
+    kube.before_write.append(other_replica)
+    assert not await nonces.advance(PROVIDER, 15)  # 409, read again: 15 is not above 20
+    assert kube.objects[("configmaps", NS, name)]["data"] == {"nonce": "20"}
+    kube.before_write.append(other_replica)
+    assert await nonces.advance(PROVIDER, 25)  # 409, read again: 25 is above 20
+    assert kube.objects[("configmaps", NS, name)]["data"] == {"nonce": "25"}
+
+
+async def test_two_concurrent_requests_with_one_nonce_cannot_both_pass() -> None:
+    kube = FakeKube()
+    first, second = ConfigMapNonceStore(kube, NS), ConfigMapNonceStore(kube, NS)
+    assert await first.advance(PROVIDER, 1)
+    results = await asyncio.gather(first.advance(PROVIDER, 7), second.advance(PROVIDER, 7))
+    assert sorted(results) == [False, True]
+    # And two creating the ConfigMap at once: one creates, the other meets 409, reads, refuses.
+    other = "0x" + "cd" * 20
+    results = await asyncio.gather(first.advance(other, 3), second.advance(other, 3))
+    assert sorted(results) == [False, True]
+
+
+async def test_an_unreadable_counter_refuses_and_endless_conflicts_give_up() -> None:
+    kube = FakeKube()
+    name = configmap_name(PROVIDER)
+    kube.put(
+        "configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"nonce": "x"}},
+    )
+    assert not await ConfigMapNonceStore(kube, NS).advance(PROVIDER, 5)
+    kube.put(
+        "configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"nonce": "1"}},
+    )
+
+    def always() -> None:
+        kube._bump(kube.objects[("configmaps", NS, name)])
+
+    kube.before_write.append(always)
+    with pytest.raises(NonceConflictError):
+        await ConfigMapNonceStore(kube, NS).advance(PROVIDER, 5)
+
+
+# Kr8sKube: the real kr8s client against a loopback aiohttp server that answers as the API server would
+# (paths, query, status codes, a watch's JSON lines). Not a real API server either.
+
+
+@pytest.fixture
+async def loopback_api() -> AsyncIterator[tuple[Kr8sKube, list[tuple[str, str, dict[str, str], Any]]]]:
+    seen: list[tuple[str, str, dict[str, str], Any]] = []
+    base = f"/apis/{cluster_store.API_VERSION}/namespaces/{NS}/workflows"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path.rstrip("/") == "/version":  # kr8s checks the server's version when it connects
+            return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0"})
+        body = await request.json() if request.can_read_body else None
+        seen.append((request.method, request.path, dict(request.query), body))
+        if request.method == "GET" and request.query.get("watch") == "1":
+            if request.query.get("resourceVersion") == "1":
+                return web.json_response({"kind": "Status", "code": 410, "message": "too old"}, status=410)
+            response = web.StreamResponse()
+            await response.prepare(request)
+            for event in (
+                {"type": "ADDED", "object": workflow("a")},
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "7"}}},
+            ):
+                await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+            return response
+        if request.path == base + "/missing":
+            return web.json_response({"kind": "Status", "code": 404, "message": "not found"}, status=404)
+        if request.method == "POST":
+            return web.json_response({"kind": "Status", "code": 409, "message": "exists"}, status=409)
+        return web.json_response({"kind": "WorkflowList", "metadata": {"resourceVersion": "5"}, "items": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    async with TestServer(app, host="127.0.0.1") as server:
+        api = await kr8s.asyncio.api(url=str(server.make_url("")).rstrip("/"), namespace=NS)
+        yield Kr8sKube(api), seen
+
+
+async def test_kr8s_adapter_paths_errors_and_watch_lines(
+    loopback_api: tuple[Kr8sKube, list[tuple[str, str, dict[str, str], Any]]],
+) -> None:
+    kube, seen = loopback_api
+    base = f"/apis/{cluster_store.API_VERSION}/namespaces/{NS}/workflows"
+    listed = await kube.request("GET", cluster_store.API_VERSION, "workflows", NS, params={"limit": "250"})
+    assert listed["metadata"] == {"resourceVersion": "5"}
+    assert seen[-1] == ("GET", base, {"limit": "250"}, None)
+    with pytest.raises(ApiError) as missing:
+        await kube.request("GET", cluster_store.API_VERSION, "workflows", NS, "missing")
+    assert missing.value.status == 404
+    with pytest.raises(ApiError) as exists:
+        await kube.request("POST", cluster_store.API_VERSION, "workflows", NS, body=workflow("a"))
+    assert exists.value.status == 409
+    assert seen[-1][3] == workflow("a")
+    events = [
+        e async for e in kube.watch(cluster_store.API_VERSION, "workflows", NS, {"resourceVersion": "5"})
+    ]
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert seen[-1][2] == {"resourceVersion": "5", "watch": "1"}
+    with pytest.raises(ApiError) as gone:
+        async for _ in kube.watch(cluster_store.API_VERSION, "workflows", NS, {"resourceVersion": "1"}):
+            pass
+    assert gone.value.status == 410
