@@ -120,3 +120,66 @@ all namespaces it cannot, and the names (by default the namespaces' "default") m
 {{- if include "ocean-c2d.clusterwide" . }}{{ $default = "default" }}{{ end }}
 {{- default $default .Values.jobServiceAccounts.algorithm.name }}
 {{- end }}
+
+{{/* The API's pods (issue 12). Their name label differs from the operator's on purpose: the operator's
+Deployment, its metrics and signer Services and SIGNER_POD_SELECTOR select name+instance, and must never
+pick an API pod. */}}
+{{- define "ocean-c2d.api.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ocean-c2d.name" . }}-api
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: api
+{{- end }}
+
+{{- define "ocean-c2d.api.labels" -}}
+helm.sh/chart: {{ include "ocean-c2d.chart" . }}
+{{ include "ocean-c2d.api.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ocean-c2d
+{{- end }}
+
+{{/* The API's objects' name prefix and ServiceAccount. */}}
+{{- define "ocean-c2d.api.fullname" -}}
+{{- printf "%s-api" (include "ocean-c2d.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ocean-c2d.api.serviceAccountName" -}}
+{{- default (include "ocean-c2d.api.fullname" .) .Values.api.serviceAccount.name }}
+{{- end }}
+
+{{/* API_NAMESPACE: api.namespace, else the watched namespace (the release's when watching "*"). */}}
+{{- define "ocean-c2d.api.namespace" -}}
+{{- default (include "ocean-c2d.watchNamespace" .) .Values.api.namespace }}
+{{- end }}
+
+{{/* "true" when the API checks signatures (api.auth "on"; YAML may have read an unquoted on/off as a
+boolean). */}}
+{{- define "ocean-c2d.api.auth" -}}
+{{- $auth := .Values.api.auth }}
+{{- if not (or (eq (toString $auth) "off") (eq (toString $auth) "false")) }}true{{ end }}
+{{- end }}
+
+{{/* Fails the render on API values the API itself would refuse at start (api/settings.py), so that a
+broken release never gets installed as pods that crash-loop. Renders nothing. */}}
+{{- define "ocean-c2d.api.validate" -}}
+{{- if include "ocean-c2d.api.auth" . }}
+{{- if not .Values.api.allowedProviders }}
+{{- fail "api.allowedProviders is required when api.enabled (the provider addresses allowed to call the API); set api.auth=off explicitly to accept unsigned requests" }}
+{{- end }}
+{{- else if .Values.api.allowedProviders }}
+{{- fail "api.auth is off but api.allowedProviders names providers: unset one of them" }}
+{{- end }}
+{{- if and .Values.api.namespace (not (include "ocean-c2d.clusterwide" .)) (ne .Values.api.namespace (include "ocean-c2d.watchNamespace" .)) }}
+{{- fail "api.namespace must be the namespace the operator watches (operator.watchNamespace), or the operator would never run the API's Workflows" }}
+{{- end }}
+{{- if not .Values.api.operatorAddress }}
+{{- fail "api.operatorAddress is required when api.enabled (the operator key's address, the environments' consumerAddress)" }}
+{{- end }}
+{{- end }}
+
+{{/* The nonce ConfigMaps of the allowed providers (api/nonces.py: ocean-c2d-api-nonce-<address, lower>). */}}
+{{- define "ocean-c2d.api.nonceConfigMaps" -}}
+{{- range .Values.api.allowedProviders }}
+- {{ printf "ocean-c2d-api-nonce-%s" (lower .) }}
+{{- end }}
+{{- end }}

@@ -13,7 +13,9 @@ Responses carry the original's headers: `Content-type: application/json` (no cha
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import mimetypes
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -40,6 +42,7 @@ from ocean_c2d.identity import package_version
 from ocean_c2d.model import Environment
 from ocean_c2d.times import utc_now
 
+log = logging.getLogger("ocean_c2d.api")
 PREFIX = "/api/v1/operator"
 JSON_HEADERS = {"Content-type": "application/json"}
 NO_IDENTIFIER = "You have to specify one of agreementId, jobId or owner"
@@ -69,6 +72,16 @@ class ResultUnavailableError(Exception):
         self.headers = dict(headers or {})
 
 
+class CreateRefusedError(Exception):
+    """The Store's answer when the cluster refused to store the Workflow as built (the CRD schema's
+    bounds, an admission policy): the request was invalid, so POST /compute answers 400 with `message`
+    (the API server's words, which name the field), and nothing was created."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 # GET /getResult: (the result entry with its url, the request's Range header or None) -> the download.
 FetchResult = Callable[[Mapping[str, Any], str | None], Awaitable[Download]]
 # Too many results for the status: (status.resultsManifest, the manifest's URL) -> its result list.
@@ -81,7 +94,8 @@ class ApiConfig:
     authenticate: Authenticate = accept_all
     environments: Environments | None = None  # None: environments_from_store
     fetch_result: FetchResult | None = None  # None: getResult answers 503 once it found the file
-    read_manifest: ReadManifest | None = None  # None: a job whose list is only in its manifest has none
+    # None: a job whose list is only in its manifest lists none (GET /compute) and cannot be downloaded
+    read_manifest: ReadManifest | None = None
     operator_address: str | None = None  # the operator key's checksummed address (GET /, consumerAddress)
     algo_time_limit: str | None = None  # GET /'s algoTimeLimit, as the original showed ALGO_POD_TIMEOUT
     clock: Callable[[], datetime] = utc_now
@@ -220,7 +234,10 @@ async def start_compute(request: web.Request) -> web.Response:
         workflow = translate.build_workflow(params, config.new_job_id(), config.clock())
     except translate.Rejected as rejected:
         return error(rejected.message)
-    created = await config.store.create_workflow(workflow)
+    try:
+        created = await config.store.create_workflow(workflow)
+    except CreateRefusedError as refused:
+        return error(refused.message)
     return json_response([status_object.build_status(created)])
 
 
@@ -246,7 +263,24 @@ async def get_compute(request: web.Request) -> web.Response:
     if refusal is not None:
         return error(refusal.message, refusal.status)
     found = await config.store.list_workflows(owner=owner, job_id=job_id, agreement_id=agreement_id)
-    return json_response([status_object.build_status(w) for w in found])
+    listed = await asyncio.gather(*(_manifest_results(config, w) for w in found))
+    return json_response([status_object.build_status(w, r) for w, r in zip(found, listed, strict=True)])
+
+
+async def _manifest_results(config: ApiConfig, workflow: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The result list of a job whose list is only in its manifest (too many results for its status), or
+    None: use status.results. One storage read per such job and poll (nothing is cached: replicas keep
+    no state); only jobs with more results than the status holds pay it. When storage fails the status
+    answers without the list (results ""), as before it was published, rather than failing the poll."""
+    status = workflow.get("status") or {}
+    manifest = status.get("resultsManifest")
+    if config.read_manifest is None or status.get("results") or not manifest:
+        return None
+    try:
+        return await config.read_manifest(str(manifest))
+    except ResultUnavailableError as problem:
+        log.warning("Results manifest of %s unreadable: %s", workflow["metadata"]["name"], problem.message)
+        return None
 
 
 async def stop_compute(request: web.Request) -> web.Response:

@@ -4,7 +4,9 @@ Exactly the recorded shape: agreementId, jobId, owner, status, statusText, dateC
 results, stopreq, removed, algoDID, inputDID. Dates are epoch seconds as text with six decimals (Postgres
 `extract(epoch ...)` through the original's sanitiser); dateFinished is null until the Workflow is over
 and set on every terminal state; results is "" until the publish step reported them, then the list in
-publish's order (the getResult index) with each entry's filename, filesize and type (never its url).
+publish's order (the getResult index) with each entry's filename, filesize and type (never its url); for
+a job with more results than its status holds (status.resultsManifest), the list its manifest holds,
+which the caller reads and passes in (app.py: storage is I/O, this module is pure).
 
 Codes. Ours that the original has (1, 20, 30, 31, 32, 40, 50, 60, 70) are answered with the original's
 text (40's trailing space included). Of ours that the original lacks:
