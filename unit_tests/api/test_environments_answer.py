@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from ocean_c2d.api.environments import environments_answer, epoch_text
+from ocean_c2d.api.environments import environments_answer
+from ocean_c2d.api.translate import epoch_text
 from unit_tests.api.fixtures import COMPAT
 
 FIXTURE_FILES = (

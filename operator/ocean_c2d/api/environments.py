@@ -16,13 +16,12 @@ where the original answered 400 with Flask's 415 text, which broke OPF_K8 after 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypedDict
 
 from ocean_c2d.api.auth import checksum_address
+from ocean_c2d.api.translate import epoch_text
 from ocean_c2d.model import Environment
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class EnvironmentAnswer(TypedDict):
@@ -83,13 +82,3 @@ def _answer(obj: Mapping[str, Any], consumer: str, last_seen: str) -> Environmen
 def _number(value: float) -> int | float:
     """A whole number as an integer (the engine's defaults were ints: `"ramGB": 1`, not `1.0`)."""
     return int(value) if float(value).is_integer() else value
-
-
-def epoch_text(moment: datetime) -> str:
-    """Seconds since the epoch with six decimals, as str(extract(epoch from ...)) gave them:
-    "1796111664.372540". Integer arithmetic: a float has too few digits for sixteen. A naive `moment` would
-    be read in the machine's zone: refused."""
-    if moment.tzinfo is None:
-        raise ValueError("lastSeen needs a time zone-aware moment")
-    delta = moment.astimezone(UTC) - _EPOCH
-    return f"{delta.days * 86400 + delta.seconds}.{delta.microseconds:06d}"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ocean_c2d.api.params import missing_attribute
@@ -93,10 +93,17 @@ def check_stages(workflow: Mapping[str, Any]) -> dict[str, Any]:
     return stage
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def epoch_text(moment: datetime) -> str:
-    """A time as the original's dates: Postgres `extract(epoch ...)` as text, six decimals."""
-    whole = int(moment.timestamp())
-    return f"{whole}.{moment.microsecond:06d}"
+    """A time as the original's dates (dateCreated, dateFinished, lastSeen): Postgres
+    `extract(epoch ...)` as text, six decimals, "1796111664.372540". Integer arithmetic: a float has too
+    few digits for sixteen. A naive `moment` would be read in the machine's zone: refused."""
+    if moment.tzinfo is None:
+        raise ValueError("an epoch text needs a time zone-aware moment")
+    delta = moment.astimezone(UTC) - _EPOCH
+    return f"{delta.days * 86400 + delta.seconds}.{delta.microseconds:06d}"
 
 
 def build_workflow(params: Mapping[str, Any], job_id: str, now: datetime) -> dict[str, Any]:
