@@ -24,7 +24,7 @@ from e2e.crds import CRDS, apply_crd, established
 from e2e.waiting import wait_for, wait_for_object
 
 # e2e.services first: the other two import it, and pytest rewrites asserts only in plugins it imports itself.
-pytest_plugins = ["e2e.services", "e2e.operator_fixtures", "e2e.real_node"]
+pytest_plugins = ["e2e.services", "e2e.operator_fixtures", "e2e.real_node", "e2e.api_client"]
 
 E2E = Path(__file__).resolve().parent
 REPO = E2E.parent
