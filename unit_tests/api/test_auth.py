@@ -31,6 +31,7 @@ from ocean_c2d.api.auth import (
     signed_messages,
 )
 from ocean_c2d.api.params import Authenticate, AuthQuery, Refusal
+from ocean_c2d.api.replay import WINDOW, NonceWindow
 from ocean_c2d.signing import sign_personal
 from unit_tests.api.fixtures import COMPAT
 from unit_tests.factories import OPERATOR_ADDRESS, OPERATOR_KEY
@@ -153,7 +154,9 @@ def test_each_run_in_order_is_accepted_then_its_replay_refused(name: str) -> Non
     first = [run(authenticate(call, params, [PROVIDER.lower()], nonces)) for call, params in requests]
     assert all(isinstance(outcome, Accepted) for outcome in first), first
     protected = [int(p["nonce"]) for (c, p), o in zip(requests, first, strict=True) if o.replay_protected]
-    assert nonces.last(PROVIDER) == max(protected)
+    window = nonces.window(PROVIDER)
+    assert window is not None
+    assert set(window.recent) == set(protected)
 
     again = [run(authenticate(call, params, [PROVIDER], nonces)) for call, params in requests]
     for (call, params), outcome in zip(requests, again, strict=True):
@@ -164,7 +167,7 @@ def test_each_run_in_order_is_accepted_then_its_replay_refused(name: str) -> Non
         else:
             assert outcome == Refused(
                 Reason.REPLAY,
-                f"nonce {params['nonce']} is not above the last nonce of provider {PROVIDER}: a replay",
+                replay_text(params["nonce"]),
             )
             assert outcome.body() == {"error": outcome.error}
             assert outcome.status == 401
@@ -177,7 +180,7 @@ def test_opf_k8_reuses_one_signature_for_every_get_result_and_it_spends_no_nonce
     nonces = MemoryNonceStore({PROVIDER: 10**19})  # far past any ms nonce: a replayed getResult still passes
     outcomes = [run(authenticate(Call.RESULT, p, [PROVIDER], nonces)) for p in results]
     assert all(isinstance(o, Accepted) and not o.replay_protected for o in outcomes)
-    assert nonces.last(PROVIDER) == 10**19
+    assert nonces.window(PROVIDER) == NonceWindow(10**19, ())
 
 
 # ---- refusals --------------------------------------------------------------------------------------------
@@ -205,7 +208,7 @@ def test_a_request_signed_by_another_key_is_refused() -> None:
     nonces = MemoryNonceStore()
     outcome = run(authenticate(Call.STATUS, forged, [PROVIDER], nonces))
     assert outcome == Refused(Reason.NOT_ALLOWED, f"providerSignature is not {PROVIDER}'s for this request")
-    assert nonces.last(PROVIDER) is None
+    assert nonces.window(PROVIDER) is None
     # Naming its own address: that key is not allowed.
     own = {**forged, "providerAddress": OPERATOR_ADDRESS}
     assert run(authenticate(Call.STATUS, own, [PROVIDER], nonces)) == Refused(
@@ -302,20 +305,26 @@ def test_what_opf_k8_does_not_sign_can_be_changed() -> None:
     )
 
 
-def test_a_replayed_or_older_nonce_is_refused_and_a_newer_one_needs_a_new_signature() -> None:
+def test_a_replayed_nonce_is_refused_an_unused_older_one_is_not_and_a_new_one_needs_a_new_signature() -> None:
+    _, earlier = signed("provider-v4.json")[1]
     _, recorded = signed("provider-v4.json")[2]
-    nonces = MemoryNonceStore()
+    _, later = signed("provider-v4.json")[3]
+    assert int(earlier["nonce"]) < int(recorded["nonce"]) < int(later["nonce"])
+    nonces = MemoryNonceStore(window=2)
     assert isinstance(run(authenticate(Call.STATUS, recorded, [PROVIDER], nonces)), Accepted)
     assert run(authenticate(Call.STATUS, recorded, [PROVIDER], nonces)).reason is Reason.REPLAY
-    # A later recorded request (nonce higher) is accepted; then the earlier one is older: refused.
-    _, later = signed("provider-v4.json")[3]
     assert isinstance(run(authenticate(Call.STATUS, later, [PROVIDER], nonces)), Accepted)
-    older = run(authenticate(Call.STATUS, signed("provider-v4.json")[1][1], [PROVIDER], nonces))
-    assert older.reason is Reason.REPLAY
+    # Signed before `recorded` but arriving after `later` (concurrent requests of a provider arrive out of
+    # order): never used, so accepted; the window of 2 then pushes it out as the floor.
+    assert isinstance(run(authenticate(Call.STATUS, earlier, [PROVIDER], nonces)), Accepted)
+    assert nonces.window(PROVIDER) == NonceWindow(
+        int(earlier["nonce"]), (int(recorded["nonce"]), int(later["nonce"])), 2
+    )
+    for replayed in (earlier, recorded, later):  # at the floor, or in the window
+        assert run(authenticate(Call.STATUS, replayed, [PROVIDER], nonces)).reason is Reason.REPLAY
     # Raising the nonce of a captured request breaks its signature (provider signs the nonce).
     bumped = {**later, "nonce": str(int(later["nonce"]) + 1)}
     assert run(authenticate(Call.STATUS, bumped, [PROVIDER], nonces)).reason is Reason.NOT_ALLOWED
-    assert nonces.last(PROVIDER) == int(later["nonce"])
 
 
 def test_one_counter_per_provider_for_every_call() -> None:
@@ -423,9 +432,14 @@ def test_the_authenticator_is_the_apps_hook() -> None:
     )
     call, params = signed("ocean-node-OPF_K8_9f2870dd.json")[2]
     assert run(hook(AuthQuery(call.value, params))) is None
-    assert run(hook(AuthQuery(call.value, params))) == Refusal(
-        401, f"nonce {params['nonce']} is not above the last nonce of provider {PROVIDER}: a replay"
-    )
+    assert run(hook(AuthQuery(call.value, params))) == Refusal(401, replay_text(params["nonce"]))
     assert [(c, type(o)) for c, o in seen] == [(Call.STATUS, Accepted), (Call.STATUS, Refused)]
     with pytest.raises(ValueError, match="not a 0x-prefixed"):
         Authenticator(["https://provider.example"], MemoryNonceStore())
+
+
+def replay_text(nonce: Any) -> str:
+    return (
+        f"nonce {nonce} of provider {PROVIDER} was used before, or is older than its last {WINDOW} "
+        "nonces: a replay"
+    )

@@ -1,4 +1,4 @@
-"""api/cluster_store.py and api/nonces.py against FakeKube, an in-process fake of the few API-server calls
+"""api/cluster_store.py against FakeKube, an in-process fake of the few API-server calls
 they make (LIST with pages, WATCH, GET, POST, merge PATCH with a resourceVersion precondition).
 
 The fake is a model of the API server's behaviour, not the real thing: the same logic against the local
@@ -20,7 +20,6 @@ from aiohttp.test_utils import TestServer
 
 from ocean_c2d.api import cluster_store
 from ocean_c2d.api.cluster_store import ApiError, ClusterStore, Kr8sKube, WatchCache
-from ocean_c2d.api.nonces import ConfigMapNonceStore, NonceConflictError, configmap_name
 
 NS = "c2d"
 ALICE = "0x" + "a1" * 20
@@ -139,7 +138,12 @@ class FakeKube:
                 raise ApiError(409, "the object has been modified")
             for section, values in body.items():
                 if section != "metadata":
-                    current.setdefault(section, {}).update(values)
+                    target = current.setdefault(section, {})
+                    for field, value in values.items():  # a merge patch: null deletes
+                        if value is None:
+                            target.pop(field, None)
+                        else:
+                            target[field] = value
             self._bump(current)
             self.emit(plural, "MODIFIED", current)
             return copy.deepcopy(current)
@@ -320,76 +324,6 @@ async def test_environments_come_from_their_watch() -> None:
     await settle()
     assert [e["metadata"]["name"] for e in await store.list_environments()] == ["big", "small"]
     await stop(task)
-
-
-# Nonces.
-
-
-async def test_a_nonce_advances_only_upwards_and_is_kept_in_a_configmap() -> None:
-    kube = FakeKube()
-    nonces = ConfigMapNonceStore(kube, NS)
-    assert await nonces.advance(PROVIDER, 10)
-    name = configmap_name(PROVIDER)
-    assert name == "ocean-c2d-api-nonce-0x00000000000000000000000000000000000000aa"
-    assert kube.objects[("configmaps", NS, name)]["data"] == {"nonce": "10"}
-    assert not await nonces.advance(PROVIDER, 10)
-    assert not await nonces.advance(PROVIDER, 9)
-    assert await nonces.advance(PROVIDER, 1733000000000000000123)
-    assert kube.objects[("configmaps", NS, name)]["data"] == {"nonce": "1733000000000000000123"}
-    # A second replica (or a restarted one) reads the same counter.
-    assert not await ConfigMapNonceStore(kube, NS).advance(PROVIDER, 11)
-
-
-async def test_a_conflicting_write_is_read_again_and_decided_on_the_new_value() -> None:
-    kube = FakeKube()
-    nonces = ConfigMapNonceStore(kube, NS)
-    assert await nonces.advance(PROVIDER, 10)
-    name = configmap_name(PROVIDER)
-
-    def other_replica() -> None:  # writes 20 between our read and our write, once
-        kube.before_write.clear()
-        kube.objects[("configmaps", NS, name)]["data"] = {"nonce": "20"}
-        kube._bump(kube.objects[("configmaps", NS, name)])
-
-    kube.before_write.append(other_replica)
-    assert not await nonces.advance(PROVIDER, 15)  # 409, read again: 15 is not above 20
-    assert kube.objects[("configmaps", NS, name)]["data"] == {"nonce": "20"}
-    kube.before_write.append(other_replica)
-    assert await nonces.advance(PROVIDER, 25)  # 409, read again: 25 is above 20
-    assert kube.objects[("configmaps", NS, name)]["data"] == {"nonce": "25"}
-
-
-async def test_two_concurrent_requests_with_one_nonce_cannot_both_pass() -> None:
-    kube = FakeKube()
-    first, second = ConfigMapNonceStore(kube, NS), ConfigMapNonceStore(kube, NS)
-    assert await first.advance(PROVIDER, 1)
-    results = await asyncio.gather(first.advance(PROVIDER, 7), second.advance(PROVIDER, 7))
-    assert sorted(results) == [False, True]
-    # And two creating the ConfigMap at once: one creates, the other meets 409, reads, refuses.
-    other = "0x" + "cd" * 20
-    results = await asyncio.gather(first.advance(other, 3), second.advance(other, 3))
-    assert sorted(results) == [False, True]
-
-
-async def test_an_unreadable_counter_refuses_and_endless_conflicts_give_up() -> None:
-    kube = FakeKube()
-    name = configmap_name(PROVIDER)
-    kube.put(
-        "configmaps",
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"nonce": "x"}},
-    )
-    assert not await ConfigMapNonceStore(kube, NS).advance(PROVIDER, 5)
-    kube.put(
-        "configmaps",
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"nonce": "1"}},
-    )
-
-    def always() -> None:
-        kube._bump(kube.objects[("configmaps", NS, name)])
-
-    kube.before_write.append(always)
-    with pytest.raises(NonceConflictError):
-        await ConfigMapNonceStore(kube, NS).advance(PROVIDER, 5)
 
 
 # Kr8sKube: the real kr8s client against a loopback aiohttp server that answers as the API server would

@@ -162,7 +162,7 @@ async def test_a_signed_status_request_spends_its_nonce_in_the_cluster(
     first = await client.get(f"{PREFIX}/compute", params=query)
     assert first.status == 200
     assert [job["jobId"] for job in await first.json(content_type=None)] == ["job1"]
-    assert kube.objects[("configmaps", NS, configmap_name(PROVIDER))]["data"] == {"nonce": nonce}
+    assert kube.objects[("configmaps", NS, configmap_name(PROVIDER))]["data"] == {"recent": nonce}
     replay = await client.get(f"{PREFIX}/compute", params=query)
     assert replay.status == 401
     assert "a replay" in (await replay.json(content_type=None))["error"]

@@ -16,9 +16,9 @@ EIP-191 prefix (signing.personal_message_hash):
 | GET /getResult  | owner + jobId + nonce                  | owner + jobId (no nonce)                    |
 
 A request is accepted when one of its call's messages recovers to an address of the allowlist (and to
-`providerAddress` when the request names one), then only if its nonce is above the last one that address
-used (`NonceStore.advance`, one counter per address for every call, so a nonce spent on one call cannot be
-spent on another). What the clients sign bounds what this can prove, and is said in `Accepted`:
+`providerAddress` when the request names one), then only if that address has not spent its nonce yet
+(`NonceStore.advance`: one replay window per address for every call, api/replay.py, so a nonce spent on one
+call cannot be spent on another). What the clients sign bounds what this can prove, and is said in `Accepted`:
 - OPF_K8 signs neither owner nor jobId on POST and PUT: an allowed signature over a nonce is good for any
   body with that nonce, once.
 - OPF_K8's getResult signs no nonce: the same signature is reused for every index (the recording does), so
@@ -46,6 +46,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from ocean_c2d.api.params import AuthQuery, Refusal
+from ocean_c2d.api.replay import WINDOW, NonceWindow
 from ocean_c2d.signing import personal_message_hash
 
 PROVIDER_V4 = "provider-v4"
@@ -114,14 +115,13 @@ Outcome = Accepted | Refused
 
 
 class NonceStore(Protocol):
-    """The last nonce of each provider address, kept where every replica of the API sees it.
+    """The nonces each provider address has spent, kept where every replica of the API sees it.
 
-    `advance(address, nonce)` is one atomic compare-and-swap: it stores `nonce` and answers True only when
-    `nonce` is strictly greater than the address's stored nonce (or none is stored); otherwise it changes
-    nothing and answers False. A Kubernetes implementation reads the object that holds the counter, answers
-    False if the stored value is not below, else writes the new value with the read resourceVersion as a
-    precondition and on 409 Conflict reads and decides again: two replicas given the same nonce cannot both
-    succeed. `address` is always the checksummed form.
+    `advance(address, nonce)` answers True and records `nonce` only when the address's replay window
+    (api/replay.py) admits it: above the window's floor and not accepted before; otherwise it changes nothing
+    and answers False. A Kubernetes implementation decides against the object that holds the window and
+    writes it with the read resourceVersion as a precondition; on 409 Conflict it reads and decides again:
+    two replicas given the same nonce cannot both succeed. `address` is always the checksummed form.
     """
 
     async def advance(self, address: str, nonce: int) -> bool: ...
@@ -129,21 +129,21 @@ class NonceStore(Protocol):
 
 class MemoryNonceStore:
     """A NonceStore in this process only: for tests, or a single replica that may forget on restart (a
-    replay of a request older than the restart is then accepted once)."""
+    replay of a request older than the restart is then accepted once). `floors`: nonces at or below them
+    are refused from the start."""
 
-    def __init__(self, last: Mapping[str, int] | None = None) -> None:
-        self._last: dict[str, int] = dict(last or {})
+    def __init__(self, floors: Mapping[str, int] | None = None, window: int = WINDOW) -> None:
+        self._windows = {address: NonceWindow(floor, (), window) for address, floor in (floors or {}).items()}
+        self._size = window
 
     async def advance(self, address: str, nonce: int) -> bool:
         # No await between the check and the write: atomic on the event loop.
-        last = self._last.get(address)
-        if last is not None and nonce <= last:
-            return False
-        self._last[address] = nonce
-        return True
+        window = self._windows.get(address) or NonceWindow(None, (), self._size)
+        self._windows[address], [accepted] = window.accept([nonce])
+        return accepted
 
-    def last(self, address: str) -> int | None:
-        return self._last.get(address)
+    def window(self, address: str) -> NonceWindow | None:
+        return self._windows.get(address)
 
 
 def parse_allowed_providers(text: str) -> frozenset[str]:
@@ -293,15 +293,17 @@ def check_signature(call: Call, params: Mapping[str, Any], allowed: Iterable[str
 async def authenticate(
     call: Call, params: Mapping[str, Any], allowed: Iterable[str], nonces: NonceStore
 ) -> Outcome:
-    """`check_signature`, then the nonce: spent (strictly above the provider's last) when the signature
-    covers it. Only a request an allowed provider signed reaches the store, so no one else can move it."""
+    """`check_signature`, then the nonce: spent (admitted by the provider's replay window) when the
+    signature covers it. Only a request an allowed provider signed reaches the store, so no one else can
+    move it."""
     verdict = check_signature(call, params, allowed)
     if isinstance(verdict, Refused) or not verdict.replay_protected:
         return verdict
     if not await nonces.advance(verdict.provider, verdict.nonce):
         return Refused(
             Reason.REPLAY,
-            f"nonce {verdict.nonce} is not above the last nonce of provider {verdict.provider}: a replay",
+            f"nonce {verdict.nonce} of provider {verdict.provider} was used before, or is older than its "
+            f"last {WINDOW} nonces: a replay",
         )
     return verdict
 
