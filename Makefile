@@ -89,6 +89,12 @@ unit: venv ## unit tests only (no cluster; helm, ct, promtool, actionlint, and l
 e2e: venv toolchain local-cluster ## e2e tests only, on the cluster KUBECONFIG names or the local one
 	$(BIN)/pytest e2e $(PYTEST_ARGS)
 
+# The API's load (e2e/test_api_load.py): 200 concurrent signed polls while 50 Workflows run; it prints
+# latency percentiles and the API-server requests per poll. Sizes: API_LOAD_WORKFLOWS, _POLLERS, _ROUNDS.
+.PHONY: bench-api
+bench-api: venv toolchain local-cluster ## benchmark the API's status polls under load (prints numbers)
+	$(BIN)/pytest e2e/test_api_load.py -q -s $(PYTEST_ARGS)
+
 .PHONY: kind-e2e
 kind-e2e: ## for machines with Docker and kind: the e2e suite with the operator in-cluster (e2e/kind/run.sh)
 	e2e/kind/run.sh $(PYTEST_ARGS)
