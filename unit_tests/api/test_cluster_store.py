@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from ocean_c2d.api import cluster_store
 from ocean_c2d.api.cluster_store import ApiError, ClusterStore, Kr8sKube, WatchCache
+from ocean_c2d.api.translate import COMPAT_ANNOTATION
 
 NS = "c2d"
 ALICE = "0x" + "a1" * 20
@@ -389,3 +390,22 @@ async def test_kr8s_adapter_paths_errors_and_watch_lines(
         async for _ in kube.watch(cluster_store.API_VERSION, "workflows", NS, {"resourceVersion": "1"}):
             pass
     assert gone.value.status == 410
+
+
+async def test_jobs_created_within_one_second_are_listed_in_the_order_the_api_created_them() -> None:
+    kube = FakeKube()
+
+    def created_by_api(name: str, date_created: str) -> dict[str, Any]:
+        obj = workflow(name)
+        obj["metadata"]["annotations"] = {COMPAT_ANNOTATION: json.dumps({"dateCreated": date_created})}
+        return obj
+
+    second = "2026-12-01T10:00:00Z"
+    kube.put("workflows", created_by_api("bbbb", "1796119200.100000"), created=second)
+    kube.put("workflows", created_by_api("aaaa", "1796119200.900000"), created=second)
+    kube.put("workflows", workflow("kubectl-made"), created=second)  # no dateCreated: first, then by name
+    kube.put("workflows", created_by_api("cccc", "1796119200.500000"), created="2026-12-01T10:00:01Z")
+    store, task = await started(kube)
+    listed = [w["metadata"]["name"] for w in await store.list_workflows(owner=ALICE)]
+    assert listed == ["kubectl-made", "bbbb", "aaaa", "cccc"]
+    await stop(task)

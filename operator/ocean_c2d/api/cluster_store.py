@@ -30,6 +30,7 @@ import httpx
 import kr8s
 import kr8s.asyncio
 
+from ocean_c2d.api.status_object import compat_facts
 from ocean_c2d.api.store import matches
 from ocean_c2d.model import GROUP, VERSION
 
@@ -294,10 +295,17 @@ class WatchCache:
                 await asyncio.sleep(retry_seconds)
 
 
-def _created_order(obj: dict[str, Any]) -> tuple[str, str]:
-    # RFC 3339 in UTC to the second sorts as text; the name breaks ties.
+def _created_order(obj: dict[str, Any]) -> tuple[str, float, str]:
+    # creationTimestamp is RFC 3339 in UTC to the second (sorts as text); within a second, the API's own
+    # dateCreated (to the microsecond, status_object.compat_facts) orders the jobs it created; the name
+    # breaks what ties remain (Workflows made with kubectl in the same second).
     metadata = obj["metadata"]
-    return (str(metadata.get("creationTimestamp", "")), metadata["name"])
+    created = compat_facts(obj).get("dateCreated")
+    try:
+        moment = float(created) if isinstance(created, str) else 0.0
+    except ValueError:
+        moment = 0.0
+    return (str(metadata.get("creationTimestamp", "")), moment, metadata["name"])
 
 
 class ClusterStore:
