@@ -17,14 +17,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from eth_keys.datatypes import PrivateKey
 from eth_utils.crypto import keccak
+from kr8s.asyncio.objects import APIObject
 
-from e2e.operator_fixtures import OPERATOR_ADDRESS
+from e2e.operator_fixtures import OPERATOR_ADDRESS, finished
 from e2e.operator_handle import REPO
 from e2e.services import free_port
 from ocean_c2d.signing import personal_message_hash
@@ -52,6 +53,8 @@ RECORDED_FINISHED: dict[str, Any] = next(
 OWNER = RECORDED_POST["owner"]
 ENVIRONMENT = RECORDED_POST["environment"]  # "ocean-compute"
 EPOCH_TEXT = re.compile(r"\d+\.\d{6}")
+T = TypeVar("T")
+
 _last_nonce = time.time_ns()
 
 
@@ -66,6 +69,13 @@ def fresh_nonce() -> int:
 def sign(message: str, key: PrivateKey = PROVIDER_KEY) -> str:
     """provider v4's signature: EIP-191 over keccak256 of the message, v as 00/01."""
     return "0x" + key.sign_msg_hash(personal_message_hash(keccak(message.encode()))).to_bytes().hex()
+
+
+def sign_like_ethers(message: str, key: PrivateKey = PROVIDER_KEY) -> str:
+    """ocean-node OPF_K8's signature: ethers' signMessage over the 32 bytes of keccak256(message), i.e.
+    the same EIP-191 hash as `sign`, but with v as 1b/1c (27/28), as ethers writes it."""
+    signature = key.sign_msg_hash(personal_message_hash(keccak(message.encode()))).to_bytes()
+    return "0x" + (signature[:64] + bytes([signature[64] + 27])).hex()
 
 
 def start_body(agreement_id: str | None = None, key: PrivateKey = PROVIDER_KEY) -> dict[str, Any]:
@@ -85,6 +95,23 @@ def job_query(job_id: str, nonce: int | None = None, key: PrivateKey = PROVIDER_
         "providerAddress": PROVIDER,
         "owner": OWNER,
         "jobId": job_id,
+        "providerSignature": sign(OWNER + job_id + str(nonce), key),
+        "nonce": str(nonce),
+    }
+
+
+def result_query(
+    job_id: str, index: int, nonce: int | None = None, key: PrivateKey = PROVIDER_KEY
+) -> dict[str, str]:
+    """GET /getResult's query, as provider sends it: providerSignature over owner + jobId + nonce, and
+    the consumer's own signature passed along (here a stand-in by another key: the API does not check it,
+    provider already did)."""
+    nonce = fresh_nonce() if nonce is None else nonce
+    return {
+        "index": str(index),
+        "owner": OWNER,
+        "jobId": job_id,
+        "consumerSignature": sign(OWNER + job_id + str(index) + str(nonce), STRANGER_KEY),
         "providerSignature": sign(OWNER + job_id + str(nonce), key),
         "nonce": str(nonce),
     }
@@ -194,17 +221,40 @@ async def wait_ready(api_process: ApiProcess, timeout: float = 30) -> None:
     raise AssertionError(f"ocean-c2d api never became ready:\n{await api_process.log_text()}")
 
 
+async def polled_until(poll: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 10) -> T:
+    """`poll()` again until its answer satisfies `done`: for after the Workflow is over, while the API's
+    watch cache follows within its watch's delivery (a provider polls the same way)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            answer = await poll()
+            if done(answer):
+                return answer
+            await asyncio.sleep(0.2)
+
+
 async def until_the_api_shows(
     api_process: ApiProcess, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 10
 ) -> dict[str, Any]:
-    """The API's status object once `done` holds: the Workflow is already there, the API's watch cache
-    follows it within its watch's delivery (a provider polls the same way)."""
+    """The API's status object once `done` holds."""
+    return await polled_until(lambda: api_process.status_of(job_id), done, timeout)
+
+
+async def codes_on_watch_events(
+    workflow: APIObject, poll: Callable[[], Awaitable[dict[str, Any]]], first: int, timeout: float
+) -> list[int]:
+    """A provider's status polls, one on each watch event of the Workflow until it is finished: the status
+    codes the API answered, each change once, after `first` (the code of the answer to the start)."""
+    seen = [first]
     async with asyncio.timeout(timeout):
-        while True:
-            job = await api_process.status_of(job_id)
-            if done(job):
-                return job
-            await asyncio.sleep(0.2)
+        await workflow.refresh()
+        while not finished(workflow):
+            async for _event, _ in workflow.async_watch():
+                code = (await poll())["status"]
+                if code != seen[-1]:
+                    seen.append(code)
+                if finished(workflow):
+                    break
+    return seen
 
 
 def assert_recorded_shape(job: dict[str, Any]) -> None:
