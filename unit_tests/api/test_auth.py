@@ -12,8 +12,10 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from eth_utils.crypto import keccak
 
+from ocean_c2d.api.app import ApiConfig, CreateRefusedError, build_app
 from ocean_c2d.api.auth import (
     OCEAN_NODE_OPF_K8,
     PROVIDER_V4,
@@ -32,6 +34,7 @@ from ocean_c2d.api.auth import (
 )
 from ocean_c2d.api.params import Authenticate, AuthQuery, Refusal
 from ocean_c2d.api.replay import WINDOW, NonceWindow
+from ocean_c2d.api.store import InMemoryStore
 from ocean_c2d.signing import sign_personal
 from unit_tests.api.fixtures import COMPAT
 from unit_tests.factories import OPERATOR_ADDRESS, OPERATOR_KEY
@@ -443,3 +446,29 @@ def replay_text(nonce: Any) -> str:
         f"nonce {nonce} of provider {PROVIDER} was used before, or is older than its last {WINDOW} "
         "nonces: a replay"
     )
+
+
+async def test_a_start_refused_after_its_signature_was_checked_spends_the_nonce() -> None:
+    """The nonce is spent when an allowed provider's signature over it is verified, whatever follows: a
+    refused POST cannot be sent again, body changed or not, once the refusal's cause is gone (provider signs
+    owner + nonce, not the body). Clients sign a fresh nonce for every request, so none retries with one."""
+    _, post = next((c, p) for c, p in signed("provider-v4.json") if c is Call.START)
+
+    class RefusingOnce(InMemoryStore):
+        refused = False
+
+        async def create_workflow(self, obj: dict[str, Any]) -> dict[str, Any]:
+            if not self.refused:
+                self.refused = True
+                raise CreateRefusedError("spec.inputs: Too many: 300: must have at most 64 items")
+            return await super().create_workflow(obj)
+
+    store = RefusingOnce(environments=[{"metadata": {"name": post["environment"]}, "spec": {}}])
+    config = ApiConfig(store=store, authenticate=Authenticator([PROVIDER], MemoryNonceStore()))
+    async with TestClient(TestServer(build_app(config), host="127.0.0.1")) as client:
+        refused = await client.post("/api/v1/operator/compute", json=post)
+        assert refused.status == 400
+        again = await client.post("/api/v1/operator/compute", json=post)
+        assert again.status == 401
+        assert (await again.json(content_type=None)) == {"error": replay_text(post["nonce"])}
+    assert store.workflows == {}
