@@ -509,3 +509,36 @@ async def test_the_fetcher_follows_the_publish_settings() -> None:
     assert raised.value.status == 502
     assert "no IPFS API" in raised.value.message
     await cluster.close()
+
+
+async def test_a_manifest_is_read_from_storage_once_and_the_cache_keeps_to_its_bytes() -> None:
+    """results.json never changes once written, so polls of a job whose list is only there read it once."""
+    reads: list[str] = []
+    documents = {
+        f"s3://bucket/job{n}/results.json": json.dumps([{"filename": f"f{n}"}]).encode() for n in range(3)
+    }
+
+    class CountingS3:
+        def key_of(self, url: str) -> str | None:
+            return url
+
+        async def read_all(self, key: str, limit: int) -> bytes:
+            reads.append(key)
+            return documents[key]
+
+        async def close(self) -> None:
+            pass
+
+    size = len(documents["s3://bucket/job0/results.json"])
+    fetcher = ResultFetcher(s3_results=CountingS3(), manifest_cache_bytes=2 * size)  # type: ignore[arg-type]
+    first = await fetcher.read_manifest("s3://bucket/job0/results.json")
+    first[0]["filename"] = "changed by a caller"
+    assert await fetcher.read_manifest("s3://bucket/job0/results.json") == [{"filename": "f0"}]
+    assert reads == ["s3://bucket/job0/results.json"]
+    # Room for two: reading a third pushes out the least recently used (job1, as job0 was just read).
+    await fetcher.read_manifest("s3://bucket/job1/results.json")
+    await fetcher.read_manifest("s3://bucket/job0/results.json")
+    await fetcher.read_manifest("s3://bucket/job2/results.json")
+    await fetcher.read_manifest("s3://bucket/job0/results.json")
+    await fetcher.read_manifest("s3://bucket/job1/results.json")
+    assert [r.split("/")[3] for r in reads] == ["job0", "job1", "job2", "job1"]

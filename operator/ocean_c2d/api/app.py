@@ -269,9 +269,10 @@ async def get_compute(request: web.Request) -> web.Response:
 
 async def _manifest_results(config: ApiConfig, workflow: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     """The result list of a job whose list is only in its manifest (too many results for its status), or
-    None: use status.results. One storage read per such job and poll (nothing is cached: replicas keep
-    no state); only jobs with more results than the status holds pay it. When storage fails the status
-    answers without the list (results ""), as before it was published, rather than failing the poll."""
+    None: use status.results. Only jobs with more results than the status holds pay a storage read, once
+    per replica (the fetcher caches the manifests it read: they never change). When storage fails the
+    status answers without the list (results ""), as before it was published, rather than failing the
+    poll."""
     status = workflow.get("status") or {}
     manifest = status.get("resultsManifest")
     if config.read_manifest is None or status.get("results") or not manifest:

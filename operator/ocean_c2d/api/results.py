@@ -22,8 +22,10 @@ refused or cannot be reached, 502; both as {"error": ...} like the original's ot
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,11 @@ from ocean_c2d.storage import describe_failure, ipfs, s3
 
 CHUNK = 256 * 1024  # what one read takes from storage, and so what the handler holds at a time
 MANIFEST_LIMIT = 16 * 1024 * 1024  # results.json of PUBLISH_MAX_FILES entries is far smaller
+# The manifests read, by URL, up to this many bytes of their text: a job's results.json never changes once
+# publish wrote it (a new publish writes under a new prefix), so every poll of a job with more results than
+# its status holds need not read storage again. A cache of what storage holds, not a source of truth: a
+# restarted or second replica reads it once more and answers the same.
+MANIFEST_CACHE_BYTES = 32 * 1024 * 1024
 IPFS_STAT_TIMEOUT = 30.0  # a CID the node does not hold is searched for; a consumer should not wait long
 OCTET_STREAM = frozenset({"application/octet-stream", "binary/octet-stream"})
 
@@ -366,10 +373,17 @@ class ResultFetcher:
     """app.py's fetch_result and read_manifest over this operator's result storage (either may be None)."""
 
     def __init__(
-        self, *, s3_results: S3Results | None = None, ipfs_results: IpfsResults | None = None
+        self,
+        *,
+        s3_results: S3Results | None = None,
+        ipfs_results: IpfsResults | None = None,
+        manifest_cache_bytes: int = MANIFEST_CACHE_BYTES,
     ) -> None:
         self.s3 = s3_results
         self.ipfs = ipfs_results
+        self._manifests: OrderedDict[str, tuple[int, list[dict[str, Any]]]] = OrderedDict()
+        self._manifest_bytes = 0
+        self._manifest_cache_bytes = manifest_cache_bytes
 
     async def fetch_result(self, entry: Mapping[str, Any], range_header: str | None) -> Download:
         url = str(entry.get("url") or "")
@@ -383,20 +397,39 @@ class ResultFetcher:
         raise failed(f"result {_name(entry)} is not in this operator's result storage")
 
     async def read_manifest(self, url: str) -> list[dict[str, Any]]:
-        """publish's results.json: the job's result list, in index order."""
-        if self.ipfs is not None and self.ipfs.path_of(url) is not None:
-            text = await self.ipfs.read_all(url, MANIFEST_LIMIT)
-        elif self.s3 is not None and (key := self.s3.key_of(url)) is not None:
-            text = await self.s3.read_all(key, MANIFEST_LIMIT)
-        else:
-            raise failed("the results manifest is not in this operator's result storage")
+        """publish's results.json: the job's result list, in index order (a copy: callers may change it)."""
+        cached = self._manifests.get(url)
+        if cached is not None:
+            self._manifests.move_to_end(url)
+            return copy.deepcopy(cached[1])
+        text = await self._read_manifest_text(url)
         try:
             document = json.loads(text)
         except ValueError as error:
             raise failed("the results manifest is not JSON") from error
         if not isinstance(document, list):
             raise failed("the results manifest is not a list")
-        return [entry for entry in document if isinstance(entry, dict)]
+        entries = [entry for entry in document if isinstance(entry, dict)]
+        self._remember(url, len(text), entries)
+        return copy.deepcopy(entries)
+
+    def _remember(self, url: str, size: int, entries: list[dict[str, Any]]) -> None:
+        if size > self._manifest_cache_bytes:
+            return
+        self._manifests[url] = (size, entries)
+        self._manifest_bytes += size
+        while self._manifest_bytes > self._manifest_cache_bytes:
+            _, (dropped, _) = self._manifests.popitem(last=False)
+            self._manifest_bytes -= dropped
+
+    async def _read_manifest_text(self, url: str) -> bytes:
+        if self.ipfs is not None and self.ipfs.path_of(url) is not None:
+            text = await self.ipfs.read_all(url, MANIFEST_LIMIT)
+        elif self.s3 is not None and (key := self.s3.key_of(url)) is not None:
+            text = await self.s3.read_all(key, MANIFEST_LIMIT)
+        else:
+            raise failed("the results manifest is not in this operator's result storage")
+        return text
 
     async def close(self) -> None:
         for store in (self.s3, self.ipfs):
