@@ -122,6 +122,7 @@ class ApiProcess:
     process: asyncio.subprocess.Process
     log: Path
     url: str
+    metrics_url: str  # its API_METRICS_PORT: /metrics is served there only
 
     async def log_text(self) -> str:
         return await asyncio.to_thread(self.log.read_text, errors="replace")
@@ -138,9 +139,11 @@ class ApiProcess:
         return dict(job)
 
     async def metric(self, name: str) -> dict[str, float]:
-        """The API's /metrics samples called `name`, by their labels."""
-        async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
-            text = (await client.get("/metrics")).text
+        """The API's /metrics samples called `name`, by their labels (from its metrics port)."""
+        async with httpx.AsyncClient(base_url=self.metrics_url, timeout=5) as client:
+            response = await client.get("/metrics")
+        assert response.status_code == 200, response.text
+        text = response.text
         found = {}
         for line in text.splitlines():
             if line.startswith(name + "{"):
@@ -176,7 +179,9 @@ async def start_api(
     started: list[ApiProcess] = []
 
     async def start(**more_env: str) -> ApiProcess:
-        port = free_port()
+        port = metrics_port = free_port()
+        while metrics_port == port:  # two free ports, never one twice (the API refuses that)
+            metrics_port = free_port()
         log = tmp_path / f"api-{len(started)}.log"
         env = {
             **os.environ,
@@ -187,6 +192,7 @@ async def start_api(
             "OPERATOR_ADDRESS": OPERATOR_ADDRESS,
             "API_HOST": "127.0.0.1",
             "API_PORT": str(port),
+            "API_METRICS_PORT": str(metrics_port),
             "LOG_LEVEL": "INFO",
             **more_env,
         }
@@ -194,7 +200,7 @@ async def start_api(
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ocean_c2d.cli", "api", env=env, stdout=sink, stderr=sink
             )
-        api_process = ApiProcess(process, log, f"http://127.0.0.1:{port}")
+        api_process = ApiProcess(process, log, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}")
         started.append(api_process)
         await wait_ready(api_process)
         return api_process

@@ -52,6 +52,7 @@ RELEASE = "c2d"
 OPERATOR_DEPLOYMENT = f"{RELEASE}-ocean-c2d"
 API_DEPLOYMENT = f"{RELEASE}-ocean-c2d-api"
 API_PORT = 8050  # the chart's api.port
+API_METRICS_PORT = 9050  # the chart's api.metricsPort: /metrics, open to any client (api.metricsClients)
 REAL_TIMEOUT = 240  # a real Workflow takes 10-15 s on an idle machine; a busy one more
 
 RELAY_PORT = 8080
@@ -291,6 +292,10 @@ async def test_the_charts_api_runs_a_provider_job_on_the_real_node_and_serves_it
                 print(f"\nfrom the host, {api_url}: {type(refused).__name__} (the NetworkPolicy)")
             else:
                 raise AssertionError(f"the host reached the API past its NetworkPolicy: {answer.status_code}")
+            # The metrics port is the policy's other rule, open to anyone: the same host scrapes it.
+            scraped = await direct.get(f"http://{api_pod['status']['podIP']}:{API_METRICS_PORT}/metrics")
+        assert scraped.status_code == 200, scraped.text
+        assert 'ocean_c2d_api_kube_requests_total{resource="workflows",verb="WATCH"}' in scraped.text
         assert relay.raw["spec"]["nodeName"] == real_node.name
         provider = ProviderSide(f"http://{relay.raw['status']['podIP']}:{RELAY_PORT}")
         pointed = await provider.client.put(RELAY_UPSTREAM, content=api_url)

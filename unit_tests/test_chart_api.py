@@ -1,6 +1,7 @@
 """The chart's optional operator-service-compatible API (issue 12): `api.enabled` renders a Deployment of
 `ocean-c2d api`, its Service, ServiceAccount, least-privilege Role, NetworkPolicy and (with the operator's)
-ServiceMonitor; nothing otherwise. Rendered with the helm binary toolchain/build.sh built."""
+ServiceMonitor, which scrapes the metrics port (api.metricsPort, open to api.metricsClients) and not the
+API's; nothing otherwise. Rendered with the helm binary toolchain/build.sh built."""
 
 from __future__ import annotations
 
@@ -180,6 +181,10 @@ def test_the_role_goes_to_the_watched_namespace() -> None:
     assert api_env(everywhere)["API_NAMESPACE"]["value"] == "tenant-a"
 
 
+# The metrics port's rule when api.metricsClients is empty: no `from`, any client.
+METRICS_FROM_ANYWHERE = {"ports": [{"port": "metrics", "protocol": "TCP"}]}
+
+
 def test_the_network_policy_admits_only_the_listed_clients() -> None:
     docs = scenario()
     policy = api_object(docs, "NetworkPolicy")
@@ -187,7 +192,10 @@ def test_the_network_policy_admits_only_the_listed_clients() -> None:
     assert policy["spec"] == {
         "podSelector": {"matchLabels": API_SELECTOR},
         "policyTypes": ["Ingress"],
-        "ingress": [{"from": listed, "ports": [{"port": "http", "protocol": "TCP"}]}],
+        "ingress": [
+            {"from": listed, "ports": [{"port": "http", "protocol": "TCP"}]},
+            METRICS_FROM_ANYWHERE,
+        ],
     }
     assert listed == [
         {
@@ -203,21 +211,55 @@ def test_the_network_policy_admits_only_the_listed_clients() -> None:
         {
             "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}}],
             "ports": [{"port": "http", "protocol": "TCP"}],
-        }
+        },
+        METRICS_FROM_ANYWHERE,
     ]
+    # The ports the rules name are the container's.
+    names = {port["name"] for port in api_container(docs)["ports"]}
+    assert {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]} == names
+
+
+def test_the_metrics_port_admits_the_listed_metrics_clients_and_leaves_the_api_rule_alone(
+    tmp_path: Path,
+) -> None:
+    prometheus = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+    ]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"api": {"metricsClients": prometheus}}))
+    ingress = api_object(render("-f", str(SCENARIO), "-f", str(values)), "NetworkPolicy")["spec"]["ingress"]
+    assert ingress == [
+        {
+            "from": yaml.safe_load(SCENARIO.read_text())["api"]["allowedClients"],
+            "ports": [{"port": "http", "protocol": "TCP"}],
+        },
+        {"from": prometheus, "ports": [{"port": "metrics", "protocol": "TCP"}]},
+    ]
+    # Listed as metrics clients, they are not API clients.
+    assert all(peer not in ingress[0]["from"] for peer in prometheus)
 
 
 def test_probes_port_and_service() -> None:
     docs = scenario()
     main = api_container(docs)
-    assert main["ports"] == [{"name": "http", "containerPort": 8050, "protocol": "TCP"}]
+    assert main["ports"] == [
+        {"name": "http", "containerPort": 8050, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9050, "protocol": "TCP"},
+    ]
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert api_env(docs)["API_PORT"]["value"] == "8050"
+    variables = api_env(docs)
+    assert (variables["API_PORT"]["value"], variables["API_METRICS_PORT"]["value"]) == ("8050", "9050")
     service = api_object(docs, "Service")
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 8050, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8050, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": 9050, "targetPort": "metrics", "protocol": "TCP"},
     ]
+    moved = render("-f", str(SCENARIO), "--set", "api.metricsPort=9100")
+    assert api_container(moved)["ports"][1] == {"name": "metrics", "containerPort": 9100, "protocol": "TCP"}
+    assert api_env(moved)["API_METRICS_PORT"]["value"] == "9100"
+    assert api_object(moved, "Service")["spec"]["ports"][1]["port"] == 9100
     deployment = api_object(docs, "Deployment")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"] == API_SELECTOR
     # Locked down like the operator.
@@ -281,7 +323,7 @@ def test_the_rendered_env_is_what_the_api_accepts() -> None:
     assert settings.allowed_providers == frozenset(PROVIDERS)
     assert settings.operator_address == OPERATOR_ADDRESS
     assert settings.namespace == NAMESPACE
-    assert settings.port == 8050
+    assert (settings.port, settings.metrics_port) == (8050, 9050)
 
 
 @pytest.mark.parametrize(
@@ -298,6 +340,12 @@ def test_the_rendered_env_is_what_the_api_accepts() -> None:
         (("--set", "api.operatorAddress=operator"), "/api/operatorAddress"),
         (("--set", "api.auth=maybe"), "/api/auth"),
         (("--set", "api.allowedClients[0].ipBlock.cidr=0.0.0.0/0"), "ipBlock"),
+        (("--set", "api.metricsClients[0].ipBlock.cidr=0.0.0.0/0"), "ipBlock"),
+        (("--set", "api.metricsPort=0"), "/api/metricsPort"),
+        (("--set", "api.metricsPort=65536"), "/api/metricsPort"),
+        (("--set", "api.metricsPort=nine"), "/api/metricsPort"),
+        ((*ENABLED, "--set", "api.metricsPort=8050"), "api.metricsPort must differ from api.port"),
+        ((*ENABLED, "--set", "api.port=9050"), "api.metricsPort must differ from api.port"),
     ],
 )  # fmt: skip
 def test_invalid_api_values_fail_the_render(settings: tuple[str, ...], message: str) -> None:
@@ -319,8 +367,12 @@ def test_a_service_monitor_for_the_api_with_the_operators() -> None:
     assert monitor["spec"] == {
         "selector": {"matchLabels": API_SELECTOR},
         "namespaceSelector": {"matchNames": [NAMESPACE]},
-        "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
     }
+    # The Service's metrics port, which the NetworkPolicy's second rule opens (to anyone by default).
+    service_ports = {port["name"]: port for port in api_object(docs, "Service")["spec"]["ports"]}
+    assert service_ports["metrics"]["targetPort"] == "metrics"
+    assert METRICS_FROM_ANYWHERE in api_object(docs, "NetworkPolicy")["spec"]["ingress"]
     service_labels = api_object(docs, "Service")["metadata"]["labels"]
     assert selects(monitor["spec"]["selector"]["matchLabels"], service_labels)
     operator_monitor = operator_object(docs, "ServiceMonitor")

@@ -29,6 +29,7 @@ PURE = {
     "ocean_c2d.api.auth",
     "ocean_c2d.api.environments",
     "ocean_c2d.api.params",
+    "ocean_c2d.api.replay",
     "ocean_c2d.api.settings",
     "ocean_c2d.api.status_object",
     "ocean_c2d.api.store",

@@ -586,3 +586,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         signer_url=signer_url,
         egress=egress,
     )
+
+
+def load_publish_settings(environ: Mapping[str, str]) -> PublishSettings:
+    """Only the publish variables (IPFS_*, AWS_*), parsed as load_settings parses them: for `ocean-c2d
+    api`, which reads results from where publish put them. SettingsError lists every problem."""
+    errors: list[str] = []
+    publish = _publish(environ, errors)
+    if errors:
+        raise SettingsError(errors)
+    return publish

@@ -392,6 +392,28 @@ async def test_kr8s_adapter_paths_errors_and_watch_lines(
     assert gone.value.status == 410
 
 
+async def test_kr8s_adapter_counts_every_request_answered_or_not_and_each_watch_asked_for(
+    loopback_api: tuple[Kr8sKube, list[tuple[str, str, dict[str, str], Any]]],
+) -> None:
+    uncounted, seen = loopback_api
+    counted: list[tuple[str, str]] = []
+    kube = Kr8sKube(uncounted.api, count=lambda verb, resource: counted.append((verb, resource)))
+    await kube.request("GET", cluster_store.API_VERSION, "workflows", NS)
+    with pytest.raises(ApiError):
+        await kube.request("GET", cluster_store.API_VERSION, "workflows", NS, "missing")
+    with pytest.raises(ApiError):
+        await kube.request("POST", cluster_store.API_VERSION, "workflows", NS, body=workflow("a"))
+    assert counted == [("GET", "workflows"), ("GET", "workflows"), ("POST", "workflows")]
+    sent = len(seen)
+    events = kube.watch(cluster_store.API_VERSION, "workflows", NS, {"resourceVersion": "5"})
+    assert counted[-1] == ("WATCH", "workflows")  # when asked for, before the first event is read
+    assert [e["type"] async for e in events] == ["ADDED", "BOOKMARK"]
+    assert len(counted) == 4
+    assert len(seen) == sent + 1  # one request on the wire for one counted
+    await uncounted.request("GET", cluster_store.API_VERSION, "workflows", NS)
+    assert len(counted) == 4  # another Kr8sKube's, uncounted by default
+
+
 async def test_jobs_created_within_one_second_are_listed_in_the_order_the_api_created_them() -> None:
     kube = FakeKube()
 

@@ -1,6 +1,6 @@
 """`ocean-c2d api`: its settings, and the service build_service makes from them, served on loopback over
 ClusterStore and ConfigMapNonceStore on test_cluster_store's in-process FakeKube (not a real API server:
-that is the next slice's e2e test)."""
+that is the next slice's e2e test), with /metrics on its own Application (build_metrics_app)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from eth_keys.datatypes import PrivateKey
 from eth_utils.crypto import keccak
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ocean_c2d.api import metrics
 from ocean_c2d.api.cluster_store import ClusterStore
 from ocean_c2d.api.nonces import ConfigMapNonceStore, configmap_name
-from ocean_c2d.api.server import build_service
-from ocean_c2d.api.settings import DEFAULT_PORT, ApiSettings, load_api_settings
+from ocean_c2d.api.server import build_metrics_app, build_service, count_kube_request
+from ocean_c2d.api.settings import DEFAULT_METRICS_PORT, DEFAULT_PORT, ApiSettings, load_api_settings
 from ocean_c2d.settings import SettingsError
 from ocean_c2d.signing import personal_message_hash
 from unit_tests.api.test_cluster_store import NS, FakeKube, environment, workflow
@@ -39,13 +40,36 @@ def test_the_defaults_and_an_allowlist() -> None:
     assert settings == ApiSettings(
         host="0.0.0.0",
         port=DEFAULT_PORT,
+        metrics_port=DEFAULT_METRICS_PORT,
         allowed_providers=frozenset({PROVIDER}),
         auth=True,
         operator_address=KEY_ONE_ADDRESS,
         namespace=None,
         algo_time_limit=None,
     )
-    assert DEFAULT_PORT == 8050
+    assert (DEFAULT_PORT, DEFAULT_METRICS_PORT) == (8050, 9050)
+
+
+def test_the_metrics_port_is_a_port_and_not_the_apis() -> None:
+    base = {"API_AUTH": "off", "OPERATOR_ADDRESS": KEY_ONE_ADDRESS}
+    settings = load_api_settings({**base, "API_PORT": "9050", "API_METRICS_PORT": "8050"})
+    assert (settings.port, settings.metrics_port) == (9050, 8050)
+    with pytest.raises(SettingsError) as same:
+        load_api_settings({**base, "API_PORT": "8100", "API_METRICS_PORT": "8100"})
+    assert same.value.problems == ("API_METRICS_PORT: must differ from API_PORT (both are 8100)",)
+    with pytest.raises(SettingsError) as default_clash:
+        load_api_settings({**base, "API_PORT": "9050"})
+    assert default_clash.value.problems == ("API_METRICS_PORT: must differ from API_PORT (both are 9050)",)
+    for bad in ("0", "65536", "nine", "-1"):
+        with pytest.raises(SettingsError) as invalid:
+            load_api_settings({**base, "API_METRICS_PORT": bad})
+        assert invalid.value.problems == (
+            f"API_METRICS_PORT: expected a port number 1..65535, got {bad!r}",
+        ), bad
+    # An invalid port is reported as invalid, not also as a clash with the other's default.
+    with pytest.raises(SettingsError) as one:
+        load_api_settings({**base, "API_PORT": "x", "API_METRICS_PORT": "8050"})
+    assert one.value.problems == ("API_PORT: expected a port number 1..65535, got 'x'",)
 
 
 def test_no_allowlist_refuses_to_start_unless_auth_is_switched_off_explicitly() -> None:
@@ -79,13 +103,35 @@ def test_the_operator_address_given_or_derived_from_the_key() -> None:
 
 def test_every_invalid_variable_is_named_once() -> None:
     with pytest.raises(SettingsError) as error:
-        load_api_settings({"API_PORT": "0", "API_NAMESPACE": "*", "API_ALLOWED_PROVIDERS": "0x12"})
+        load_api_settings(
+            {
+                "API_PORT": "0",
+                "API_METRICS_PORT": "1e3",
+                "API_NAMESPACE": "*",
+                "API_ALLOWED_PROVIDERS": "0x12",
+            }
+        )
     assert [p.split(":")[0] for p in error.value.problems] == [
         "API_ALLOWED_PROVIDERS",
         "API_PORT",
+        "API_METRICS_PORT",
         "OPERATOR_ADDRESS",
         "API_NAMESPACE",
     ]
+
+
+@pytest.fixture
+async def scraped() -> AsyncIterator[TestClient[Any, Any]]:
+    """The metrics port's Application."""
+    async with TestClient(TestServer(build_metrics_app(), host="127.0.0.1")) as client:
+        yield client
+
+
+async def scrape(client: TestClient[Any, Any]) -> str:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    return await response.text()
 
 
 @pytest.fixture
@@ -120,7 +166,7 @@ async def test_readiness_waits_for_the_watch_caches(
 
 
 async def test_a_bare_get_environments_answers_the_list_and_is_counted(
-    served: tuple[TestClient[Any, Any], FakeKube, ClusterStore],
+    served: tuple[TestClient[Any, Any], FakeKube, ClusterStore], scraped: TestClient[Any, Any]
 ) -> None:
     client, _, store = served
     task = asyncio.create_task(store.run())
@@ -135,11 +181,19 @@ async def test_a_bare_get_environments_answers_the_list_and_is_counted(
         ("small", KEY_ONE_ADDRESS, "1796126400.123456")
     ]
     await client.get("/no/such/path")
-    text = await (await client.get("/metrics")).text()
+    # /metrics is the metrics port's alone: on the API's port it is a path like any unknown one.
+    unmatched = {"route": "unmatched", "code": "404"}
+    unmatched_before = metrics.REGISTRY.get_sample_value("ocean_c2d_api_requests_total", unmatched) or 0
+    assert (await client.get("/metrics")).status == 404
+    text = await scrape(scraped)
     assert metrics.REGISTRY.get_sample_value("ocean_c2d_api_requests_total", labels) == before + 1
+    assert (
+        metrics.REGISTRY.get_sample_value("ocean_c2d_api_requests_total", unmatched) == unmatched_before + 1
+    )
     assert 'ocean_c2d_api_requests_total{code="200",route="/api/v1/operator/environments"}' in text
     assert 'ocean_c2d_api_requests_total{code="404",route="unmatched"}' in text
     assert 'ocean_c2d_api_request_duration_seconds_count{route="/api/v1/operator/environments"}' in text
+    assert 'route="/metrics"' not in text  # scrapes are not API requests
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -151,7 +205,7 @@ def provider_signature(message: str) -> str:
 
 
 async def test_a_signed_status_request_spends_its_nonce_in_the_cluster(
-    served: tuple[TestClient[Any, Any], FakeKube, ClusterStore],
+    served: tuple[TestClient[Any, Any], FakeKube, ClusterStore], scraped: TestClient[Any, Any]
 ) -> None:
     client, kube, store = served
     kube.put("workflows", workflow("job1", owner=OWNER))
@@ -166,8 +220,18 @@ async def test_a_signed_status_request_spends_its_nonce_in_the_cluster(
     replay = await client.get(f"{PREFIX}/compute", params=query)
     assert replay.status == 401
     assert "a replay" in (await replay.json(content_type=None))["error"]
-    text = await (await client.get("/metrics")).text()
+    text = await scrape(scraped)
     assert 'ocean_c2d_api_authentications_total{call="GET /compute",outcome="replay"}' in text
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_the_kube_requests_counted_are_on_the_metrics_port(scraped: TestClient[Any, Any]) -> None:
+    """The name and labels e2e/test_api.py and test_api_load.py read (the counting itself: Kr8sKube's
+    test in test_cluster_store.py)."""
+    labels = {"verb": "WATCH", "resource": "workflows"}
+    before = metrics.REGISTRY.get_sample_value("ocean_c2d_api_kube_requests_total", labels) or 0
+    count_kube_request("WATCH", "workflows")
+    text = await scrape(scraped)
+    assert f'ocean_c2d_api_kube_requests_total{{resource="workflows",verb="WATCH"}} {before + 1}' in text

@@ -1,7 +1,8 @@
 """server.py's wiring of app.py: a Workflow the API server refuses (the CRD schema) is the client's 400
 with the API server's words and nothing created; GET /compute lists a job's results from its manifest
 when its status holds none (the result fetcher's read_manifest); getResult streams through the service's
-fetcher, which is closed with the Application; bad publish settings stop `ocean-c2d api`'s start."""
+fetcher, which is closed with the Application; the publish settings are parsed as the operator parses
+them, and bad ones stop `ocean-c2d api`'s start."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ocean_c2d.api.results import ResultFetcher
 from ocean_c2d.api.server import build_service, main
 from ocean_c2d.api.settings import load_api_settings
 from ocean_c2d.api.store import InMemoryStore
+from ocean_c2d.settings import SettingsError, load_publish_settings, load_settings
 from unit_tests.api.fixtures import COMPAT
 from unit_tests.api.test_cluster_store import NS, FakeKube, environment, workflow
 
@@ -163,3 +165,18 @@ def test_invalid_publish_settings_stop_the_start(capsys: pytest.CaptureFixture[s
     environ = {"API_AUTH": "off", "OPERATOR_ADDRESS": OPERATOR, "IPFS_TYPE": "bogus"}
     assert main(environ) == 2
     assert "IPFS_TYPE" in capsys.readouterr().err
+
+
+def test_the_api_reads_the_publish_settings_as_the_operator_does() -> None:
+    environ = {
+        "AWS_BUCKET_OUTPUT": "c2d-results",
+        "AWS_REGION": "eu-central-1",
+        "IPFS_EXPIRY_TIME": "60",
+        "OPERATOR_PRIVATE_KEY": "00" * 31 + "01",  # the operator's, for load_settings; no publish variable
+    }
+    publish = load_publish_settings(environ)
+    assert publish == load_settings(environ).publish
+    assert (publish.aws_bucket_output, publish.ipfs_expiry_time_seconds) == ("c2d-results", 60)
+    with pytest.raises(SettingsError) as error:
+        load_publish_settings({"IPFS_TYPE": "bogus", "IPFS_EXPIRY_TIME": "-1", "OPERATOR_ADDRESS": "x"})
+    assert [p.split(":")[0] for p in error.value.problems] == ["IPFS_TYPE", "IPFS_EXPIRY_TIME"]

@@ -74,11 +74,22 @@ class Kube(Protocol):
         """The watch events ({type, object}) of a `?watch=1` GET, until the server ends it."""
 
 
-class Kr8sKube:
-    """Kube over kr8s' HTTP client (its authentication, TLS and token refresh)."""
+# Told of each request a Kr8sKube sends: (verb, resource), the verb WATCH for a watch opened.
+CountRequest = Callable[[str, str], None]
 
-    def __init__(self, api: kr8s.asyncio.Api) -> None:
+
+def _uncounted(verb: str, resource: str) -> None:
+    pass
+
+
+class Kr8sKube:
+    """Kube over kr8s' HTTP client (its authentication, TLS and token refresh). `count` is told of every
+    request before it is sent, answered or not (the service counts them: what each API call costs the API
+    server, which the design keeps small, reads coming from the watch caches)."""
+
+    def __init__(self, api: kr8s.asyncio.Api, count: CountRequest = _uncounted) -> None:
         self.api = api
+        self.count = count
 
     async def request(
         self,
@@ -92,6 +103,7 @@ class Kr8sKube:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        self.count(method, plural)
         url = f"{plural}/{name}" if name else plural
         try:
             async with self.api.call_api(
@@ -111,7 +123,13 @@ class Kr8sKube:
         except (httpx.HTTPError, kr8s.APITimeoutError) as error:
             raise ApiError(0, str(error)[:500]) from error
 
-    async def watch(
+    def watch(
+        self, version: str, plural: str, namespace: str | None, params: dict[str, str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        self.count("WATCH", plural)  # when asked for, as a request is
+        return self._watch(version, plural, namespace, params)
+
+    async def _watch(
         self, version: str, plural: str, namespace: str | None, params: dict[str, str]
     ) -> AsyncIterator[dict[str, Any]]:
         try:

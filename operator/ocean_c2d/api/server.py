@@ -4,9 +4,11 @@ build_service wires app.build_app to a Store (ClusterStore in the service), the 
 NonceStore (ConfigMapNonceStore), GET /environments' full answer (api/environments.py) with the operator's
 address, the result fetcher (api/results.py, over the operator's own publish settings: IPFS_OUTPUT,
 AWS_BUCKET_OUTPUT, ...) for GET /getResult and for result lists kept only in a job's manifest, and adds
-what a Deployment needs: /readyz (200 once the watch caches have synced, else 503), /healthz (200 while
-the process serves) and /metrics. run_api makes the Kubernetes client, starts the watches and serves until
-cancelled; the fetcher's clients are closed with the Application.
+what a Deployment needs: /readyz (200 once the watch caches have synced, else 503) and /healthz (200 while
+the process serves). /metrics is another Application (build_metrics_app) on its own port
+(API_METRICS_PORT), so that a scraper needs no right to call the API. run_api makes the Kubernetes client
+(counting its requests: KUBE_REQUESTS), starts the watches and serves both until cancelled; the fetcher's
+clients are closed with the Application.
 
 A create the API server refuses (400, 422: the CRD schema's bounds, an admission policy) is the client's
 request failing validation, not the API's fault: RefusingStore turns it into app.CreateRefusedError, which
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +31,7 @@ from prometheus_client import Counter
 from ocean_c2d.api import metrics
 from ocean_c2d.api.app import ApiConfig, CreateRefusedError, build_app
 from ocean_c2d.api.auth import Authenticator, NonceStore
-from ocean_c2d.api.cluster_store import ApiError, ClusterStore, Kr8sKube, Kube
+from ocean_c2d.api.cluster_store import ApiError, ClusterStore, Kr8sKube
 from ocean_c2d.api.environments import environments_answer
 from ocean_c2d.api.nonces import ConfigMapNonceStore
 from ocean_c2d.api.params import Params, accept_all
@@ -37,8 +39,8 @@ from ocean_c2d.api.results import ResultFetcher, fetcher_from_settings
 from ocean_c2d.api.settings import ApiSettings
 from ocean_c2d.api.store import Store
 
-# _publish: the operator's own parser of the publish variables, so both processes read them alike.
-from ocean_c2d.settings import PublishSettings, SettingsError, _publish
+# The operator's own parser of the publish variables, so both processes read them alike.
+from ocean_c2d.settings import PublishSettings, SettingsError, load_publish_settings
 from ocean_c2d.times import utc_now
 
 log = logging.getLogger("ocean_c2d.api")
@@ -56,35 +58,10 @@ KUBE_REQUESTS = Counter(
 )
 
 
-class CountingKube:
-    """A Kube that counts its requests (KUBE_REQUESTS): what each API call costs the API server, which
-    the design keeps small (reads come from the watch caches)."""
-
-    def __init__(self, inner: Kube) -> None:
-        self.inner = inner
-
-    async def request(
-        self,
-        method: str,
-        version: str,
-        plural: str,
-        namespace: str | None,
-        name: str = "",
-        *,
-        params: dict[str, str] | None = None,
-        body: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        KUBE_REQUESTS.labels(method, plural).inc()
-        return await self.inner.request(
-            method, version, plural, namespace, name, params=params, body=body, headers=headers
-        )
-
-    def watch(
-        self, version: str, plural: str, namespace: str | None, params: dict[str, str]
-    ) -> AsyncIterator[dict[str, Any]]:
-        KUBE_REQUESTS.labels("WATCH", plural).inc()
-        return self.inner.watch(version, plural, namespace, params)
+def count_kube_request(verb: str, resource: str) -> None:
+    """Kr8sKube's `count`: what each API call costs the API server, which the design keeps small (reads
+    come from the watch caches)."""
+    KUBE_REQUESTS.labels(verb, resource).inc()
 
 
 class RefusingStore:
@@ -125,8 +102,9 @@ def build_service(
     clock: Callable[[], datetime] = utc_now,
     fetcher: ResultFetcher | None = None,
 ) -> web.Application:
-    """The API's Application: the compatible routes plus /readyz, /healthz and /metrics. `fetcher`
-    (None: no result storage configured, getResult answers 503) is closed when the Application is."""
+    """The API's Application: the compatible routes plus /readyz and /healthz (/metrics is
+    build_metrics_app's). `fetcher` (None: no result storage configured, getResult answers 503) is closed
+    when the Application is."""
 
     async def environments(params: Params) -> list[dict[str, Any]]:
         answer = environments_answer(await store.list_environments(), settings.operator_address, clock())
@@ -168,6 +146,13 @@ def build_service(
 
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/healthz", healthz)
+    return app
+
+
+def build_metrics_app() -> web.Application:
+    """/metrics alone (api/metrics.py's registry: the API's requests, authentications and KUBE_REQUESTS),
+    for the metrics port. Scrapes are not counted as API requests."""
+    app = web.Application()
     app.router.add_get("/metrics", metrics.serve_metrics)
     return app
 
@@ -180,43 +165,39 @@ async def namespace_of(settings: ApiSettings, api: kr8s.asyncio.Api) -> str:
     return str(api.namespace or "default")
 
 
-def load_publish_settings(environ: dict[str, str]) -> PublishSettings:
-    """The operator's publish settings (where it puts results), which the API reads results from: the
-    same variables, parsed by the operator's own code so that both agree on every name."""
-    errors: list[str] = []
-    publish = _publish(environ, errors)
-    if errors:
-        raise SettingsError(errors)
-    return publish
-
-
 async def run_api(settings: ApiSettings, publish: PublishSettings | None = None) -> None:
     if not settings.auth:
         log.warning("API_AUTH=off: every request is accepted unsigned; only for a closed test setup")
     api = await kr8s.asyncio.api()
     namespace = await namespace_of(settings, api)
-    kube = CountingKube(Kr8sKube(api))
+    kube = Kr8sKube(api, count=count_kube_request)
     store = ClusterStore(kube, namespace)
     fetcher = fetcher_from_settings(publish) if publish is not None else None
     app = build_service(
         settings, store, ConfigMapNonceStore(kube, namespace), lambda: store.synced, fetcher=fetcher
     )
     runner = web.AppRunner(app, access_log=None)
+    metrics_runner = web.AppRunner(build_metrics_app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
-    log.info(
-        "Serving the operator-service API on %s:%s for namespace %s (operator address %s, %s, %s)",
-        settings.host,
-        settings.port,
-        namespace,
-        settings.operator_address,
-        f"{len(settings.allowed_providers)} allowed providers" if settings.auth else "no authentication",
-        "result downloads from the publish storage" if fetcher is not None else "no result storage",
-    )
+    await metrics_runner.setup()
     try:
+        await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        log.info(
+            "Serving the operator-service API on %s:%s (/metrics on port %s) for namespace %s "
+            "(operator address %s, %s, %s)",
+            settings.host,
+            settings.port,
+            settings.metrics_port,
+            namespace,
+            settings.operator_address,
+            f"{len(settings.allowed_providers)} allowed providers" if settings.auth else "no authentication",
+            "result downloads from the publish storage" if fetcher is not None else "no result storage",
+        )
         await store.run()
     finally:
         await runner.cleanup()
+        await metrics_runner.cleanup()
 
 
 def main(environ: dict[str, str]) -> int:

@@ -2,7 +2,9 @@
 
 Separate from ocean_c2d.settings: the API is its own process and needs neither the operator's key nor its
 templates. The names:
-- API_HOST (default 0.0.0.0), API_PORT (default 8050, operator-service's port);
+- API_HOST (default 0.0.0.0), API_PORT (default 8050, operator-service's port): the API, /readyz, /healthz;
+- API_METRICS_PORT (default 9050; not API_PORT): /metrics alone, on its own listener (same host), so a
+  scraper can be admitted to the metrics without being admitted to the API;
 - API_ALLOWED_PROVIDERS: the provider addresses whose providerSignature is accepted (a JSON list, or
   separated by commas or white space). Not ALLOWED_PROVIDERS: the operator already reads that name as the
   provider base URLs it may download from, and one deployment usually sets both;
@@ -31,6 +33,7 @@ from ocean_c2d.settings import SettingsError
 from ocean_c2d.signing import OperatorKey
 
 DEFAULT_PORT = 8050
+DEFAULT_METRICS_PORT = 9050
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -38,6 +41,7 @@ _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 class ApiSettings:
     host: str
     port: int
+    metrics_port: int  # /metrics only; never `port`
     allowed_providers: frozenset[str]  # checksummed; empty only when auth is off
     auth: bool  # False only for API_AUTH=off with an empty allowlist
     operator_address: str  # checksummed
@@ -50,14 +54,24 @@ def _str(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _port(environ: Mapping[str, str], errors: list[str]) -> int:
-    raw = _str(environ, "API_PORT")
+def _port(environ: Mapping[str, str], name: str, default: int, errors: list[str]) -> int:
+    raw = _str(environ, name)
     if raw is None:
-        return DEFAULT_PORT
+        return default
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        errors.append(f"API_PORT: expected a port number 1..65535, got {raw[:40]!r}")
-        return DEFAULT_PORT
+        errors.append(f"{name}: expected a port number 1..65535, got {raw[:40]!r}")
+        return default
     return int(raw)
+
+
+def _ports(environ: Mapping[str, str], errors: list[str]) -> tuple[int, int]:
+    """API_PORT and API_METRICS_PORT, which must differ (each its own listener)."""
+    before = len(errors)
+    port = _port(environ, "API_PORT", DEFAULT_PORT, errors)
+    metrics_port = _port(environ, "API_METRICS_PORT", DEFAULT_METRICS_PORT, errors)
+    if len(errors) == before and port == metrics_port:  # an invalid one is reported as such, not as this
+        errors.append(f"API_METRICS_PORT: must differ from API_PORT (both are {port})")
+    return port, metrics_port
 
 
 def _auth(environ: Mapping[str, str], errors: list[str]) -> tuple[frozenset[str], bool]:
@@ -127,9 +141,11 @@ def load_api_settings(environ: Mapping[str, str]) -> ApiSettings:
     """The settings, or SettingsError listing every invalid variable."""
     errors: list[str] = []
     allowed, auth = _auth(environ, errors)
+    port, metrics_port = _ports(environ, errors)
     settings = ApiSettings(
         host=_str(environ, "API_HOST") or "0.0.0.0",
-        port=_port(environ, errors),
+        port=port,
+        metrics_port=metrics_port,
         allowed_providers=allowed,
         auth=auth,
         operator_address=_operator_address(environ, errors),
