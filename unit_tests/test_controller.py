@@ -128,8 +128,38 @@ async def test_a_burst_never_admits_more_than_max_jobs() -> None:
         await asyncio.gather(*(controller.reconcile_workflow(NAMESPACE, name) for name in names))
     admitted = [name for name, stage in stages(cluster).items() if stage not in (None, "Queued")]
     assert admitted == ["w00", "w01", "w02"]  # the first three, first come first served
-    positions = [cluster.store[name]["status"]["queuePosition"] for name in names[3:]]
-    assert positions == list(range(1, 10))
+    # Only the head says where it is (moving up is no status write for the others).
+    positions = {name: cluster.store[name]["status"].get("queuePosition") for name in names[3:]}
+    assert positions == {"w03": 1, **{name: None for name in names[4:]}}
+    messages = {cluster.store[name]["status"]["message"] for name in names[3:]}
+    assert len(messages) == 9  # one each: the message names the Workflow, never its position
+    assert all("ocean-c2d queue" in message for message in messages)
+
+
+async def test_a_moving_queue_wakes_only_those_that_may_start_and_the_next_head() -> None:
+    controller, cluster = controller_with(max_jobs=2)
+    names = [f"w{n:02d}" for n in range(40)]
+    for n, name in enumerate(names):
+        cluster.add_workflow(queued(name, f"2026-01-01T11:{n // 60:02d}:{n % 60:02d}Z"))
+    # Full: two run, 38 wait.
+    for name in names[:2]:
+        await controller.reconcile_workflow(NAMESPACE, name)
+    cluster.deliver()
+    controller.queue._waiting.clear()
+    controller.queue_moved(NAMESPACE, "cpu")
+    assert set(controller.queue._waiting) == {
+        ("environment", NAMESPACE, "cpu"),
+        ("workflow", NAMESPACE, "w02"),
+    }
+    # One finishes: one may start, and the one after it becomes the head.
+    finished = copy.deepcopy(cluster.store["w00"])
+    finished["status"] = {**finished["status"], "stage": "Finished", "statusCode": 70}
+    finished["metadata"]["resourceVersion"] = "999"
+    cluster.store["w00"] = finished
+    cluster.deliver()
+    controller.queue._waiting.clear()
+    controller.queue_moved(NAMESPACE, "cpu")
+    assert {key[2] for key in controller.queue._waiting if key[0] == "workflow"} == {"w02", "w03"}
 
 
 async def test_a_workflow_refused_by_the_api_server_ends_invalid_spec_and_frees_its_slot() -> None:

@@ -150,7 +150,16 @@ def test_every_printer_column_names_a_field_of_the_schema(file: str) -> None:
         ),
         (
             "computeenvironments.yaml",
-            [("Jobs", 0), ("Queued", 0), ("CPU", 0), ("GPU", 0), ("RAM", 0), ("Price", 0), ("Age", 0)],
+            [
+                ("Jobs", 0),
+                ("Queued", 0),
+                ("Next", 0),
+                ("CPU", 0),
+                ("GPU", 0),
+                ("RAM", 0),
+                ("Price", 0),
+                ("Age", 0),
+            ],
         ),
     ],
 )

@@ -16,6 +16,10 @@ from ocean_c2d.environments import (
     default_environment_object,
     environment_status,
     occupancy,
+    queue_position,
+    queue_report,
+    to_wake,
+    workflow_queue_line,
 )
 from ocean_c2d.model import Admission, Environment, Workflow
 from ocean_c2d.times import format_time
@@ -197,6 +201,7 @@ def test_environment_status() -> None:
         "observedGeneration": 3,
         "currentJobs": 1,
         "queuedJobs": 2,
+        "queueHead": "q1",  # the first to come of those waiting
         "jobs": "1/5",
         "consumerAddress": OPERATOR_ADDRESS,
         "capacity": {
@@ -205,6 +210,7 @@ def test_environment_status() -> None:
         },
     }
     assert environment_status(env(10), [], OPERATOR_ADDRESS, 1)["jobs"] == "0/10"
+    assert environment_status(env(10), [], OPERATOR_ADDRESS, 1)["queueHead"] is None  # deleted by the patch
 
 
 def test_environment_capacity_scales_one_algorithm_share() -> None:
@@ -295,3 +301,42 @@ def test_the_default_environment_reads_back_as_the_same_environment() -> None:
         max_job_duration=7200,
         storage_expiry=48,
     )
+
+
+def test_the_position_on_demand_is_the_one_admission_decides_on() -> None:
+    peers = [wf("r", at(0), "RunningAlgorithm"), *(wf(f"q{n}", at(n + 1)) for n in range(5))]
+    for free_slots in (1, 2, 4):
+        environment = env(free_slots)
+        for waiting in peers[1:]:
+            verdict = admission(waiting, peers, environment)
+            expected = 1 if verdict.may_start else verdict.position  # it starts next, or waits there
+            assert queue_position(waiting, peers, environment) == expected, (free_slots, waiting.name)
+    assert queue_position(peers[0], peers, env(1)) is None  # running: it does not wait
+
+
+def test_a_moved_queue_wakes_those_that_may_start_the_next_head_and_a_stale_head() -> None:
+    peers = [wf("r", at(0), "RunningAlgorithm"), *(wf(f"q{n}", at(n + 1)) for n in range(6))]
+    assert [w.name for w in to_wake(peers, env(1))] == ["q0"]  # full: only the head
+    assert [w.name for w in to_wake(peers, env(3))] == ["q0", "q1", "q2"]  # two may start, then the head
+    # q4 still says it is the head (a Workflow that came late, with an earlier creation time, went ahead).
+    peers[5] = wf("q4", at(5), "Queued", queuePosition=1)
+    assert [w.name for w in to_wake(peers, env(1))] == ["q0", "q4"]
+
+
+def test_the_queue_report_lists_the_waiting_in_order_and_one_workflows_place() -> None:
+    peers = [
+        wf("r", at(0), "RunningAlgorithm"),
+        wf("late", at(9)),
+        wf("early", at(2)),
+        wf("done", at(1), "Finished", reason="Succeeded"),
+        workflow("elsewhere", created=at(1), environment="gpu"),
+    ]
+    lines = queue_report(env(1), "cpu", peers)
+    assert lines[0] == "ComputeEnvironment cpu: 1/1 running, 2 waiting"
+    assert [line.split()[:2] for line in lines[1:]] == [["1", "early"], ["2", "late"]]
+    assert workflow_queue_line(peers[1], env(1), peers) == (
+        "late: position 2 of 2 waiting for environment cpu (1/1 running); next to start: early"
+    )
+    assert workflow_queue_line(peers[0], env(1), peers).startswith("r: running")
+    assert workflow_queue_line(peers[3], env(1), peers) == "done: finished (Succeeded)"
+    assert "does not exist" in queue_report(None, "cpu", peers)[0]

@@ -68,6 +68,7 @@ SHELL = {
     "ocean_c2d.k8s",
     "ocean_c2d.metrics",
     "ocean_c2d.notify",
+    "ocean_c2d.queue_command",
     "ocean_c2d.runner",
     "ocean_c2d.signer",
     "ocean_c2d.view",

@@ -6,6 +6,7 @@ children deleted) and lets a test finish stage Jobs the way the cluster would.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from datetime import timedelta
@@ -134,10 +135,23 @@ def test_queued_while_the_environment_is_full() -> None:
     assert result.desired == ()
     assert world.status["stage"] == "Queued"
     assert (world.status["statusCode"], world.status["statusText"]) == (1, "Warming up")
-    assert world.status["queuePosition"] == 3
-    assert "position 3" in world.status["message"]
+    assert "queuePosition" not in world.status  # only the head's is written: see the next test
+    assert "ocean-c2d queue" in world.status["message"]
     assert condition(world.status, "Admitted")["status"] == "False"
     assert result.notify == ()
+
+
+def test_moving_up_the_queue_changes_nothing_in_status_until_the_head() -> None:
+    world = World()
+    world.reconcile(Admission(may_start=False, position=5))
+    fifth = copy.deepcopy(world.status)
+    # Moving up from 5 to 2 is no status write: the status is the same at every position but the head.
+    assert world.reconcile(Admission(may_start=False, position=2)).status is None
+    assert world.status == fifth
+    head = world.reconcile(Admission(may_start=False, position=1))
+    assert head.status is not None
+    assert world.status["queuePosition"] == 1
+    assert world.status["message"] == fifth["message"]
 
 
 def test_admission_creates_the_base_children_and_the_configure_job() -> None:

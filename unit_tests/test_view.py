@@ -8,7 +8,8 @@ import kopf
 import pytest
 
 from ocean_c2d import handlers, observe
-from ocean_c2d.model import JobState
+from ocean_c2d.model import InvalidWorkflow, JobState, Workflow
+from ocean_c2d.status import Stage
 from ocean_c2d.view import (
     CHILD_INDEXES,
     CREATED_OVERLAY_SECONDS,
@@ -154,3 +155,57 @@ def test_a_change_the_watch_shows_before_our_write_returns_is_never_hidden() -> 
     live[WORKFLOW_INDEX][KEY] = [stopped]  # our write (2) and then the user's patch (3), both seen already
     view.remember_written(*KEY, read, body("2", stage="Configuring"))
     assert view.workflow(*KEY)["spec"]["stop"] is True  # type: ignore[index]
+
+
+def test_a_workflow_is_parsed_once_per_version_and_never_from_a_stale_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parses: list[str] = []
+    real = Workflow.from_object
+
+    def counting(obj: dict[str, Any]) -> Workflow:
+        parses.append(obj["metadata"]["resourceVersion"])
+        return real(obj)
+
+    monkeypatch.setattr(Workflow, "from_object", staticmethod(counting))
+    live_index: dict[Any, list[Any]] = {KEY: [body("1", stage="Queued")]}
+    view, _ = bound_view(
+        {WORKFLOW_INDEX: live_index, WORKFLOWS_BY_ENVIRONMENT_INDEX: {("c2d", "cpu"): ["job1"]}}
+    )
+    for _ in range(5):
+        assert [w.stage for w in view.peers("c2d", "cpu")] == [Stage.QUEUED]
+        model = view.model(*KEY)
+        assert model is not None
+    assert parses == ["1"]
+    live_index[KEY] = [body("2", stage="Configuring", admittedAt="2026-01-01T12:00:00Z")]
+    assert view.peers("c2d", "cpu")[0].stage is Stage.CONFIGURING
+    assert parses == ["1", "2"]
+    # A finished Workflow is no peer (the index drops it too), but still a model of its own.
+    live_index[KEY] = [body("3", stage="Finished", reason="Succeeded")]
+    assert view.peers("c2d", "cpu") == []
+    assert view.model(*KEY) is not None
+    # Gone from the index: gone from the cache (and from the next sweep).
+    del live_index[KEY]
+    assert view.model(*KEY) is None
+    view.forget_models()
+    assert view._workflow_models == {}
+
+
+def test_an_unreadable_workflow_is_parsed_once_and_raises_each_time() -> None:
+    broken = body("1")
+    broken["spec"]["inputs"] = "not a list"
+    view, _ = bound_view({WORKFLOW_INDEX: {KEY: [broken]}})
+    for _ in range(2):
+        with pytest.raises(InvalidWorkflow, match=r"spec\.inputs"):
+            view.model(*KEY)
+
+
+async def test_the_by_environment_index_holds_no_finished_workflow() -> None:
+    index: Any = handlers.workflow_by_environment_index  # kopf's decorator types it as an IndexingFn
+    running = await index(
+        namespace="c2d", name="a", spec={"environment": "cpu"}, status={"stage": "RunningAlgorithm"}
+    )
+    finished = await index(
+        namespace="c2d", name="a", spec={"environment": "cpu"}, status={"stage": "Finished"}
+    )
+    assert (running, finished) == ({("c2d", "cpu"): "a"}, {})

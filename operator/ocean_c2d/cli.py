@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.add_parser(
         "api", help="serve the operator-service-compatible API (/api/v1/operator/) over the cluster"
     )
+    queue = subcommands.add_parser(
+        "queue", help="where Workflows wait: one Workflow's position, or each environment's queue in order"
+    )
+    queue.add_argument("workflow", nargs="?", help="a Workflow: its position (default: every queue)")
+    queue.add_argument("-n", "--namespace", help="the namespace (default: the kubeconfig's)")
+    queue.add_argument("-e", "--environment", help="only this ComputeEnvironment's queue")
     subcommands.add_parser(
         "isolation-check",
         help="init step of algorithm and filter pods: exit 0 once egress is blocked, 23 if it never is",
@@ -60,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ocean_c2d.api.server import main as api_main
 
         return api_main(dict(os.environ))
+    elif args.command == "queue":
+        from ocean_c2d.queue_command import main as queue_main
+
+        return queue_main(args)
     elif args.command == "isolation-check":
         from ocean_c2d.steps.isolation import main as isolation_main
 

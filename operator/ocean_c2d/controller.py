@@ -27,10 +27,11 @@ from ocean_c2d.environments import (
     isolation_signal,
     isolation_status,
     occupancy_changed,
+    to_wake,
 )
 from ocean_c2d.k8s import Cluster, ConflictError
 from ocean_c2d.metrics import RECONCILE_SECONDS, RECONCILES
-from ocean_c2d.model import Admission, Environment, InvalidWorkflow, Observed, Plan, Workflow
+from ocean_c2d.model import Admission, InvalidWorkflow, Observed, Plan, Workflow
 from ocean_c2d.reconcile import invalid, plan
 from ocean_c2d.render import Templates
 from ocean_c2d.settings import Settings
@@ -80,12 +81,16 @@ class Controller:
                 self.queue.add(("workflow", namespace, workflow))
 
     def queue_moved(self, namespace: str, environment: str) -> None:
-        """A Workflow of `environment` started or finished: its counts change, and the Workflows still
-        waiting may start or move up. Only those are reconciled, not every Workflow of the environment."""
+        """A Workflow of `environment` arrived, started or finished: its counts change, and the head of the
+        queue may start. Only the Workflows whose reconcile may change something are woken (environments.
+        to_wake: those that may start, and the next head), not every one waiting: that was a reconcile per
+        waiting Workflow per admission, each for nothing."""
         self.queue.add(("environment", namespace, environment))
-        for workflow in self.view.peers(namespace, environment):
-            if not workflow.admitted and not workflow.finished:
-                self.queue.add(("workflow", namespace, workflow.name))
+        env = self.view.environment_model(namespace, environment)
+        if env is None:
+            return  # its Workflows end UnknownEnvironment, woken by the environment's own event
+        for workflow in to_wake(self.view.peers(namespace, environment), env):
+            self.queue.add(("workflow", namespace, workflow.name))
 
     def record_changed(self, namespace: str, name: str) -> None:
         """A results record appeared or changed: it may be due now, or later (its timer)."""
@@ -93,6 +98,7 @@ class Controller:
 
     def resync(self) -> None:
         """The slow safety timer: everything once more, in case an event was missed."""
+        self.view.forget_models()
         for namespace, name in self.view.keys(WORKFLOW_INDEX):
             self.queue.add(("workflow", namespace, name))
         for namespace, name in self.view.record_keys():
@@ -129,7 +135,9 @@ class Controller:
             return None
         now = utc_now()
         try:
-            workflow = Workflow.from_object(raw)
+            workflow = self.view.model(namespace, name)
+            if workflow is None:  # gone between the two reads (never: no await between them)
+                return None
             async with self._admission_lock(namespace, workflow):
                 observed = self.view.observed(namespace, name, workflow.uid)
                 result = self._plan(workflow, observed, now)
@@ -153,7 +161,7 @@ class Controller:
     def _plan(self, workflow: Workflow, observed: Observed, now: datetime) -> Plan:
         namespace = workflow.namespace
         env_body = self.view.environment(namespace, workflow.spec.environment)
-        environment = Environment.from_object(env_body) if env_body else None
+        environment = self.view.environment_model(namespace, workflow.spec.environment)
         # Only a Workflow still waiting needs its peers: reading every Workflow of the environment on
         # each reconcile of a running one would make a busy environment quadratic.
         if workflow.admitted:
@@ -212,15 +220,16 @@ class Controller:
         return result.requeue_after
 
     def _storage_expiry(self, workflow: Workflow) -> int:
-        body = self.view.environment(workflow.namespace, workflow.spec.environment)
-        return Environment.from_object(body).storage_expiry if body is not None else 0
+        environment = self.view.environment_model(workflow.namespace, workflow.spec.environment)
+        return environment.storage_expiry if environment is not None else 0
 
     async def _record_isolation(self, workflow: Workflow, isolated: bool) -> None:
         """A Workflow of an isolating environment passed or failed its isolation check: the environment's
         NetworkIsolation condition says so (False holds its queue: see environments.isolation_hold)."""
         namespace, name = workflow.namespace, workflow.spec.environment
         body = self.view.environment(namespace, name)
-        if body is None or Environment.from_object(body).allow_network:
+        environment = self.view.environment_model(namespace, name)
+        if body is None or environment is None or environment.allow_network:
             return
         conditions = isolation_status(
             body.get("status") or {},
@@ -246,9 +255,9 @@ class Controller:
 
     async def reconcile_environment(self, namespace: str, name: str) -> None:
         body = self.view.environment(namespace, name)
-        if body is None:
+        environment = self.view.environment_model(namespace, name)
+        if body is None or environment is None:
             return
-        environment = Environment.from_object(body)
         metrics.initialise_environment(namespace, name)
         desired = environment_status(
             environment,

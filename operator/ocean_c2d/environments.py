@@ -57,19 +57,14 @@ def admission(
     if denied is not None:
         return Admission(may_start=False, denied=denied)
     peers = list(peers)
+    ahead = waiting_ahead(workflow, peers)
     held = isolation_hold(environment, environment_status or {})
     if held is not None:
-        waiting = sorted((w for w in peers if not w.admitted and not w.finished), key=lambda w: w.queue_key)
-        names = [w.name for w in waiting]
-        position = names.index(workflow.name) + 1 if workflow.name in names else len(names) + 1
-        return Admission(may_start=False, position=position, held=held)
+        return Admission(may_start=False, position=ahead + 1, held=held)
     free = environment.max_jobs - occupancy(peers).running
-    waiting = sorted((w for w in peers if not w.admitted and not w.finished), key=lambda w: w.queue_key)
-    names = [w.name for w in waiting]
-    index = names.index(workflow.name) if workflow.name in names else len(names)
-    if index < free:
+    if ahead < free:
         return Admission(may_start=True)
-    return Admission(may_start=False, position=index - max(free, 0) + 1)
+    return Admission(may_start=False, position=ahead - max(free, 0) + 1)
 
 
 # ---- access: which Workflows an environment admits (spec.access) ------------------------------------------
@@ -223,25 +218,70 @@ def isolation_recheck(
 
 
 def occupancy_changed(before: WorkflowStatus, after: WorkflowStatus) -> bool:
-    """Did a Workflow's status write change how many Workflows of its environment run or wait (or where
-    it waits)? Then the environment's counts change, and the Workflows still waiting may move up."""
+    """Did a Workflow's status write change how many Workflows of its environment run or wait? Then the
+    environment's counts change, and the head of its queue may start or move. (Where a Workflow waits is
+    not part of it: a position written into each waiting Workflow would wake every other one.)"""
 
     def bucket(status: WorkflowStatus) -> str:
         stage = status.get("stage")
         return "none" if stage is None else stage if stage in (Stage.QUEUED, Stage.FINISHED) else "running"
 
-    return bucket(before) != bucket(after) or before.get("queuePosition") != after.get("queuePosition")
+    return bucket(before) != bucket(after)
+
+
+def waiting_in_order(peers: Iterable[Workflow]) -> list[Workflow]:
+    """The Workflows of one environment that wait, first come first served (the order admission keeps)."""
+    return sorted((w for w in peers if not w.admitted and not w.finished), key=lambda w: w.queue_key)
+
+
+def to_wake(peers: Iterable[Workflow], environment: Environment) -> list[Workflow]:
+    """The waiting Workflows whose reconcile may change something when the queue moved: those that may
+    start now, and the next one (it becomes the head, whose status says so). No other waiting Workflow's
+    status depends on the queue, so waking them all would be a reconcile each for nothing."""
+    peers = list(peers)
+    free = max(environment.max_jobs - occupancy(peers).running, 0)
+    waiting = waiting_in_order(peers)
+    # And any other that still says it is the head (one that arrived late, with an earlier creation time,
+    # went ahead of it): its reconcile takes the mark away.
+    stale = [w for w in waiting[free + 1 :] if w.status.get("queuePosition") is not None]
+    return waiting[: free + 1] + stale
+
+
+def queue_position(workflow: Workflow, peers: Iterable[Workflow], environment: Environment) -> int | None:
+    """Where `workflow` waits (1: it starts next), as admission counts it; None when it does not wait."""
+    if workflow.admitted or workflow.finished:
+        return None
+    peers = list(peers)
+    free = max(environment.max_jobs - occupancy(peers).running, 0)
+    return max(waiting_ahead(workflow, peers) - free, 0) + 1
+
+
+def waiting_ahead(workflow: Workflow, peers: Iterable[Workflow]) -> int:
+    """How many Workflows wait before `workflow` (O(N), no sort). One not among its peers yet (the index
+    lags behind its creation) waits behind every one of them: admitted unseen, it would not be counted
+    when the next is decided, and the environment could run one more than maxJobs."""
+    key, listed, ahead, waiting = workflow.queue_key, False, 0, 0
+    for peer in peers:
+        listed = listed or peer.name == workflow.name
+        if not peer.admitted and not peer.finished and peer.name != workflow.name:
+            waiting += 1
+            ahead += peer.queue_key < key
+    return ahead if listed else waiting
 
 
 def environment_status(
     environment: Environment, peers: Iterable[Workflow], consumer_address: str, generation: int
 ) -> dict[str, Any]:
     """The ComputeEnvironment's status: what `kubectl get computeenvironments` shows."""
+    peers = list(peers)
     counts = occupancy(peers)
+    waiting = waiting_in_order(peers)
     return {
         "observedGeneration": generation,
         "currentJobs": counts.running,
         "queuedJobs": counts.queued,
+        # None deletes the field (a merge patch) once nothing waits.
+        "queueHead": waiting[0].name if waiting else None,
         "jobs": f"{counts.running}/{environment.max_jobs}",
         "consumerAddress": consumer_address,
         "capacity": {
@@ -287,3 +327,46 @@ def default_environment_object(name: str, namespace: str, seed: DefaultEnvironme
             "storageExpiry": seed.storage_expiry_hours,
         },
     }
+
+
+# ---- the queue on demand (`ocean-c2d queue`): Workflows carry no position but the head's -------------------
+
+
+def queue_report(
+    environment: Environment | None, environment_name: str, workflows: Iterable[Workflow]
+) -> list[str]:
+    """Lines describing one environment's queue, in order, as admission sees it: `workflows` are every
+    Workflow of the namespace (those of other environments are skipped)."""
+    peers = [w for w in workflows if w.spec.environment == environment_name and not w.finished]
+    if environment is None:
+        return [f"ComputeEnvironment {environment_name}: does not exist ({len(peers)} Workflows name it)"]
+    counts = occupancy(peers)
+    lines = [
+        f"ComputeEnvironment {environment_name}: {counts.running}/{environment.max_jobs} running, "
+        f"{counts.queued} waiting"
+    ]
+    for position, workflow in enumerate(waiting_in_order(peers), start=1):
+        lines.append(f"{position:>6}  {workflow.name}  (created {workflow.created.isoformat()})")
+    return lines
+
+
+def workflow_queue_line(
+    workflow: Workflow, environment: Environment | None, workflows: Iterable[Workflow]
+) -> str:
+    """Where one Workflow stands: its position and what is ahead of it, or why it does not wait."""
+    name, env_name = workflow.name, workflow.spec.environment
+    if workflow.finished:
+        return f"{name}: finished ({workflow.status.get('reason', 'no reason')})"
+    if workflow.admitted:
+        return f"{name}: running in environment {env_name} (stage {workflow.status.get('stage')})"
+    if environment is None:
+        return f"{name}: waits for ComputeEnvironment {env_name}, which does not exist"
+    peers = [w for w in workflows if w.spec.environment == env_name and not w.finished]
+    counts = occupancy(peers)
+    position = queue_position(workflow, peers, environment)
+    waiting = waiting_in_order(peers)
+    head = waiting[0].name if waiting else name
+    return (
+        f"{name}: position {position} of {counts.queued} waiting for environment {env_name} "
+        f"({counts.running}/{environment.max_jobs} running); next to start: {head}"
+    )

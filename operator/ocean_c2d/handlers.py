@@ -23,6 +23,7 @@ from ocean_c2d.controller import Controller
 from ocean_c2d.identity import MANAGED_BY
 from ocean_c2d.model import GROUP, VERSION
 from ocean_c2d.retention import RECORD_LABELS
+from ocean_c2d.status import Stage
 from ocean_c2d.view import (
     CHILD_INDEXES,
     ENVIRONMENT_INDEX,
@@ -87,8 +88,14 @@ async def workflow_index(namespace: str | None, name: str, body: kopf.Body, **_:
 
 @kopf.index(GROUP, VERSION, "workflows", id=WORKFLOWS_BY_ENVIRONMENT_INDEX)
 async def workflow_by_environment_index(
-    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[Any, Any]:
+    # Only Workflows that run or wait: every admission reads this environment's list, and finished ones
+    # would make it grow with the environment's history. {} (not None, which kopf reads as "keep the old
+    # value") takes a Workflow out once it is finished. A finished Workflow is still reconciled on its own
+    # events and at the resync (its results record follows the environment's storageExpiry).
+    if status.get("stage") == Stage.FINISHED.value:
+        return {}
     return {(_ns(namespace), spec.get("environment", "")): name}
 
 

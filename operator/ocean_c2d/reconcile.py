@@ -115,10 +115,18 @@ def plan(
             return _result(draft)
         if not admission.may_start:
             draft.enter(Stage.QUEUED, st.WARMING_UP)
-            draft.status["queuePosition"] = admission.position
+            # Only the head of the queue carries its position, and the message is the same at every
+            # position: every admission moves each waiting Workflow up by one, and writing that into each
+            # one's status cost one write per waiting Workflow per admission (the queue's length, again and
+            # again). `ocean-c2d queue` answers any Workflow's position on demand; the environment's
+            # status names its head.
+            if admission.position == 1:
+                draft.status["queuePosition"] = 1
+            else:
+                draft.status.pop("queuePosition", None)
             queued = (
-                f"Queued: position {admission.position} for environment {environment.name}"
-                f" (at most {environment.max_jobs} running)"
+                f"Queued for environment {environment.name} (at most {environment.max_jobs} running); "
+                f"`ocean-c2d queue {workflow.name}` shows its position"
             )
             draft.status["message"] = st.printable(admission.held) if admission.held else queued
             draft.status["conditions"] = st.conditions(draft.status, False, workflow.generation, now)

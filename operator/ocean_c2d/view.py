@@ -60,6 +60,10 @@ class View:
             WorkflowKey, dict[Ref, tuple[float, observe.JobRecord | observe.ChildRecord]]
         ] = {}
         self._deleted: dict[WorkflowKey, set[Ref]] = {}
+        # Each body parsed once per (uid, resourceVersion): a body at one version never changes, and
+        # parsing every peer of an environment on every reconcile was most of the operator's CPU.
+        self._workflow_models: dict[WorkflowKey, tuple[str, str, Workflow | str]] = {}
+        self._environment_models: dict[WorkflowKey, tuple[str, Environment]] = {}
 
     def bind(self, handler_kwargs: Mapping[str, Any]) -> None:
         """Take kopf's indexes from a handler's keyword arguments (kopf passes every index to every
@@ -88,6 +92,7 @@ class View:
         [indexed] = self.values(WORKFLOW_INDEX, key) or [None]
         if indexed is None:
             self._written.pop(key, None)
+            self._workflow_models.pop(key, None)
             return None
         written = self._written.get(key)
         if written is not None:
@@ -111,17 +116,63 @@ class View:
         # `written` is the API server's answer, the whole body: kept compact, as the index keeps it.
         self._written[key] = (frozenset(v for v in versions if v), compact_workflow(written))
 
+    def model(self, namespace: str, name: str) -> Workflow | None:
+        """The typed Workflow of `workflow()`'s body (None: gone); InvalidWorkflow when its spec cannot be
+        read. Parsed once per version of the body."""
+        body = self.workflow(namespace, name)
+        if body is None:
+            return None
+        parsed = self._parsed(namespace, name, body)
+        if isinstance(parsed, str):
+            raise InvalidWorkflow(parsed)
+        return parsed
+
+    def _readable(self, namespace: str, name: str) -> Workflow | None:
+        """`model`, or the Workflow's identity and status alone when its spec cannot be read."""
+        body = self.workflow(namespace, name)
+        if body is None:
+            return None
+        parsed = self._parsed(namespace, name, body)
+        return Workflow.header(body) if isinstance(parsed, str) else parsed
+
+    def _parsed(self, namespace: str, name: str, body: dict[str, Any]) -> Workflow | str:
+        """The Workflow, or the InvalidWorkflow message, of `body`, from the cache when it holds this
+        version (the model shares the body's nested values: nothing mutates either)."""
+        key = (namespace, name)
+        metadata = body.get("metadata") or {}
+        uid, version = str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or "")
+        cached = self._workflow_models.get(key)
+        if cached is not None and version and cached[:2] == (uid, version):
+            return cached[2]
+        try:
+            parsed: Workflow | str = Workflow.from_object(body)
+        except InvalidWorkflow as error:
+            parsed = error.message
+        if version:
+            self._workflow_models[key] = (uid, version, parsed)
+        return parsed
+
+    def forget_models(self) -> None:
+        """Drop the parsed models of Workflows the index no longer holds (the resync's sweep: a deleted
+        Workflow's model is dropped by `workflow()` when it is next asked for, or here)."""
+        held = set(self.keys(WORKFLOW_INDEX))
+        for key in [key for key in self._workflow_models if key not in held]:
+            del self._workflow_models[key]
+        environments = set(self.keys(ENVIRONMENT_INDEX))
+        for key in [key for key in self._environment_models if key not in environments]:
+            del self._environment_models[key]
+
     def workflows(self) -> list[Workflow]:
-        """Every Workflow the view holds (readable ones by their status alone: see `readable`)."""
-        bodies = (self.workflow(namespace, name) for namespace, name in self.keys(WORKFLOW_INDEX))
-        return [readable(body) for body in bodies if body is not None]
+        """Every Workflow the view holds (unreadable ones by their identity and status alone)."""
+        found = (self._readable(namespace, name) for namespace, name in self.keys(WORKFLOW_INDEX))
+        return [workflow for workflow in found if workflow is not None]
 
     def levels(self) -> telemetry.ClusterLevels:
         """The cluster-state gauges of /metrics (called at every scrape, on the loop)."""
         environments = [
-            (namespace, Environment.from_object(body))
+            (namespace, environment)
             for namespace, name in sorted(self.keys(ENVIRONMENT_INDEX))
-            if (body := self.environment(namespace, name)) is not None
+            if (environment := self.environment_model(namespace, name)) is not None
         ]
         return telemetry.cluster_levels(self.workflows(), environments)
 
@@ -129,12 +180,29 @@ class View:
         [body] = self.values(ENVIRONMENT_INDEX, (namespace, name)) or [None]
         return dict(body) if body is not None else None
 
+    def environment_model(self, namespace: str, name: str) -> Environment | None:
+        """The typed ComputeEnvironment (None: none of that name), parsed once per version."""
+        [body] = self.values(ENVIRONMENT_INDEX, (namespace, name)) or [None]
+        key = (namespace, name)
+        if body is None:
+            self._environment_models.pop(key, None)
+            return None
+        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        cached = self._environment_models.get(key)
+        if cached is not None and version and cached[0] == version:
+            return cached[1]
+        environment = Environment.from_object(dict(body))
+        if version:
+            self._environment_models[key] = (version, environment)
+        return environment
+
     def peers(self, namespace: str, environment: str) -> list[Workflow]:
-        """Every Workflow of `environment`. One whose spec cannot be read still counts, by its status
-        (it runs or waits like any other until its own reconcile ends it InvalidSpec)."""
+        """Every Workflow of `environment` that is not finished (the index keeps no finished one). One
+        whose spec cannot be read still counts, by its status (it runs or waits like any other until its
+        own reconcile ends it InvalidSpec)."""
         names = self.values(WORKFLOWS_BY_ENVIRONMENT_INDEX, (namespace, environment))
-        bodies = (self.workflow(namespace, n) for n in names)
-        return [readable(body) for body in bodies if body is not None]
+        found = (self._readable(namespace, n) for n in names)
+        return [workflow for workflow in found if workflow is not None and not workflow.finished]
 
     # ---- results records (retention.py): they outlive their Workflows --------------------------------
 
@@ -273,14 +341,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping) and not isinstance(value, dict):
         return {key: _plain(child) for key, child in value.items()}
     return value
-
-
-def readable(body: dict[str, Any]) -> Workflow:
-    """The typed Workflow, or its identity and status alone when its spec cannot be read."""
-    try:
-        return Workflow.from_object(body)
-    except InvalidWorkflow:
-        return Workflow.header(body)
 
 
 def _deleting(job: observe.JobRecord) -> observe.JobRecord:
