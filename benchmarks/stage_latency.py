@@ -34,15 +34,28 @@ REPO = Path(__file__).resolve().parent.parent
 NEXT_STAGE = {"configure": "algorithm", "algorithm": "publish"}
 
 
-async def writes(port: int) -> float:
+async def writes_by_resource(port: int) -> dict[str, float]:
+    """The operator's writes (every verb but GET) so far, by "VERB resource"."""
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "ocean_c2d_kubernetes_requests_total" and sample.labels["verb"] != "GET"
-    )
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ocean_c2d_kubernetes_requests_total" and sample.labels["verb"] != "GET":
+                key = f"{sample.labels['verb']} {sample.labels.get('resource', '')}"
+                found[key] = found.get(key, 0.0) + sample.value
+    return found
+
+
+async def writes(port: int) -> float:
+    return sum((await writes_by_resource(port)).values())
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (/proc/<pid>/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -110,8 +123,10 @@ async def main(workflows: int, max_jobs: int, run_for: str) -> None:
         async with asyncio.timeout(600):
             await all_finished.wait()
         batch = time.monotonic() - start
+        operator_cpu = cpu_seconds(operator.pid)
         await asyncio.sleep(2)
-        total_writes = await writes(metrics_port)
+        by_resource = await writes_by_resource(metrics_port)
+        total_writes = sum(by_resource.values())
         await asyncio.sleep(10)
         idle_writes = await writes(metrics_port) - total_writes
     finally:
@@ -138,6 +153,13 @@ async def main(workflows: int, max_jobs: int, run_for: str) -> None:
     print(
         f"API writes: {total_writes:.0f} in all, {total_writes / workflows:.1f} per Workflow; "
         f"{idle_writes:.0f} in 10 s idle afterwards"
+    )
+    for key, count in sorted(by_resource.items(), key=lambda item: -item[1]):
+        print(f"  {key}: {count / workflows:.2f} per Workflow")
+    print(
+        f"throughput: {60 * workflows / batch:.1f} Workflows/min; operator CPU {operator_cpu:.0f} s "
+        f"({1000 * operator_cpu / workflows:.0f} CPU-ms per Workflow); load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg())
     )
 
 

@@ -74,13 +74,15 @@ def _api_message(error: kr8s.ServerError) -> str:
 
 @dataclass
 class RequestCounter:
-    """API requests this operator sent, by (verb, response code). Writes are what benchmarks watch."""
+    """API requests this operator sent, by (verb, response code). Writes are what benchmarks watch; the
+    metric also says which resource (e.g. workflows/status, jobs, events), so a benchmark can tell the
+    status writes from the children's."""
 
     counts: collections.Counter[tuple[str, int]] = field(default_factory=collections.Counter)
 
-    def record(self, verb: str, code: int) -> None:
+    def record(self, verb: str, code: int, resource: str = "") -> None:
         self.counts[(verb, code)] += 1
-        KUBERNETES_REQUESTS.labels(verb, str(code)).inc()
+        KUBERNETES_REQUESTS.labels(verb, resource, str(code)).inc()
 
     @property
     def writes(self) -> int:
@@ -115,23 +117,24 @@ class Cluster:
         """One API request; statuses in `ok` are tolerated and give None."""
         version, plural = ROUTES[kind]
         path = f"{plural}/{url}" if url else plural
+        resource = f"{plural}/status" if url.endswith("/status") else plural
         try:
             async with self.api.call_api(
                 verb, version=version, namespace=namespace, url=path, **kwargs
             ) as response:
-                self.counter.record(verb, response.status_code)
+                self.counter.record(verb, response.status_code, resource)
                 body: dict[str, Any] = response.json()
                 return body
         except kr8s.ServerError as error:
             code = error.response.status_code if error.response is not None else 0
-            self.counter.record(verb, code)
+            self.counter.record(verb, code, resource)
             if code in ok:
                 return None
             if code == 409:
                 raise ConflictError(str(error)) from error
             raise
         except httpx.HTTPError:
-            self.counter.record(verb, 0)
+            self.counter.record(verb, 0, resource)
             raise
 
     async def apply(self, workflow: dict[str, Any], changes: Changes, now: datetime) -> Applied:
