@@ -398,17 +398,20 @@ async def test_gpu_environment_is_accepted_and_its_table_shows_it(
         {"metadata": {"name": "gpu-a100"}, "spec": spec}, namespace=namespace, api=api
     )
     await environment.create()
-    await environment.patch({"status": {"jobs": "2/10", "queuedJobs": 5}}, subresource="status")
+    await environment.patch(
+        {"status": {"jobs": "2/10", "queuedJobs": 5, "queueHead": "wf-7"}}, subresource="status"
+    )
     assert environment.raw["spec"]["tolerations"] == spec["tolerations"]
 
     result = await table(api, namespace, "computeenvironments")
 
     names = [c["name"] for c in result["columnDefinitions"]]
-    assert names == ["Name", "Jobs", "Queued", "CPU", "GPU", "RAM", "Price", "Age"]
+    assert names == ["Name", "Jobs", "Queued", "Next", "CPU", "GPU", "RAM", "Price", "Age"]
     [row] = result["rows"]
     cells = dict(zip(names, row["cells"], strict=True))
     assert cells["Name"] == "gpu-a100"
-    assert (cells["Jobs"], cells["Queued"], cells["CPU"], cells["GPU"]) == ("2/10", 5, 8, 1)
+    assert (cells["Jobs"], cells["Queued"], cells["Next"]) == ("2/10", 5, "wf-7")
+    assert (cells["CPU"], cells["GPU"]) == (8, 1)
     assert (cells["RAM"], cells["Price"]) == (63.5, 0.25)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +19,7 @@ import kr8s.asyncio
 import pytest
 from kr8s.asyncio.objects import APIObject, Job
 
+from e2e.api_client import source_tree_env
 from e2e.operator_fixtures import (
     OPERATOR_ADDRESS,
     create_environment,
@@ -508,3 +511,48 @@ async def test_a_custom_filtering_container_runs_with_the_algorithm_contract(
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert "/data/adminlogs" not in mounts  # a third-party image never sees the admin logs
     assert job.raw["spec"]["activeDeadlineSeconds"] == 1800
+
+
+async def test_only_the_head_of_the_queue_carries_its_position_and_ocean_c2d_queue_answers_any(
+    api: kr8s.asyncio.Api, namespace: str, kubeconfig: str, start_operator: StartOperator
+) -> None:
+    environment = await create_environment(api, namespace, maxJobs=1)
+    names = [f"line-{i}" for i in range(5)]
+    workflows = [
+        await create_workflow(api, namespace, name, sim={"algorithm.run-for": "120s"}) for name in names
+    ]
+    await start_operator(**source_tree_env())
+    await wait_for(workflows[0], lambda w: status(w).get("stage") == "RunningAlgorithm", timeout=60)
+    await wait_for(workflows[1], lambda w: status(w).get("queuePosition") == 1, timeout=30)
+    await wait_for(
+        environment, lambda e: (e.raw.get("status") or {}).get("queueHead") == "line-1", timeout=30
+    )
+    for workflow in workflows[2:]:
+        await wait_for(workflow, lambda w: status(w).get("stage") == "Queued", timeout=30)
+        assert "queuePosition" not in status(workflow)
+        assert "ocean-c2d queue" in status(workflow)["message"]
+
+    async def queue(*args: str) -> str:
+        command = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocean_c2d.cli",
+            "queue",
+            "-n",
+            namespace,
+            *args,
+            env={**os.environ, **source_tree_env(), "KUBECONFIG": kubeconfig},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await command.communicate()
+        assert command.returncode == 0, err.decode()
+        return out.decode()
+
+    assert (await queue("line-3")).strip() == (
+        "line-3: position 3 of 4 waiting for environment cpu (1/1 running); next to start: line-1"
+    )
+    listed = (await queue("-e", "cpu")).splitlines()
+    assert listed[0] == "ComputeEnvironment cpu: 1/1 running, 4 waiting"
+    assert [line.split()[:2] for line in listed[1:]] == [[str(n), f"line-{n}"] for n in range(1, 5)]
+    assert (await queue("line-0")).startswith("line-0: running")

@@ -54,6 +54,7 @@ class FakeCluster:
         self.creates: list[tuple[str, str]] = []
         self.events: list[tuple[str, str, str]] = []
         self.refuse: set[str] = set()  # kinds the API server refuses as invalid (422)
+        self.status_fields: list[tuple[Any, ...]] = []  # write_status_fields calls
 
     def add_workflow(self, body: dict[str, Any]) -> None:
         self.store[body["metadata"]["name"]] = body
@@ -90,6 +91,7 @@ class FakeCluster:
         return Applied(changes.create, changes.delete, updated)
 
     async def write_status_fields(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        self.status_fields.append(args)
         return None
 
 
@@ -204,3 +206,26 @@ async def test_a_poison_workflow_never_blocks_the_head_of_the_queue() -> None:
     cluster.deliver()
     await controller.reconcile_workflow(NAMESPACE, "next")
     assert stages(cluster) == {"next": "Configuring", "poison": "Finished"}
+
+
+async def test_an_environments_counts_are_written_at_most_every_few_seconds() -> None:
+    controller, cluster = controller_with(max_jobs=2)
+    cluster.add_workflow(queued("w1", "2026-01-01T11:00:00Z"))
+    assert await controller.reconcile_environment(NAMESPACE, "cpu") is None
+    [(kind, _, name, written)] = cluster.status_fields
+    assert (kind, name, written["queuedJobs"], written["queueHead"]) == ("ComputeEnvironment", "cpu", 1, "w1")
+    # The watch shows that write; a second Workflow arrives: the counts change again, too soon.
+    shown = cluster.indexes[ENVIRONMENT_INDEX][(NAMESPACE, "cpu")][0]
+    shown["status"] = written
+    shown["metadata"]["resourceVersion"] = "2"
+    cluster.add_workflow(queued("w2", "2026-01-01T11:00:01Z"))
+    wait = await controller.reconcile_environment(NAMESPACE, "cpu")
+    assert wait is not None
+    assert 0 < wait <= 2.0
+    assert len(cluster.status_fields) == 1
+    # A new spec (generation) is shown at once, whatever the timer.
+    shown["metadata"]["generation"] = 2
+    shown["metadata"]["resourceVersion"] = "3"
+    assert await controller.reconcile_environment(NAMESPACE, "cpu") is None
+    assert len(cluster.status_fields) == 2
+    assert cluster.status_fields[-1][3]["queuedJobs"] == 2

@@ -170,11 +170,12 @@ def test_the_steps_know_nothing_of_the_operators_runtime(graph: grimp.ImportGrap
 def test_only_k8s_talks_to_the_kubernetes_api(graph: grimp.ImportGraph) -> None:
     users = sorted(graph.find_modules_that_directly_import("kr8s"))
     # The runner and the API's server only make the client; the API (its own process) reads and writes
-    # through api.cluster_store's Kube.
+    # through api.cluster_store's Kube; `ocean-c2d queue` is a read-only client of its own (one LIST).
     assert users == [
         "ocean_c2d.api.cluster_store",
         "ocean_c2d.api.server",
         "ocean_c2d.k8s",
+        "ocean_c2d.queue_command",
         "ocean_c2d.runner",
     ]
 

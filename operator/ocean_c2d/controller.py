@@ -42,6 +42,11 @@ from ocean_c2d.workqueue import Key, WorkQueue
 
 log = logging.getLogger("ocean_c2d")
 
+# The counts of a ComputeEnvironment's status (currentJobs, queuedJobs, its head) are written at most this
+# often per environment: under a burst they change with every admission, and what `kubectl get c2denv`
+# shows may lag by this much. Nothing decides on them (admission counts from the Workflows themselves).
+ENVIRONMENT_STATUS_SECONDS = 2.0
+
 
 class Controller:
     def __init__(
@@ -62,6 +67,7 @@ class Controller:
         self.queue = WorkQueue(self._reconcile_key, workers=workers)
         self._admission_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._environment_generations: dict[tuple[str, str], int] = {}
+        self._environment_written: dict[tuple[str, str], float] = {}  # loop time of the last count write
 
     # ---- wiring from handlers.py -------------------------------------------------------------------
 
@@ -109,8 +115,7 @@ class Controller:
     async def _reconcile_key(self, key: Key) -> float | None:
         kind, namespace, name = key
         if kind == "environment":
-            await self.reconcile_environment(namespace, name)
-            return None
+            return await self.reconcile_environment(namespace, name)
         if kind == "expiry":
             return await self.expiry.run(namespace, name)
         with RECONCILE_SECONDS.time():
@@ -253,11 +258,13 @@ class Controller:
         )
         self.queue_moved(namespace, name)
 
-    async def reconcile_environment(self, namespace: str, name: str) -> None:
+    async def reconcile_environment(self, namespace: str, name: str) -> float | None:
+        """The environment's status; when only its counts changed and they were written less than
+        ENVIRONMENT_STATUS_SECONDS ago, the seconds to wait (the work queue comes back then)."""
         body = self.view.environment(namespace, name)
         environment = self.view.environment_model(namespace, name)
         if body is None or environment is None:
-            return
+            return None
         metrics.initialise_environment(namespace, name)
         desired = environment_status(
             environment,
@@ -272,9 +279,17 @@ class Controller:
         if recheck is not None:
             desired.update(recheck)
         if any(current.get(k) != v for k, v in desired.items()):
+            now, key = asyncio.get_running_loop().time(), (namespace, name)
+            last = self._environment_written.get(key, -ENVIRONMENT_STATUS_SECONDS)
+            wait = last + ENVIRONMENT_STATUS_SECONDS - now
+            generation_seen = current.get("observedGeneration") == desired["observedGeneration"]
+            if wait > 0 and recheck is None and generation_seen:
+                return wait
+            self._environment_written[key] = now
             await self.cluster.write_status_fields("ComputeEnvironment", namespace, name, desired)
             if recheck is not None and "conditions" in recheck:
                 log.info(
                     "Set NetworkIsolation=Unknown on ComputeEnvironment %s/%s: recheck asked", namespace, name
                 )
                 self.queue_moved(namespace, name)  # the Workflows it held may start now
+        return None
