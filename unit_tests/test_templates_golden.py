@@ -11,6 +11,7 @@ and read the diff before committing it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Iterator
@@ -864,3 +865,36 @@ def test_the_scope_affinity_is_anded_into_every_term_of_the_environments_affinit
         "nodeSelectorTerms"
     ][0] == {"matchExpressions": [zone]}  # the environment's own value is not changed
     assert pod_affinity(Environment(name="e"), None) == {}
+
+
+def test_the_base_children_are_rendered_once_per_what_they_are_rendered_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    templates = Templates()
+    calls: list[str] = []
+    real = templates.render
+
+    def counting(template: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        calls.append(template)
+        return real(template, values)
+
+    monkeypatch.setattr(templates, "render", counting)
+    scenario = SCENARIOS["cpu"]
+    first = templates.render_base(inputs(scenario))
+    assert len(calls) == len(BASE_TEMPLATES)
+    # The same Workflow at another status (a new version of the object): no render, equal manifests.
+    moved = dict(scenario.workflow, status={"stage": "RunningAlgorithm", "statusCode": 40})
+    again = templates.render_base(dataclasses.replace(inputs(scenario), workflow=Workflow.from_object(moved)))
+    assert len(calls) == len(BASE_TEMPLATES)
+    assert again == first == [m for m in (rendered("cpu")[name] for name in BASE_TEMPLATES) if m]
+    # Copies: what a caller changes is not what the next one gets.
+    again[0]["metadata"]["name"] = "changed"
+    assert templates.render_base(inputs(scenario))[0]["metadata"]["name"] != "changed"
+    # Another annotation, spec or environment renders again.
+    annotated = dict(scenario.workflow, metadata={**scenario.workflow["metadata"], "annotations": {"a": "b"}})
+    templates.render_base(dataclasses.replace(inputs(scenario), workflow=Workflow.from_object(annotated)))
+    bigger = Environment.from_object(
+        {**scenario.environment, "spec": {**scenario.environment["spec"], "nCPU": 7}}
+    )
+    templates.render_base(dataclasses.replace(inputs(scenario), environment=bigger))
+    assert len(calls) == 3 * len(BASE_TEMPLATES)
