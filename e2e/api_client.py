@@ -26,7 +26,7 @@ from eth_utils.crypto import keccak
 from kr8s.asyncio.objects import APIObject
 
 from e2e.operator_fixtures import OPERATOR_ADDRESS, finished
-from e2e.operator_handle import REPO
+from e2e.operator_handle import REPO, stop_process
 from e2e.services import free_port
 from ocean_c2d.signing import personal_message_hash
 
@@ -152,14 +152,7 @@ class ApiProcess:
         return found
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()
-            try:
-                async with asyncio.timeout(15):
-                    await self.process.wait()
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await stop_process(self.process)
 
 
 StartApi = Callable[..., Awaitable[ApiProcess]]

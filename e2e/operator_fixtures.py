@@ -25,7 +25,7 @@ import pytest
 from kr8s.asyncio.objects import APIObject, Secret, new_class
 
 from e2e.in_cluster import InClusterRelease
-from e2e.operator_handle import REPO, Operator, StartOperator
+from e2e.operator_handle import REPO, Operator, StartOperator, stop_process
 from e2e.services import free_port
 from e2e.waiting import wait_for
 
@@ -56,13 +56,7 @@ class OperatorProcess(Operator):
             await self.process.wait()
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()
-            try:
-                async with asyncio.timeout(15):
-                    await self.process.wait()
-            except TimeoutError:
-                await self.kill()
+        await stop_process(self.process)
 
 
 IN_CLUSTER = os.environ.get("OCEAN_C2D_E2E_OPERATOR", "process") == "in-cluster"

@@ -38,6 +38,18 @@ async def run_command(*argv: str, kubeconfig: str, tools: str | None = None, che
     return text
 
 
+async def stop_process(process: asyncio.subprocess.Process, grace: float = 15) -> None:
+    """SIGTERM, and SIGKILL if it has not ended within `grace` seconds."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            async with asyncio.timeout(grace):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 class Operator:
     """What a test can do with a running operator, however it runs."""
 

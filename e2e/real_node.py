@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 from kr8s.asyncio.objects import APIObject, Secret
 
-from e2e.operator_fixtures import ComputeEnvironment
+from e2e.operator_fixtures import OPERATOR_KEY, ComputeEnvironment
 from e2e.operator_handle import Operator, StartOperator
 from e2e.services import S3Server, free_port_on, new_bucket, start_s3_server
 
@@ -308,3 +308,21 @@ def python_algorithm(node: RealNode, code: str, image: Image | None = None) -> d
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+async def chart_credentials(api: kr8s.asyncio.Api, namespace: str, s3_server: S3Server) -> None:
+    """The chart's credentials Secret for a release on the real node: the operator's key and the S3
+    server's keys (the publish storage, which the API's pod reads results from too)."""
+    secret = await Secret(
+        {
+            "metadata": {"name": "ocean-c2d-credentials"},
+            "stringData": {
+                "operator-private-key": OPERATOR_KEY,
+                "AWS_ACCESS_KEY_ID": s3_server.access_key,
+                "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+            },
+        },
+        namespace=namespace,
+        api=api,
+    )
+    await secret.create()

@@ -62,6 +62,7 @@ from e2e.services import S3Server, new_bucket
 from e2e.waiting import wait_for
 from ocean_c2d.api.status_object import ORIGINAL_TEXTS
 from ocean_c2d.storage import s3 as s3_storage
+from unit_tests.api.fixtures import UNCOMPARED_HEADERS
 
 # What the publish step reports (kwok: its termination message), as in the recording.
 PUBLISHED = [
@@ -223,16 +224,6 @@ NODE_RECORDING: dict[int, dict[str, Any]] = {
 RECORDED_A = NODE_RECORDING[2]["response"]["body"][0]["jobId"]
 RECORDED_B = NODE_RECORDING[3]["response"]["body"][0]["jobId"]
 NODE_OWNER = NODE_RECORDING[2]["request"]["params"]["owner"]
-# Headers the README's normalisation drops, and Connection (the contract replay's "connection" deviation).
-UNCOMPARED_HEADERS = {
-    "date",
-    "server",
-    "user-agent",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-}
 _last_node_nonce = 0
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import kr8s.asyncio
-from kr8s.asyncio.objects import APIObject, Pod, Secret
+from kr8s.asyncio.objects import APIObject, Pod
 
 from e2e.api_client import (
     OWNER,
@@ -40,9 +40,16 @@ from e2e.api_client import (
     result_query,
     start_body,
 )
-from e2e.operator_fixtures import OPERATOR_ADDRESS, OPERATOR_KEY, Workflow, status
+from e2e.operator_fixtures import OPERATOR_ADDRESS, Workflow, status
 from e2e.operator_handle import run_command
-from e2e.real_node import FileServer, RealNode, create_real_environment, published, unique
+from e2e.real_node import (
+    FileServer,
+    RealNode,
+    chart_credentials,
+    create_real_environment,
+    published,
+    unique,
+)
 from e2e.services import S3Server, new_bucket
 from e2e.waiting import wait_for
 from unit_tests.built_tools import built
@@ -230,19 +237,7 @@ async def test_the_charts_api_runs_a_provider_job_on_the_real_node_and_serves_it
     input_bytes = b"station,rain_mm\nFaro,2\nBraga,31\n"
     node_http.files["/api-input/rain.csv"] = input_bytes
     bucket = await asyncio.to_thread(new_bucket, node_s3.client(), "api")
-    secret = await Secret(
-        {
-            "metadata": {"name": "ocean-c2d-credentials"},
-            "stringData": {
-                "operator-private-key": OPERATOR_KEY,
-                "AWS_ACCESS_KEY_ID": node_s3.access_key,
-                "AWS_SECRET_ACCESS_KEY": node_s3.secret_key,
-            },
-        },
-        namespace=namespace,
-        api=api,
-    )
-    await secret.create()
+    await chart_credentials(api, namespace, node_s3)
     image = real_node.project_image
     placement = real_node.placement()
     s3_port = urllib.parse.urlsplit(node_s3.endpoint_url).port

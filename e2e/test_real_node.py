@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import kr8s.asyncio
-from kr8s.asyncio.objects import Job, Secret
+from kr8s.asyncio.objects import Job
 
 from e2e.operator_fixtures import (
     OPERATOR_ADDRESS,
-    OPERATOR_KEY,
     Workflow,
     events_of,
     status,
@@ -31,6 +30,7 @@ from e2e.real_node import (
     FileServer,
     RealNode,
     RealStack,
+    chart_credentials,
     create_real_environment,
     moment,
     published,
@@ -500,19 +500,7 @@ async def test_the_charts_operator_pod_completes_a_workflow_on_the_real_node(
     stage pods run there too."""
     tools = built("helm", "kubernetes")
     bucket = await asyncio.to_thread(new_bucket, node_s3.client(), "chart")
-    secret = await Secret(
-        {
-            "metadata": {"name": "ocean-c2d-credentials"},
-            "stringData": {
-                "operator-private-key": OPERATOR_KEY,
-                "AWS_ACCESS_KEY_ID": node_s3.access_key,
-                "AWS_SECRET_ACCESS_KEY": node_s3.secret_key,
-            },
-        },
-        namespace=namespace,
-        api=api,
-    )
-    await secret.create()
+    await chart_credentials(api, namespace, node_s3)
     image = real_node.project_image
     placement = real_node.placement()
     await run_command(

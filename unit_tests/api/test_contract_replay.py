@@ -23,7 +23,7 @@ from ocean_c2d.api.params import AuthQuery, Refusal
 from ocean_c2d.api.status_object import is_finished
 from ocean_c2d.api.store import InMemoryStore
 from ocean_c2d.identity import package_version
-from unit_tests.api.fixtures import COMPAT
+from unit_tests.api.fixtures import COMPAT, UNCOMPARED_HEADERS
 
 FIXTURES = COMPAT
 FILES = [
@@ -44,16 +44,6 @@ ENVIRONMENT = {
     "spec": {"nCPU": 1, "ramGB": 1, "diskGB": 1, "maxJobs": 10, "maxJobDuration": 60, "storageExpiry": 0},
 }
 
-# Dropped before comparing, as the README says; plus Connection (deviation "connection" below).
-DROPPED_HEADERS = {
-    "date",
-    "server",
-    "user-agent",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-}
 TIMESTAMP = re.compile(r"^\d+\.\d+$")
 JOB_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
@@ -194,7 +184,7 @@ def normalise(value: Any, jobs: dict[str, str]) -> Any:
 
 def headers_of(pairs: list[list[str]] | list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Header names are case-insensitive (RFC 9110): compared lowercased, values exactly, as a set."""
-    return sorted((name.lower(), value) for name, value in pairs if name.lower() not in DROPPED_HEADERS)
+    return sorted((name.lower(), value) for name, value in pairs if name.lower() not in UNCOMPARED_HEADERS)
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Benchmark S0 (issue 13): the cluster's own limit for the operator's shape of work, with no logic.
+
+The same children and the same stage Jobs the operator creates for a Workflow (rendered by its own
+templates, the e2e ones with kwok's annotations), created by a plain script: `max_jobs` workers, each taking
+the next "Workflow", creating its base children, then each stage's Job once the previous stage's pod
+Succeeded (seen on one watch of the namespace's pods), and deleting it all at the end. No Workflow object,
+no status, no Events, no queue: what is left is what the Job controller, the scheduler, kwok and the API
+server cost. Compare `benchmarks.stage_latency` (the operator) with it, on the same cluster, in one go:
+
+    .venv/bin/python -m benchmarks.baseline --workflows 300 --max-jobs 10
+
+Prints numbers; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import kr8s
+import kr8s.asyncio
+from kr8s.asyncio.objects import APIObject, Namespace, new_class
+
+from benchmarks.stage_latency import percentile
+from e2e.operator_fixtures import workflow_manifest
+from ocean_c2d.model import Environment, TemplateInputs, Workflow
+from ocean_c2d.render import Templates
+from ocean_c2d.settings import load_settings
+from ocean_c2d.signing import job_secret
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("configure", "algorithm", "publish")  # the operator's, with no filter (the e2e environment's)
+KIND_PATHS = {
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "NetworkPolicy": "networkpolicies",
+    "Job": "jobs",
+}
+
+
+class Baseline:
+    def __init__(self, api: kr8s.asyncio.Api, namespace: str, run_for: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.run_for = run_for
+        settings = load_settings({"OPERATOR_PRIVATE_KEY": "00" * 31 + "01"})
+        self.key = settings.operator_key
+        self.values = settings.plan_settings().template_values
+        self.templates = Templates(REPO / "e2e" / "templates")
+        self.environment = Environment(name="cpu", max_jobs=1_000_000, max_job_duration=3600)
+        self.succeeded: dict[str, asyncio.Future[float]] = {}  # Job name -> when its pod Succeeded
+        self.writes: collections.Counter[str] = collections.Counter()
+        self.transitions: list[float] = []
+
+    def manifests(self, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        sim = {f"{stage}.run-for": self.run_for for stage in STAGES}
+        body = workflow_manifest(name, sim=sim)
+        body["metadata"].update(
+            namespace=self.namespace, uid=str(uuid.uuid4()), creationTimestamp="2026-12-01T00:00:00Z"
+        )
+        workflow = Workflow.from_object(body)
+        inputs = TemplateInputs(
+            workflow, self.environment, self.values, None, job_secret(self.key, workflow.uid)
+        )
+        base = self.templates.render_base(inputs)
+        jobs = [self.templates.render_job(stage, inputs, 600) for stage in STAGES]
+        for manifest in (*base, *jobs):
+            # No Workflow owns them here (the garbage collector would delete what a missing owner owns).
+            manifest["metadata"].pop("ownerReferences", None)
+        return base, jobs
+
+    async def create(self, manifest: dict[str, Any]) -> None:
+        kind = manifest["kind"]
+        cls = new_class(kind, manifest["apiVersion"], namespaced=True)
+        await (await cls(manifest, namespace=self.namespace, api=self.api)).create()
+        self.writes[f"POST {KIND_PATHS[kind]}"] += 1
+
+    async def delete(self, manifest: dict[str, Any]) -> None:
+        kind = manifest["kind"]
+        cls = new_class(kind, manifest["apiVersion"], namespaced=True)
+        obj = await cls(manifest, namespace=self.namespace, api=self.api)
+        await obj.delete(propagation_policy="Background")
+        self.writes[f"DELETE {KIND_PATHS[kind]}"] += 1
+
+    async def one(self, name: str) -> None:
+        base, jobs = self.manifests(name)
+        for manifest in base:
+            await self.create(manifest)
+        previous: float | None = None
+        for job in jobs:
+            done = asyncio.get_running_loop().create_future()
+            self.succeeded[job["metadata"]["name"]] = done
+            await self.create(job)
+            if previous is not None:
+                self.transitions.append(time.monotonic() - previous)
+            previous = await done
+        for manifest in (*jobs, *base):
+            await self.delete(manifest)
+
+    async def watch_pods(self) -> None:
+        async for _event, pod in self.api.async_watch("pods", namespace=self.namespace):
+            if not isinstance(pod, APIObject) or (pod.raw.get("status") or {}).get("phase") != "Succeeded":
+                continue
+            job = pod.labels.get("job-name", "")
+            future = self.succeeded.get(job)
+            if future is not None and not future.done():
+                future.set_result(time.monotonic())
+
+
+async def main(workflows: int, max_jobs: int, run_for: str) -> None:
+    api = await kr8s.asyncio.api()
+    namespace = f"bench-s0-{uuid.uuid4().hex[:6]}"
+    await (await Namespace({"metadata": {"name": namespace}}, api=api)).create()
+    baseline = Baseline(api, namespace, run_for)
+    names = collections.deque(f"s0-{index:04d}" for index in range(workflows))
+    durations: list[float] = []
+    watcher = asyncio.create_task(baseline.watch_pods())
+    cpu_before = os.times()
+
+    async def worker() -> None:
+        while names:
+            name = names.popleft()
+            started = time.monotonic()
+            await baseline.one(name)
+            durations.append(time.monotonic() - started)
+
+    try:
+        start = time.monotonic()
+        async with asyncio.timeout(3600):
+            await asyncio.gather(*(worker() for _ in range(max_jobs)))
+        batch = time.monotonic() - start
+    finally:
+        watcher.cancel()
+        await (await Namespace.get(namespace, api=api)).delete()
+    cpu_after = os.times()
+    cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    total = sum(baseline.writes.values())
+    ms = [1000 * t for t in baseline.transitions]
+    print(f"S0 baseline: {workflows} Workflows' children and Jobs, {max_jobs} at once, stages run {run_for}")
+    print(f"batch wall time: {batch:.1f} s; throughput {60 * workflows / batch:.1f} Workflows/min")
+    print(
+        f"stage transition (pod Succeeded -> next Job created), n={len(ms)}: median "
+        f"{statistics.median(ms):.0f} ms, p95 {percentile(ms, 0.95):.0f} ms, max {max(ms):.0f} ms"
+    )
+    print(f"writes: {total} in all, {total / workflows:.1f} per Workflow")
+    for key, count in sorted(baseline.writes.items(), key=lambda item: -item[1]):
+        print(f"  {key}: {count / workflows:.2f} per Workflow")
+    print(
+        f"the script's CPU {cpu:.0f} s ({1000 * cpu / workflows:.0f} CPU-ms per Workflow); load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workflows", type=int, default=20)
+    parser.add_argument("--max-jobs", type=int, default=10)
+    parser.add_argument("--run-for", default="1s", help="how long each stage's pod runs (kwok)")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.workflows, arguments.max_jobs, arguments.run_for))
