@@ -14,7 +14,6 @@ Prints numbers; asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import os
@@ -28,7 +27,7 @@ import kr8s
 import kr8s.asyncio
 from kr8s.asyncio.objects import APIObject, Namespace, new_class
 
-from benchmarks.stage_latency import percentile
+from benchmarks.stage_latency import arguments, percentile, print_writes
 from e2e.operator_fixtures import workflow_manifest
 from ocean_c2d.model import Environment, TemplateInputs, Workflow
 from ocean_c2d.render import Templates
@@ -151,8 +150,7 @@ async def main(workflows: int, max_jobs: int, run_for: str) -> None:
         f"{statistics.median(ms):.0f} ms, p95 {percentile(ms, 0.95):.0f} ms, max {max(ms):.0f} ms"
     )
     print(f"writes: {total} in all, {total / workflows:.1f} per Workflow")
-    for key, count in sorted(baseline.writes.items(), key=lambda item: -item[1]):
-        print(f"  {key}: {count / workflows:.2f} per Workflow")
+    print_writes(dict(baseline.writes), workflows)
     print(
         f"the script's CPU {cpu:.0f} s ({1000 * cpu / workflows:.0f} CPU-ms per Workflow); load average "
         + " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -160,9 +158,5 @@ async def main(workflows: int, max_jobs: int, run_for: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workflows", type=int, default=20)
-    parser.add_argument("--max-jobs", type=int, default=10)
-    parser.add_argument("--run-for", default="1s", help="how long each stage's pod runs (kwok)")
-    arguments = parser.parse_args()
-    asyncio.run(main(arguments.workflows, arguments.max_jobs, arguments.run_for))
+    given = arguments(__doc__.splitlines()[0])
+    asyncio.run(main(given.workflows, given.max_jobs, given.run_for))

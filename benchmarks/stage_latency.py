@@ -154,8 +154,7 @@ async def main(workflows: int, max_jobs: int, run_for: str) -> None:
         f"API writes: {total_writes:.0f} in all, {total_writes / workflows:.1f} per Workflow; "
         f"{idle_writes:.0f} in 10 s idle afterwards"
     )
-    for key, count in sorted(by_resource.items(), key=lambda item: -item[1]):
-        print(f"  {key}: {count / workflows:.2f} per Workflow")
+    print_writes(by_resource, workflows)
     print(
         f"throughput: {60 * workflows / batch:.1f} Workflows/min; operator CPU {operator_cpu:.0f} s "
         f"({1000 * operator_cpu / workflows:.0f} CPU-ms per Workflow); load average "
@@ -163,10 +162,20 @@ async def main(workflows: int, max_jobs: int, run_for: str) -> None:
     )
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str) -> argparse.Namespace:
+    """The benchmarks' common sizes (this one and benchmarks.baseline run the same shape)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--workflows", type=int, default=20)
     parser.add_argument("--max-jobs", type=int, default=10)
     parser.add_argument("--run-for", default="1s", help="how long each stage's pod runs (kwok)")
-    arguments = parser.parse_args()
-    asyncio.run(main(arguments.workflows, arguments.max_jobs, arguments.run_for))
+    return parser.parse_args()
+
+
+def print_writes(writes: dict[str, float], workflows: int) -> None:
+    for key, count in sorted(writes.items(), key=lambda item: -item[1]):
+        print(f"  {key}: {count / workflows:.2f} per Workflow")
+
+
+if __name__ == "__main__":
+    given = arguments(__doc__.splitlines()[0])
+    asyncio.run(main(given.workflows, given.max_jobs, given.run_for))

@@ -13,8 +13,10 @@ What the node gives the tests (e2e/cluster/node.sh writes it to <cache>/cluster/
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -326,3 +328,24 @@ async def chart_credentials(api: kr8s.asyncio.Api, namespace: str, s3_server: S3
         api=api,
     )
     await secret.create()
+
+
+def chart_settings(node: RealNode, s3_server: S3Server, bucket: str) -> list[str]:
+    """`helm install` arguments for a release of the chart on the real node: the locally built image
+    (never pulled), publish to the S3 server's `bucket`, that server as the stage pods' endpoint (it is on
+    the node's private host address: issue 11), no environment from the chart, the real node's placement."""
+    image, placement = node.project_image, node.placement()
+    s3_port = urllib.parse.urlsplit(s3_server.endpoint_url).port
+    return [
+        f"--set=image.repository={image.name}",
+        f"--set=image.tag={image.tag}",
+        "--set=image.pullPolicy=Never",
+        "--set=operator.pullPolicyForJobs=Never",
+        f"--set=operator.publish.s3.bucket={bucket}",
+        f"--set=operator.publish.s3.region={s3_server.region}",
+        f"--set=operator.publish.s3.endpointUrl={s3_server.endpoint_url}",
+        "--set-json=operator.egress.stageEndpoints=" + json.dumps([f"{node.host_ip}/32:{s3_port}"]),
+        "--set-json=computeEnvironments=[]",
+        f"--set-json=nodeSelector={json.dumps(placement['nodeSelector'])}",
+        f"--set-json=tolerations={json.dumps(placement['tolerations'])}",
+    ]

@@ -22,7 +22,6 @@ import asyncio
 import copy
 import hashlib
 import json
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from e2e.real_node import (
     FileServer,
     RealNode,
     chart_credentials,
+    chart_settings,
     create_real_environment,
     published,
     unique,
@@ -238,29 +238,15 @@ async def test_the_charts_api_runs_a_provider_job_on_the_real_node_and_serves_it
     node_http.files["/api-input/rain.csv"] = input_bytes
     bucket = await asyncio.to_thread(new_bucket, node_s3.client(), "api")
     await chart_credentials(api, namespace, node_s3)
-    image = real_node.project_image
-    placement = real_node.placement()
-    s3_port = urllib.parse.urlsplit(node_s3.endpoint_url).port
     provider: ProviderSide | None = None
     try:
         relay = await start_relay(api, namespace, real_node)
         await run_command(
             "helm", "install", RELEASE, str(CHART), "-n", namespace, "--skip-crds", "--wait",
             "--timeout=180s",
-            f"--set=image.repository={image.name}",
-            f"--set=image.tag={image.tag}",
-            "--set=image.pullPolicy=Never",
-            "--set=operator.pullPolicyForJobs=Never",
-            f"--set=operator.publish.s3.bucket={bucket}",
-            f"--set=operator.publish.s3.region={node_s3.region}",
-            f"--set=operator.publish.s3.endpointUrl={node_s3.endpoint_url}",
-            # The S3 server is on the node's (private) host address: the stage pods' endpoint (issue 11);
-            # the input's file server is there too, on another port: configure may fetch from it.
-            "--set-json=operator.egress.stageEndpoints=" + json.dumps([f"{real_node.host_ip}/32:{s3_port}"]),
+            *chart_settings(real_node, node_s3, bucket),
+            # The input's file server is on the node's host address too: configure may fetch from it.
             "--set-json=operator.egress.allowCidrs=" + json.dumps([f"{real_node.host_ip}/32"]),
-            "--set-json=computeEnvironments=[]",
-            f"--set-json=nodeSelector={json.dumps(placement['nodeSelector'])}",
-            f"--set-json=tolerations={json.dumps(placement['tolerations'])}",
             "--set=api.enabled=true",
             "--set=api.replicas=1",
             f"--set-json=api.allowedProviders={json.dumps([PROVIDER])}",

@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import json
 import time
-import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from e2e.real_node import (
     RealNode,
     RealStack,
     chart_credentials,
+    chart_settings,
     create_real_environment,
     moment,
     published,
@@ -501,8 +501,6 @@ async def test_the_charts_operator_pod_completes_a_workflow_on_the_real_node(
     tools = built("helm", "kubernetes")
     bucket = await asyncio.to_thread(new_bucket, node_s3.client(), "chart")
     await chart_credentials(api, namespace, node_s3)
-    image = real_node.project_image
-    placement = real_node.placement()
     await run_command(
         "helm",
         "install",
@@ -513,19 +511,7 @@ async def test_the_charts_operator_pod_completes_a_workflow_on_the_real_node(
         "--skip-crds",
         "--wait",
         "--timeout=180s",
-        f"--set=image.repository={image.name}",
-        f"--set=image.tag={image.tag}",
-        "--set=image.pullPolicy=Never",
-        "--set=operator.pullPolicyForJobs=Never",
-        f"--set=operator.publish.s3.bucket={bucket}",
-        f"--set=operator.publish.s3.region={node_s3.region}",
-        f"--set=operator.publish.s3.endpointUrl={node_s3.endpoint_url}",
-        # The S3 server is on the node's (private) host address: the stage pods' endpoint (issue 11).
-        "--set-json=operator.egress.stageEndpoints="
-        + json.dumps([f"{real_node.host_ip}/32:{urllib.parse.urlsplit(node_s3.endpoint_url).port}"]),
-        "--set-json=computeEnvironments=[]",
-        f"--set-json=nodeSelector={json.dumps(placement['nodeSelector'])}",
-        f"--set-json=tolerations={json.dumps(placement['tolerations'])}",
+        *chart_settings(real_node, node_s3, bucket),
         kubeconfig=kubeconfig,
         tools=tools,
     )
