@@ -78,13 +78,13 @@ class Baseline:
 
     async def create(self, manifest: dict[str, Any]) -> None:
         kind = manifest["kind"]
-        cls = new_class(kind, manifest["apiVersion"], namespaced=True)
+        cls = new_class(kind, manifest["apiVersion"], namespaced=True, plural=KIND_PATHS[kind])
         await (await cls(manifest, namespace=self.namespace, api=self.api)).create()
         self.writes[f"POST {KIND_PATHS[kind]}"] += 1
 
     async def delete(self, manifest: dict[str, Any]) -> None:
         kind = manifest["kind"]
-        cls = new_class(kind, manifest["apiVersion"], namespaced=True)
+        cls = new_class(kind, manifest["apiVersion"], namespaced=True, plural=KIND_PATHS[kind])
         obj = await cls(manifest, namespace=self.namespace, api=self.api)
         await obj.delete(propagation_policy="Background")
         self.writes[f"DELETE {KIND_PATHS[kind]}"] += 1
