@@ -343,11 +343,14 @@ async def wait_for_metric(operator: Operator, name: str, at_least: float, timeou
 async def test_reconciles_with_nothing_to_change_send_no_writes(
     api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
 ) -> None:
-    await create_environment(api, namespace)
+    environment = await create_environment(api, namespace)
     operator = await start_operator()
     workflow = await create_workflow(api, namespace, "quiet")
     await wait_finished(workflow, operator)
     await wait_children_gone(api, namespace, "quiet")
+    # The environment's counts are written at most every few seconds (controller.ENVIRONMENT_STATUS_
+    # SECONDS): the last one, nothing running, may still be on its way.
+    await wait_for(environment, lambda e: (e.raw.get("status") or {}).get("jobs") == "0/10", timeout=30)
     await wait_for_metric(operator, "ocean_c2d_reconciles_total", 1)
     writes = await operator.total("ocean_c2d_kubernetes_requests_total") - await operator.total(
         "ocean_c2d_kubernetes_requests_total", verb="GET"
