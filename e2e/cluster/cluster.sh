@@ -8,6 +8,7 @@
 #   e2e/cluster/cluster.sh up          build what is missing, start the cluster (no-op if it runs)
 #   e2e/cluster/cluster.sh down        stop it and delete its state
 #   e2e/cluster/cluster.sh kubeconfig  print the kubeconfig path
+#   e2e/cluster/cluster.sh audit-log   print the API server's audit log path (audit-policy.yaml)
 #
 # The real node needs root and apt-get; OCEAN_C2D_REAL_NODE=0 starts the control plane and the fake
 # nodes only. Everything lives under ${OCEAN_C2D_CACHE:-~/.cache/ocean-c2d}/cluster, outside the
@@ -20,6 +21,7 @@ state="$cache/cluster"
 name=ocean-c2d
 kubeconfig="$state/kubeconfig"
 export KWOK_WORKDIR="$state/kwok"
+audit_log="$KWOK_WORKDIR/clusters/$name/logs/audit.log"
 
 real_node="${OCEAN_C2D_REAL_NODE:-1}"
 [ "$real_node" = 0 ] || real_node=1
@@ -100,6 +102,11 @@ has_real_node_flags() {
   grep -q manage-nodes-with-annotation-selector "$KWOK_WORKDIR/clusters/$name/kwok.yaml" 2>/dev/null
 }
 
+# A control plane created before the audit log existed is recreated (the benchmarks and e2e read it).
+has_audit_log() {
+  grep -q audit-policy-file "$KWOK_WORKDIR/clusters/$name/kwok.yaml" 2>/dev/null
+}
+
 up() {
   local total start args
   total="$(now)"
@@ -109,11 +116,11 @@ up() {
   [ "$real_node" = 0 ] || cluster_tools+=(kube-router)
   use_toolchain
   mkdir -p "$state"
-  if reachable && { [ "$real_node" = 0 ] || has_real_node_flags; }; then
+  if reachable && has_audit_log && { [ "$real_node" = 0 ] || has_real_node_flags; }; then
     log "control plane already running ($kubeconfig)"
   else
     start="$(now)"
-    if reachable; then log "the control plane runs without the real node's flags: recreating it"; fi
+    if reachable; then log "the control plane runs without the real node's flags or the audit log: recreating it"; fi
     # A cluster whose processes are gone (the machine or session ended) is recreated from scratch.
     kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
     rm -f "$kubeconfig"
@@ -127,6 +134,7 @@ up() {
       --kube-scheduler-binary "$(command -v kube-scheduler)" \
       --kwok-controller-binary "$(command -v kwok)" \
       --kube-authorization --kube-admission \
+      --kube-audit-policy "$here/audit-policy.yaml" \
       "${args[@]}" \
       --config "$state/kwok-config.yaml" \
       --kubeconfig "$kubeconfig" \
@@ -155,6 +163,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   kubeconfig) echo "$kubeconfig" ;;
+  audit-log) echo "$audit_log" ;;
   stages) print_stages ;;  # for a cluster that runs kwok in-cluster (e2e/kind/run.sh)
-  *) echo "usage: $0 up|down|kubeconfig|stages" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|kubeconfig|audit-log|stages" >&2; exit 2 ;;
 esac
