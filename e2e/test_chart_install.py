@@ -22,7 +22,7 @@ from e2e.operator_fixtures import (
     wait_finished,
 )
 from e2e.operator_handle import StartOperator, run_command
-from e2e.waiting import wait_for, wait_for_deletion
+from e2e.waiting import wait_for, wait_for_deletion, wait_for_object
 from unit_tests.built_tools import built
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,11 +171,18 @@ async def test_the_operator_runs_a_workflow_with_only_the_charts_permissions(
         assert answer.strip() == "no", (verb, resource)
 
     # The accounts the chart set up for the Workflows' pods: the only ones its admission policy allows.
+    # Leader election as the chart's pods run it: the Lease and the signer's EndpointSlice (pointed at a
+    # documentation address: no pod here serves the signer) under the chart's RBAC.
     operator = await start_operator(
         KUBECONFIG=str(as_operator),
         SERVICE_ACCOUNT=f"{account}-stage",
         ALGORITHM_SERVICE_ACCOUNT=f"{account}-algorithm",
         USER_NAMESPACES="true",
+        LEADER_ELECTION="true",
+        LEASE_NAME=account,
+        LEASE_NAMESPACE=namespace,
+        SIGNER_ENDPOINT_SLICE=f"{account}-signer",
+        POD_IP="192.0.2.10",
     )
     pods: dict[str, dict[str, Any]] = {}  # the stage pods, as they appear (cleanup deletes them)
     watching = asyncio.create_task(collect_stage_pods(api, namespace, pods))
@@ -196,8 +203,14 @@ async def test_the_operator_runs_a_workflow_with_only_the_charts_permissions(
         assert spec["automountServiceAccountToken"] is False
         assert spec.get("hostUsers", True) is not sandboxed, component
     assert await operator.total("ocean_c2d_kubernetes_requests_total", code="403") == 0
+    assert await operator.total("ocean_c2d_leader") == 1
+    endpoints = await wait_for_object(
+        api, "endpointslices", f"{account}-signer", namespace=namespace, timeout=30
+    )
+    assert endpoints.raw["endpoints"][0]["addresses"] == ["192.0.2.10"]
     log = await operator.log_text()
     assert "Forbidden" not in log, log[-4000:]
+    assert "acquired Lease" in log
 
 
 FILTERED_ENVIRONMENT = {

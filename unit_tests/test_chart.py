@@ -118,8 +118,12 @@ def test_lint_strict_passes(scenario: str) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_deployment_is_one_locked_down_operator(scenario: str) -> None:
     spec = deployment(scenario)["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one acting (leader election): a rolling update starts the new standby first.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]["securityContext"]
     assert pod["runAsNonRoot"] is True
     assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -152,10 +156,66 @@ def test_configure_pods_reach_the_signer_through_its_service(scenario: str) -> N
     assert service["spec"]["ports"] == [
         {"name": "signer", "port": 8090, "targetPort": "signer", "protocol": "TCP"}
     ]
-    [deployment] = of_kind(docs, "Deployment")
-    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # No selector: the leader points the Service's EndpointSlice (same name) at its own POD_IP.
+    assert "selector" not in service["spec"]
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
-    assert env(scenario)["SIGNER_URL"]["value"] == f"http://{name}.{namespace}.svc:8090"
+    variables = env(scenario)
+    assert variables["SIGNER_URL"]["value"] == f"http://{name}.{namespace}.svc:8090"
+    assert variables["SIGNER_ENDPOINT_SLICE"]["value"] == name
+    assert variables["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_leader_election_lease_pdb_and_anti_affinity(scenario: str) -> None:
+    docs = render(scenario)
+    variables = env(scenario)
+    assert variables["LEADER_ELECTION"]["value"] == "true"
+    assert variables["LEASE_NAME"]["value"] == "c2d-ocean-c2d"
+    assert variables["LEASE_NAMESPACE"]["value"] == NAMESPACE
+    assert [variables[name]["value"] for name in ("LEASE_DURATION_SECONDS", "RENEW_DEADLINE_SECONDS")] == [
+        "15",
+        "10",
+    ]
+    assert variables["RETRY_PERIOD_SECONDS"]["value"] == "2"
+    [pdb] = of_kind(docs, "PodDisruptionBudget")
+    [found] = of_kind(docs, "Deployment")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == found["spec"]["selector"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    [term] = found["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"] == found["spec"]["selector"]
+    # Its own Role in the release namespace: the Lease and the signer's EndpointSlice, by name.
+    [role] = [r for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    by_name = {
+        (rule["apiGroups"][0], rule["resources"][0]): rule.get("resourceNames")
+        for rule in role["rules"]
+        if rule["verbs"] == ["get", "update"]
+    }
+    assert by_name == {
+        ("coordination.k8s.io", "leases"): ["c2d-ocean-c2d"],
+        ("discovery.k8s.io", "endpointslices"): ["c2d-ocean-c2d-signer"],
+    }
+    assert all(rule["verbs"] in (["get", "update"], ["create"]) for rule in role["rules"])
+
+
+def test_without_leader_election_one_operator_recreated_and_a_selected_signer() -> None:
+    docs = render_with("--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=1")
+    [found] = of_kind(docs, "Deployment")
+    assert found["spec"]["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in found["spec"]["template"]["spec"]
+    assert not of_kind(docs, "PodDisruptionBudget")
+    assert not [r for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    variables = {e["name"] for e in found["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not variables & {"LEADER_ELECTION", "SIGNER_ENDPOINT_SLICE", "POD_IP"}
+    [service] = [s for s in of_kind(docs, "Service") if s["metadata"]["name"].endswith("-signer")]
+    assert service["spec"]["selector"] == found["spec"]["selector"]["matchLabels"]
+    result = helm("template", "c2d", str(CHART), "--set", "operator.leaderElection.enabled=false")
+    assert result.returncode != 0  # two replicas without leader election would both act
+    assert "needs operator.leaderElection.enabled" in result.stderr
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -201,8 +261,17 @@ def test_credentials_secret(scenario: str) -> None:
 def test_rbac_is_least_privilege(scenario: str) -> None:
     docs = render(scenario)
     cluster_wide = scenario_values(scenario).get("operator", {}).get("watchNamespace") == "*"
-    roles = of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
-    bindings = of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding")
+    # The leader-election Role (its own test) aside.
+    roles = [
+        r
+        for r in of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
+        if not r["metadata"]["name"].endswith("-leader-election")
+    ]
+    bindings = [
+        b
+        for b in of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding")
+        if not b["metadata"]["name"].endswith("-leader-election")
+    ]
     assert len(roles) == 1
     assert len(bindings) == 1
     (role,), (binding,) = roles, bindings
@@ -355,8 +424,16 @@ def test_templates_config_map_and_extra_env() -> None:
     assert "CONFIGURE_TIMEOUT_SECONDS" not in default_env
 
 
-@pytest.mark.parametrize("setting", ["operator.replicas=2", "operator.extraEnv.9LIVES=x"])
-def test_schema_rejects_more_than_one_operator_and_bad_variable_names(setting: str) -> None:
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "operator.extraEnv.9LIVES=x",
+        "operator.leaderElection.leaseDurationSeconds=soon",
+        "operator.leaderElection.lease=x",
+        "podDisruptionBudget.maxUnavailable=0",
+    ],
+)
+def test_schema_rejects_bad_variable_names_and_leader_election_values(setting: str) -> None:
     result = helm("template", "c2d", str(CHART), "--set", setting)
     assert result.returncode != 0
 
@@ -447,7 +524,12 @@ def test_the_admission_policy_binds_the_operator_to_its_labels_and_accounts(scen
         == f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:{operator}"'
     )
     matched = {r for rule in spec["matchConstraints"]["resourceRules"] for r in rule["resources"]}
-    (role,) = of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
+    # The leader-election Role's Lease and EndpointSlice are named by resourceNames instead (get, update).
+    (role,) = [
+        r
+        for r in of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
+        if not r["metadata"]["name"].endswith("-leader-election")
+    ]
     written = {
         resource
         for rule in role["rules"]

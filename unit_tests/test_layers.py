@@ -7,7 +7,8 @@ and every rule is transitive: a pure module may not reach an I/O library through
 - the pure modules import no I/O library (nor the standard library's asyncio, socket, subprocess) and no
   module of the I/O shell;
 - the pod-side steps import nothing of the operator's runtime;
-- only k8s and the API's cluster_store (and runner and the API's server, which make the clients) import kr8s;
+- only k8s, lease (leader election's Lease), informer (the watches kopf does not keep) and the API's
+  cluster_store (and runner and the API's server, which make the clients) import kr8s;
 - no import cycle among the package's own modules;
 - every module of the package is on one side: pure or shell (a new module must be put on one).
 """
@@ -37,6 +38,7 @@ PURE = {
     "ocean_c2d.changes",
     "ocean_c2d.environments",
     "ocean_c2d.identity",
+    "ocean_c2d.leadership",
     "ocean_c2d.model",
     "ocean_c2d.observe",
     "ocean_c2d.reconcile",
@@ -65,7 +67,9 @@ SHELL = {
     "ocean_c2d.effects",
     "ocean_c2d.expiry",
     "ocean_c2d.handlers",
+    "ocean_c2d.informer",
     "ocean_c2d.k8s",
+    "ocean_c2d.lease",
     "ocean_c2d.metrics",
     "ocean_c2d.notify",
     "ocean_c2d.queue_command",
@@ -174,7 +178,9 @@ def test_only_k8s_talks_to_the_kubernetes_api(graph: grimp.ImportGraph) -> None:
     assert users == [
         "ocean_c2d.api.cluster_store",
         "ocean_c2d.api.server",
+        "ocean_c2d.informer",
         "ocean_c2d.k8s",
+        "ocean_c2d.lease",
         "ocean_c2d.queue_command",
         "ocean_c2d.runner",
     ]

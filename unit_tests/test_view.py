@@ -15,10 +15,13 @@ from ocean_c2d.view import (
     CREATED_OVERLAY_SECONDS,
     INDEXES,
     JOB_INDEX,
+    KOPF_INDEXES,
     POD_INDEX,
     WORKFLOW_INDEX,
     WORKFLOWS_BY_ENVIRONMENT_INDEX,
+    FinishedWorkflow,
     View,
+    WorkflowStore,
 )
 from unit_tests.factories import workflow_object
 
@@ -63,7 +66,7 @@ def job_manifest(name: str, component: str) -> dict[str, Any]:
 def test_every_index_the_view_reads_is_registered_by_handlers_under_that_id() -> None:
     registry = kopf.get_default_registry()
     ids = {handler.id for handler in registry._indexing.get_all_handlers()}
-    assert set(INDEXES) <= ids
+    assert set(KOPF_INDEXES) <= ids
     # handlers registers the child indexes in a loop over view.CHILD_INDEXES, each with the routes it names
     children = {h.id: h for h in registry._indexing.get_all_handlers() if h.id in CHILD_INDEXES}
     assert sorted(children) == sorted(CHILD_INDEXES)
@@ -200,12 +203,13 @@ def test_an_unreadable_workflow_is_parsed_once_and_raises_each_time() -> None:
             view.model(*KEY)
 
 
-async def test_the_by_environment_index_holds_no_finished_workflow() -> None:
-    index: Any = handlers.workflow_by_environment_index  # kopf's decorator types it as an IndexingFn
-    running = await index(
-        namespace="c2d", name="a", spec={"environment": "cpu"}, status={"stage": "RunningAlgorithm"}
-    )
-    finished = await index(
-        namespace="c2d", name="a", spec={"environment": "cpu"}, status={"stage": "Finished"}
-    )
-    assert (running, finished) == ({("c2d", "cpu"): "a"}, {})
+def test_the_by_environment_index_holds_no_finished_workflow() -> None:
+    store = WorkflowStore()
+    running = body("1", stage="RunningAlgorithm")
+    store.put(KEY, store.entry(running))
+    assert store.by_environment == {(KEY[0], running["spec"]["environment"]): {KEY[1]: None}}
+    store.put(KEY, store.entry(body("2", stage="Finished")))
+    assert store.by_environment == {}
+    assert isinstance(store.workflows[KEY][0], FinishedWorkflow)
+    store.remove(KEY)
+    assert store.workflows == {}

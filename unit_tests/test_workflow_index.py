@@ -12,9 +12,8 @@ from typing import Any, cast
 import kopf
 import pytest
 
-from ocean_c2d import handlers
 from ocean_c2d.model import RawJSON, TemplateInputs, Workflow, dumps
-from ocean_c2d.view import compact_workflow
+from ocean_c2d.view import FinishedWorkflow, WorkflowStore, compact_workflow
 from unit_tests.factories import ENVIRONMENT, TEMPLATES, template_values, workflow_object
 
 USER_DATA = {"rows": 10, "note": "a b&c", "nested": {"deep": [1, 2.5, None, True, {"é": "😀"}]}}
@@ -106,10 +105,6 @@ def test_a_user_string_is_never_taken_for_raw_json() -> None:
     assert json.loads(dumps(lookalike)) == {"x": lookalike["x"], "y": {"secret": 1}}
 
 
-# The handler as it is written (kopf's decorator types it as the callback kopf calls, with every kwarg).
-index = cast(Any, handlers.workflow_index)
-
-
 def allocated_by(make: Any) -> tuple[int, Any]:
     """The bytes still allocated by what `make()` returns (tracemalloc)."""
     tracemalloc.start()
@@ -121,9 +116,9 @@ def allocated_by(make: Any) -> tuple[int, Any]:
         tracemalloc.stop()
 
 
-async def test_an_indexed_workflow_costs_about_its_json_size_not_the_parsed_tree() -> None:
+def test_an_indexed_workflow_costs_about_its_json_size_not_the_parsed_tree() -> None:
     """A Workflow with 1.2 MB of customData made of small objects (the worst case for Python's memory:
-    a dict per `{}`): a deep copy of it costs ~25 times its text, the index entry about its text."""
+    a dict per `{}`): a deep copy of it costs ~25 times its text, the store's entry about its text."""
     custom: dict[str, Any] = {"k": [{} for _ in range(400_000)]}
     body = body_with_user_data()
     body["spec"]["algorithm"]["customData"] = custom
@@ -131,27 +126,37 @@ async def test_an_indexed_workflow_costs_about_its_json_size_not_the_parsed_tree
     assert text_size > 1_000_000
     deep, _ = allocated_by(lambda: copy.deepcopy(body))
     assert deep > 15 * text_size  # what the index used to cost: the reason for this test
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        entry = await index(namespace="c2d", name="job1", body=kopf.Body(cast(kopf.RawBody, body)))
-        indexed = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    indexed, entry = allocated_by(lambda: WorkflowStore().entry(body))
     assert indexed < 2 * text_size
-    [(key, value)] = entry.items()
-    assert key == ("c2d", "job1")
-    assert value["spec"]["algorithm"]["customData"].value() == custom
+    assert entry["spec"]["algorithm"]["customData"].value() == custom
 
 
-async def test_the_index_shrinks_the_body_kopf_holds_until_every_kind_is_listed() -> None:
-    """On start kopf keeps each listed body until all watched kinds are listed: the handler leaves it
-    holding the same RawJSON as the index, not the parsed tree."""
+def test_a_finished_workflow_keeps_what_its_reconcile_needs_as_text() -> None:
+    """Once finished, no spec beyond environment, owner, stop and the DIDs, no labels or annotations, no
+    managedFields: a few hundred bytes of text, which still reads as the same Workflow for a reconcile."""
     body = body_with_user_data()
-    entry = await index(namespace="c2d", name="job1", body=kopf.Body(cast(kopf.RawBody, body)))
-    compact = entry[("c2d", "job1")]
-    assert "managedFields" not in body["metadata"]
-    assert body["spec"]["algorithm"]["customData"] is compact["spec"]["algorithm"]["customData"]
-    assert body["spec"]["algorithm"]["userData"] is compact["spec"]["algorithm"]["userData"]
-    assert body["spec"]["inputs"][0]["userData"] is compact["spec"]["inputs"][0]["userData"]
-    assert body["spec"]["algorithm"]["container"] == compact["spec"]["algorithm"]["container"]
+    body["metadata"]["labels"] = {"team": "x" * 1000}
+    body["status"] = {"stage": "Finished", "reason": "Succeeded", "finishedAt": "2026-01-01T00:00:00Z"}
+    entry = WorkflowStore().entry(body)
+    assert isinstance(entry, FinishedWorkflow)
+    assert len(entry.text) < 700
+    full, trimmed = Workflow.from_object(body), Workflow.from_object(entry.body())
+    assert (trimmed.name, trimmed.uid, trimmed.generation, trimmed.created, trimmed.status) == (
+        full.name,
+        full.uid,
+        full.generation,
+        full.created,
+        full.status,
+    )
+    assert (trimmed.spec.environment, trimmed.spec.owner, trimmed.spec.stop) == (
+        full.spec.environment,
+        full.spec.owner,
+        full.spec.stop,
+    )
+    assert (trimmed.spec.input_dids, trimmed.spec.algorithm_did) == (
+        full.spec.input_dids,
+        full.spec.algorithm_did,
+    )
+    assert entry.body()["metadata"]["resourceVersion"] == "7"
+    assert entry.header().finished
+    assert entry.header().spec.environment == full.spec.environment

@@ -29,6 +29,7 @@ from ocean_c2d.environments import (
     occupancy_changed,
     to_wake,
 )
+from ocean_c2d.informer import Informer
 from ocean_c2d.k8s import Cluster, ConflictError
 from ocean_c2d.metrics import RECONCILE_SECONDS, RECONCILES
 from ocean_c2d.model import Admission, InvalidWorkflow, Observed, Plan, Workflow
@@ -46,6 +47,8 @@ log = logging.getLogger("ocean_c2d")
 # often per environment: under a burst they change with every admission, and what `kubectl get c2denv`
 # shows may lag by this much. Nothing decides on them (admission counts from the Workflows themselves).
 ENVIRONMENT_STATUS_SECONDS = 2.0
+# How long the start may wait for every watched kind's first listing before it says so in the log.
+LISTING_WARN_SECONDS = 60.0
 
 
 class Controller:
@@ -64,7 +67,11 @@ class Controller:
         self.view = View()
         self.effects = Effects(settings, cluster, http, self.view)
         self.expiry = ResultExpiry(settings, cluster, self.view, self.effects)
-        self.queue = WorkQueue(self._reconcile_key, workers=workers)
+        self.queue = WorkQueue(self._reconcile_key, workers=workers, ready=self.listed)
+        self._informers: list[Informer] = []
+        # Set by the first call of any kopf handler: kopf calls none before every kind it watches is
+        # listed and indexed (its pre-indexing barrier), so from then on its indexes are complete.
+        self._kopf_listed = asyncio.Event()
         self._admission_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._environment_generations: dict[tuple[str, str], int] = {}
         self._environment_written: dict[tuple[str, str], float] = {}  # loop time of the last count write
@@ -73,6 +80,41 @@ class Controller:
 
     def bind(self, handler_kwargs: dict[str, Any]) -> None:
         self.view.bind(handler_kwargs)
+        self._kopf_listed.set()
+
+    def start_watches(self, informers: list[Informer]) -> list[asyncio.Task[None]]:
+        """Run the informers (the kinds kopf does not watch); `listed` waits for their first LIST."""
+        self._informers = list(informers)
+        return [asyncio.create_task(informer.run()) for informer in self._informers]
+
+    async def listed(self) -> None:
+        """Until every watched kind has been listed once: the informers' (each its own first LIST) and
+        kopf's (its first handler call). No reconcile runs before: the first one after a restart must see
+        every Job, pod and child that exists, or it would create them again."""
+        waits = [self._kopf_listed.wait(), *(informer.synced.wait() for informer in self._informers)]
+        started = asyncio.get_running_loop().time()
+        pending = {asyncio.ensure_future(wait) for wait in waits}
+        try:
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=LISTING_WARN_SECONDS)
+                if pending:
+                    log.warning(
+                        "Still waiting for the first listing (%s) after %.0fs: no reconcile before it",
+                        ", ".join(self._unlisted()),
+                        asyncio.get_running_loop().time() - started,
+                    )
+        finally:
+            for wait in pending:
+                wait.cancel()
+        log.info(
+            "Every watched kind is listed (%d Workflows) after %.1fs: reconciling",
+            len(self.view.workflow_store),
+            asyncio.get_running_loop().time() - started,
+        )
+
+    def _unlisted(self) -> list[str]:
+        kinds = [informer.plural for informer in self._informers if not informer.synced.is_set()]
+        return kinds + ([] if self._kopf_listed.is_set() else ["kopf's kinds"])
 
     def workflow_changed(self, namespace: str, name: str) -> None:
         self.queue.add(("workflow", namespace, name))

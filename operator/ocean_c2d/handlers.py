@@ -1,10 +1,20 @@
-"""kopf wiring only: which watch events feed which index, and which keys they put on the work queue.
+"""The watch wiring only: which watch events feed which index, and which keys they put on the work queue.
 
-Only low-level handlers are used (`kopf.index`, `kopf.on.event`): they persist nothing on the objects
-(no finalizers, no annotations, no status), so an idle operator sends no write at all. They are all
-`async`: kopf would run plain functions in a thread pool, one thread hop per watch event. kopf lists every
-indexed resource before it calls any handler, so the first reconcile after a start already sees every
-Job, pod and child that exists: that is what lets a restarted operator resume without duplicating work.
+Two mechanisms. The kinds that grow with the cluster's history, Workflows and results records, are
+watched by informers (informer.py: a LIST in pages, each object trimmed as it arrives, then a WATCH),
+feeding the view's stores: in kopf, each object of a watched kind costs its per-object machinery, and its
+start-up barrier is quadratic in the objects listed (10,000 finished Workflows: 610 s and 548 MB). kopf
+keeps the small kinds (a running Workflow's Jobs, pods and children, the environments), with only
+low-level handlers (`kopf.index`, `kopf.on.event`): they persist nothing on the objects (no finalizers,
+no annotations, no status), so an idle operator sends no write at all. They are all `async`: kopf would
+run plain functions in a thread pool, one thread hop per watch event.
+
+No reconcile runs before every kind is listed once (Controller.listed, which the work queue awaits): the
+first reconcile after a start must see every Job, pod and child that exists, or a restarted operator
+would create them again. An informer says so itself (`synced`). kopf calls no handler before every kind
+it watches is listed and indexed, so its first handler call says so for all of its kinds; as kopf calls
+none for a kind without objects, one object is always there to be called for: the namespace's
+kube-root-ca.crt ConfigMap, which Kubernetes publishes in every namespace (LISTED_SENTINEL).
 """
 
 from __future__ import annotations
@@ -21,20 +31,21 @@ import kopf
 from ocean_c2d import observe
 from ocean_c2d.controller import Controller
 from ocean_c2d.identity import MANAGED_BY
+from ocean_c2d.informer import Api, Informer
 from ocean_c2d.model import GROUP, VERSION
-from ocean_c2d.retention import RECORD_LABELS
-from ocean_c2d.status import Stage
-from ocean_c2d.view import (
-    CHILD_INDEXES,
-    ENVIRONMENT_INDEX,
-    JOB_INDEX,
-    POD_INDEX,
-    RECORD_INDEX,
-    WORKFLOW_INDEX,
-    WORKFLOWS_BY_ENVIRONMENT_INDEX,
-    compact_workflow,
-    release_bulk,
-)
+from ocean_c2d.retention import RECORD_KEY, RECORD_LABELS
+from ocean_c2d.view import CHILD_INDEXES, ENVIRONMENT_INDEX, JOB_INDEX, POD_INDEX
+
+# A ConfigMap the control plane publishes in every namespace (the API server's CA): kopf always has one
+# object to call a handler for once its kinds are listed (see the module's docstring).
+LISTED_SENTINEL = "kube-root-ca.crt"
+# kopf's ConfigMap watch leaves out the results records (the records' informer has them): server-side,
+# so kopf never holds one. It must still list the sentinel, so no managed-by selector here.
+KOPF_CONFIGMAP_SELECTOR = f"!{RECORD_KEY}"
+
+
+def _selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 def _ns(namespace: str | None) -> str:
@@ -76,27 +87,29 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 # ---- indexes: the operator's view of the cluster -----------------------------------------------------
 
 
-@kopf.index(GROUP, VERSION, "workflows", id=WORKFLOW_INDEX)
-async def workflow_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    # Compact, not a deep copy: a free-form customData parsed into Python objects costs ~25 times its text,
-    # and every Workflow of every watched namespace sits in this index. kopf's own body is shrunk too: it
-    # holds it until the initial listing of every kind is over.
-    compact = compact_workflow(body)
-    release_bulk(body, compact)
-    return {(_ns(namespace), name): compact}
-
-
-@kopf.index(GROUP, VERSION, "workflows", id=WORKFLOWS_BY_ENVIRONMENT_INDEX)
-async def workflow_by_environment_index(
-    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[Any, Any]:
-    # Only Workflows that run or wait: every admission reads this environment's list, and finished ones
-    # would make it grow with the environment's history. {} (not None, which kopf reads as "keep the old
-    # value") takes a Workflow out once it is finished. A finished Workflow is still reconciled on its own
-    # events and at the resync (its results record follows the environment's storageExpiry).
-    if status.get("stage") == Stage.FINISHED.value:
-        return {}
-    return {(_ns(namespace), spec.get("environment", "")): name}
+def informers(api: Api, namespace: str | None, controller: Controller) -> list[Informer]:
+    """The Workflows (view.WorkflowStore: a finished one kept trimmed) and the results records
+    (retention.py: ConfigMaps no Workflow owns, which outlive it to drive its expiry)."""
+    view = controller.view
+    return [
+        Informer(
+            api,
+            f"{GROUP}/{VERSION}",
+            "workflows",
+            namespace,
+            view.workflow_store,
+            lambda key: controller.workflow_changed(*key),
+        ),
+        Informer(
+            api,
+            "v1",
+            "configmaps",
+            namespace,
+            view.record_store,
+            lambda key: controller.record_changed(*key),
+            label_selector=_selector(RECORD_LABELS),
+        ),
+    ]
 
 
 @kopf.index(GROUP, VERSION, "computeenvironments", id=ENVIRONMENT_INDEX)
@@ -112,17 +125,6 @@ async def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
 @kopf.index("v1", "pods", labels=MANAGED_BY, id=POD_INDEX)
 async def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(_ns(namespace), labels.get("workflow", "")): observe.pod_record(body)}
-
-
-# Results records (retention.py): ConfigMaps no Workflow owns, which outlive it to drive its expiry.
-@kopf.index("v1", "configmaps", labels=RECORD_LABELS, id=RECORD_INDEX)
-async def results_record_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {
-        (_ns(namespace), name): {
-            "metadata": {"name": name, "namespace": _ns(namespace)},
-            "data": dict(body.get("data") or {}),
-        }
-    }
 
 
 # The children other than Jobs and pods (view.CHILD_INDEXES): the reconcile needs their names and spec
@@ -141,11 +143,9 @@ for _index_id, (_api_version, _plural) in CHILD_INDEXES.items():
 # ---- triggers: any change of a Workflow or of something it owns reconciles that Workflow ----------------
 
 
-@kopf.on.event(GROUP, VERSION, "workflows")
-async def workflow_reconcile(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    controller = _controller(memo)
-    controller.bind(kwargs)
-    controller.workflow_changed(_ns(namespace), name)
+@kopf.on.event("v1", "configmaps", field="metadata.name", value=LISTED_SENTINEL, id="kopf_listed")
+async def kopf_listed(memo: Any, **kwargs: Any) -> None:
+    _controller(memo).bind(kwargs)  # binding is what says kopf's kinds are listed
 
 
 @kopf.on.event(GROUP, VERSION, "computeenvironments")
@@ -155,13 +155,6 @@ async def environment_reconcile(
     controller = _controller(memo)
     controller.bind(kwargs)
     controller.environment_changed(_ns(namespace), name, meta.get("generation"))
-
-
-@kopf.on.event("v1", "configmaps", labels=RECORD_LABELS, id="results_records_changed")
-async def results_record_changed(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    controller = _controller(memo)
-    controller.bind(kwargs)
-    controller.record_changed(_ns(namespace), name)
 
 
 async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:

@@ -67,6 +67,19 @@ WORK_QUEUE_DEPTH = Gauge(
     registry=REGISTRY,
 )
 
+# Leader election (lease.py): 1 on the replica that holds the Lease and acts, 0 on a standby; both serve
+# /metrics. The transitions are the Lease's leaseTransitions as this replica last read or wrote them.
+LEADER = Gauge(
+    "ocean_c2d_leader",
+    "1 when this replica holds the leader-election Lease and acts, 0 on a standby (or with it off)",
+    registry=REGISTRY,
+)
+LEADER_TRANSITIONS = Gauge(
+    "ocean_c2d_leader_transitions",
+    "The leader-election Lease's leaseTransitions (how often leadership changed hands), as last seen",
+    registry=REGISTRY,
+)
+
 WORKFLOWS_FINISHED = Counter(
     "ocean_c2d_workflows_finished",
     "Workflows that finished, by environment and outcome (Succeeded, AlgorithmFailed, Stopped, ...)",

@@ -10,6 +10,7 @@ Pure: nothing here reads os.environ, logs or prints; the caller decides what to 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import secrets
@@ -28,6 +29,7 @@ from ocean_c2d.addresses import (
     policy_excepts,
 )
 from ocean_c2d.identity import PACKAGE, package_version
+from ocean_c2d.leadership import LeaderElectionSettings
 from ocean_c2d.model import PlanSettings, TemplateValues
 from ocean_c2d.signing import OperatorKey
 from ocean_c2d.steps.contract import split_host_port
@@ -162,6 +164,9 @@ class Settings:
     # EGRESS_ALLOW_CIDRS, CLUSTER_CIDRS, STAGE_EGRESS_ENDPOINTS, ALLOWED_METADATA_CACHES, ALLOWED_PROVIDERS:
     # where a Workflow's pods may connect, and which services receive the operator's signed requests.
     egress: EgressValues = field(default_factory=EgressValues)
+    # LEADER_ELECTION: act only while holding a Lease (leadership.py); None (the default for a bare
+    # `ocean-c2d run`) acts at once, as a single replica must. The chart turns it on.
+    leader_election: LeaderElectionSettings | None = None
 
     def plan_settings(self) -> PlanSettings:
         """The part of these settings the reconcile reads, including what the child templates use."""
@@ -478,6 +483,48 @@ def _egress(
     )
 
 
+def _pod_ip(environ: Mapping[str, str], errors: list[str]) -> str | None:
+    """POD_IP (the downward API's status.podIP): an IPv4 or IPv6 address, or None."""
+    raw = _str(environ, "POD_IP")
+    if raw is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        errors.append(f"POD_IP: expected an IP address, got {raw!r}")
+        return None
+
+
+def _leader_election(environ: Mapping[str, str], errors: list[str]) -> LeaderElectionSettings | None:
+    """LEADER_ELECTION and the Lease's settings; parsed (and reported) even when it is off."""
+    default = LeaderElectionSettings()
+    on = _choice(environ, "LEADER_ELECTION", errors, ("true", "false"), ignore_case=True) == "true"
+    lease_namespace = _str(environ, "LEASE_NAMESPACE")
+    if lease_namespace is not None and not _DNS1123_LABEL.fullmatch(lease_namespace):
+        errors.append(f"LEASE_NAMESPACE: expected a namespace name, got {lease_namespace!r}")
+    signer_slice = _str(environ, "SIGNER_ENDPOINT_SLICE")
+    if signer_slice is not None and not _DNS1123_LABEL.fullmatch(signer_slice):
+        errors.append(f"SIGNER_ENDPOINT_SLICE: expected a DNS-1123 label, got {signer_slice!r}")
+    election = LeaderElectionSettings(
+        lease_name=_label(environ, "LEASE_NAME", errors, default=default.lease_name),
+        lease_namespace=lease_namespace,
+        identity=_str(environ, "LEADER_IDENTITY"),
+        lease_duration_seconds=_int(
+            environ, "LEASE_DURATION_SECONDS", errors, default=default.lease_duration_seconds, minimum=2
+        ),
+        renew_deadline_seconds=_float(
+            environ, "RENEW_DEADLINE_SECONDS", errors, default=default.renew_deadline_seconds, positive=True
+        ),
+        retry_period_seconds=_float(
+            environ, "RETRY_PERIOD_SECONDS", errors, default=default.retry_period_seconds, positive=True
+        ),
+        signer_endpoint_slice=signer_slice,
+        pod_ip=_pod_ip(environ, errors),
+    )
+    errors.extend(election.problems())
+    return election if on else None
+
+
 def _watch_namespace(environ: Mapping[str, str], errors: list[str]) -> str | None:
     """None (the operator's own namespace), "*" (all namespaces) or a namespace name."""
     raw = _str(environ, "WATCH_NAMESPACE")
@@ -529,6 +576,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         environ, "ISOLATION_TIMEOUT_SECONDS", errors, default=60, minimum=1, maximum=3600
     )
     watch_namespace = _watch_namespace(environ, errors)
+    leader_election = _leader_election(environ, errors)
     log_level = _choice(environ, "LOG_LEVEL", errors, LOG_LEVELS, ignore_case=True)
     log_cfg = _str(environ, "LOG_CFG")
     metrics_port = _int(environ, "METRICS_PORT", errors, default=8000, minimum=1, maximum=65535)
@@ -585,6 +633,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         signer_port=signer_port,
         signer_url=signer_url,
         egress=egress,
+        leader_election=leader_election,
     )
 
 

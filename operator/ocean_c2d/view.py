@@ -1,10 +1,16 @@
-"""The operator's view of the cluster: kopf's indexes (live mappings its watches keep), and what they
-mean for one Workflow (`Observed`, its peers, its environment).
+"""The operator's view of the cluster: live mappings its watches keep (kopf's indexes for the small kinds,
+the informers' stores for the kinds that grow with history: Workflows and results records), and what
+they mean for one Workflow (`Observed`, its peers, its environment).
 
 Right after a write, the indexes lag behind our own change until its watch event arrives; the small
 overlays below bridge exactly that gap and are dropped as soon as the watch shows the write. Nothing here
-is state that a restart needs: on start, kopf lists everything before the first reconcile, so a restarted
-operator resumes from the cluster alone.
+is state that a restart needs: on start, every watched kind is listed before the first reconcile
+(Controller.listed), so a restarted operator resumes from the cluster alone.
+
+What is kept of each Workflow is what its reconcile needs: a running or waiting one as compact_workflow's
+copy (the templates read its spec), a finished one as FinishedWorkflow (identity, environment, the DIDs
+a pending notification names, its status), as JSON text until asked for: 10,000 finished Workflows cost
+tens of MB, not hundreds.
 
 The index names are constants shared with handlers.py (each kopf index is declared with `id=` one of
 them): a renamed handler cannot silently leave an index empty, and `bind` fails loudly on a missing one.
@@ -13,14 +19,17 @@ them): a renamed handler cannot silently leave an index empty, and `bind` fails 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ocean_c2d import observe, retention, telemetry
 from ocean_c2d.model import Environment, InvalidWorkflow, Observed, RawJSON, Workflow
+from ocean_c2d.status import Stage
 
-WORKFLOW_INDEX = "workflow_index"  # (namespace, name) -> the Workflow's body, compact_workflow's copy
+WORKFLOW_INDEX = "workflow_index"  # (namespace, name) -> its WorkflowEntry (WorkflowStore)
 WORKFLOWS_BY_ENVIRONMENT_INDEX = "workflow_by_environment_index"  # (namespace, environment) -> names
 ENVIRONMENT_INDEX = "environment_index"  # (namespace, name) -> the ComputeEnvironment's body
 JOB_INDEX = "job_index"  # (namespace, workflow) -> observe.JobRecord
@@ -33,15 +42,10 @@ CHILD_INDEXES: dict[str, tuple[str, str]] = {
     "pvc_index": ("v1", "persistentvolumeclaims"),
     "networkpolicy_index": ("networking.k8s.io/v1", "networkpolicies"),
 }
-INDEXES = (
-    WORKFLOW_INDEX,
-    WORKFLOWS_BY_ENVIRONMENT_INDEX,
-    ENVIRONMENT_INDEX,
-    JOB_INDEX,
-    POD_INDEX,
-    RECORD_INDEX,
-    *CHILD_INDEXES,
-)
+# The indexes kopf keeps (handlers.py declares each with `id=` one of them); the others are the informers'
+# stores (WorkflowStore, RecordStore), which the view holds from the start.
+KOPF_INDEXES = (ENVIRONMENT_INDEX, JOB_INDEX, POD_INDEX, *CHILD_INDEXES)
+INDEXES = (WORKFLOW_INDEX, WORKFLOWS_BY_ENVIRONMENT_INDEX, RECORD_INDEX, *KOPF_INDEXES)
 # How long a child we created may stay unseen by the watches before the view forgets it (it was created
 # and deleted in between, and the watch never showed it).
 CREATED_OVERLAY_SECONDS = 60.0
@@ -50,12 +54,186 @@ Ref = tuple[str, str]  # (kind, name)
 WorkflowKey = tuple[str, str]  # (namespace, name)
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedWorkflow:
+    """What the view keeps of a finished Workflow: what its reconcile (conditions, cleanup, TTL), its
+    results record, a pending stop notification and the metrics read, the body as compact JSON text."""
+
+    namespace: str
+    name: str
+    resource_version: str
+    environment: str
+    text: str
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.text)
+        return body
+
+    def header(self) -> Workflow:
+        """Identity, environment and stage only (the metrics' counts), without parsing the text."""
+        return Workflow.header(
+            {
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": {"environment": self.environment},
+                "status": {"stage": Stage.FINISHED.value},
+            }
+        )
+
+
+WorkflowEntry = dict[str, Any] | FinishedWorkflow
+
+
+def _finished(body: Mapping[str, Any]) -> bool:
+    status = body.get("status")
+    return isinstance(status, Mapping) and status.get("stage") == Stage.FINISHED.value
+
+
+def finished_workflow(body: Mapping[str, Any]) -> FinishedWorkflow:
+    """A finished Workflow's entry. No labels or annotations (read only before admission and by the
+    templates), no spec but its environment, owner, stop and the DIDs (the stop notification's payload)."""
+    metadata = body.get("metadata") or {}
+    spec = body.get("spec") if isinstance(body.get("spec"), Mapping) else {}
+    assert isinstance(spec, Mapping)
+    kept_metadata = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp")
+    trimmed: dict[str, Any] = {k: spec[k] for k in ("environment", "owner", "stop") if k in spec}
+    inputs = spec.get("inputs")
+    if isinstance(inputs, list):
+        trimmed["inputs"] = [
+            {"did": item["did"]} for item in inputs if isinstance(item, Mapping) and item.get("did")
+        ]
+    algorithm = spec.get("algorithm")
+    if isinstance(algorithm, Mapping):
+        trimmed["algorithm"] = {"did": algorithm["did"]} if algorithm.get("did") else {}
+    kept = {
+        **{key: body[key] for key in ("apiVersion", "kind") if key in body},
+        "metadata": {k: _plain(metadata[k]) for k in kept_metadata if k in metadata},
+        "spec": _plain(trimmed),
+        "status": _plain(body.get("status") or {}),
+    }
+    environment = spec.get("environment")
+    return FinishedWorkflow(
+        namespace=str(metadata.get("namespace") or ""),
+        name=str(metadata.get("name") or ""),
+        resource_version=str(metadata.get("resourceVersion") or ""),
+        environment=environment if isinstance(environment, str) else "",
+        text=json.dumps(kept, separators=(",", ":")),
+    )
+
+
+def workflow_entry(body: Mapping[str, Any]) -> WorkflowEntry:
+    """What the view keeps of a Workflow: compact_workflow's copy while it runs or waits, a
+    FinishedWorkflow once finished."""
+    return finished_workflow(body) if _finished(body) else compact_workflow(body)
+
+
+def entry_version(entry: WorkflowEntry) -> str:
+    if isinstance(entry, FinishedWorkflow):
+        return entry.resource_version
+    return str((entry.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def entry_body(entry: WorkflowEntry) -> dict[str, Any]:
+    return entry.body() if isinstance(entry, FinishedWorkflow) else entry
+
+
+class WorkflowStore:
+    """The Workflows' informer.Sink: the two indexes the view reads, WORKFLOW_INDEX ((namespace, name) ->
+    one entry) and WORKFLOWS_BY_ENVIRONMENT_INDEX ((namespace, environment) -> the names of those not
+    finished: every admission reads its environment's, and finished ones would make it grow with the
+    environment's history). A finished Workflow is still reconciled on its own events and at the resync
+    (its results record follows the environment's storageExpiry)."""
+
+    def __init__(self) -> None:
+        self.workflows: dict[WorkflowKey, tuple[WorkflowEntry]] = {}
+        self.by_environment: dict[tuple[str, str], dict[str, None]] = {}
+        self._environment_of: dict[WorkflowKey, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.workflows)
+
+    def entry(self, obj: dict[str, Any]) -> WorkflowEntry:
+        return workflow_entry(obj)
+
+    def replace(self, entries: dict[WorkflowKey, Any]) -> list[WorkflowKey]:
+        changed = [key for key in self.workflows if key not in entries]
+        for key in changed:
+            self.remove(key)
+        for key, entry in entries.items():
+            old = self.workflows.get(key)
+            if old is None or entry_version(old[0]) != entry_version(entry) or not entry_version(entry):
+                changed.append(key)
+            self.put(key, entry)
+        return changed
+
+    def put(self, key: WorkflowKey, entry: WorkflowEntry) -> None:
+        self._unlink(key)
+        self.workflows[key] = (entry,)
+        if not isinstance(entry, FinishedWorkflow):
+            environment = (entry.get("spec") or {}).get("environment", "")
+            environment = environment if isinstance(environment, str) else ""
+            self.by_environment.setdefault((key[0], environment), {})[key[1]] = None
+            self._environment_of[key] = environment
+
+    def remove(self, key: WorkflowKey) -> None:
+        self._unlink(key)
+        self.workflows.pop(key, None)
+
+    def _unlink(self, key: WorkflowKey) -> None:
+        environment = self._environment_of.pop(key, None)
+        if environment is None:
+            return
+        names = self.by_environment.get((key[0], environment))
+        if names is not None:
+            names.pop(key[1], None)
+            if not names:
+                del self.by_environment[(key[0], environment)]
+
+
+class RecordStore:
+    """The results records' informer.Sink (RECORD_INDEX): name and data of each, all the expiry reads."""
+
+    def __init__(self) -> None:
+        self.records: dict[WorkflowKey, tuple[dict[str, Any]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def entry(self, obj: dict[str, Any]) -> dict[str, Any]:
+        metadata = obj.get("metadata") or {}
+        name, namespace = str(metadata.get("name") or ""), str(metadata.get("namespace") or "")
+        return {"metadata": {"name": name, "namespace": namespace}, "data": dict(obj.get("data") or {})}
+
+    def replace(self, entries: dict[WorkflowKey, Any]) -> list[WorkflowKey]:
+        changed = [key for key in self.records if key not in entries]
+        for key in changed:
+            del self.records[key]
+        for key, entry in entries.items():
+            old = self.records.get(key)
+            if old is None or old[0] != entry:
+                changed.append(key)
+            self.records[key] = (entry,)
+        return changed
+
+    def put(self, key: WorkflowKey, entry: dict[str, Any]) -> None:
+        self.records[key] = (entry,)
+
+    def remove(self, key: WorkflowKey) -> None:
+        self.records.pop(key, None)
+
+
 class View:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.indexes: dict[str, Mapping[Any, Iterable[Any]]] = {}
+        self.workflow_store = WorkflowStore()
+        self.record_store = RecordStore()
+        self.indexes: dict[str, Mapping[Any, Iterable[Any]]] = {
+            WORKFLOW_INDEX: self.workflow_store.workflows,
+            WORKFLOWS_BY_ENVIRONMENT_INDEX: self.workflow_store.by_environment,
+            RECORD_INDEX: self.record_store.records,
+        }
+        self._bound = False
         self._clock = clock
         # Our own status writes not yet shown by the watch: the versions we wrote over, and what we wrote.
-        self._written: dict[WorkflowKey, tuple[frozenset[str], dict[str, Any]]] = {}
+        self._written: dict[WorkflowKey, tuple[frozenset[str], WorkflowEntry]] = {}
         self._created: dict[
             WorkflowKey, dict[Ref, tuple[float, observe.JobRecord | observe.ChildRecord]]
         ] = {}
@@ -67,13 +245,15 @@ class View:
 
     def bind(self, handler_kwargs: Mapping[str, Any]) -> None:
         """Take kopf's indexes from a handler's keyword arguments (kopf passes every index to every
-        handler, by its id). A missing one is a wiring bug: fail now, not with an empty view."""
-        if len(self.indexes) == len(INDEXES):
+        handler, by its id; any of INDEXES given replaces the view's own, as tests do). A missing one is a
+        wiring bug: fail now, not with an empty view."""
+        if self._bound:
             return
-        missing = [name for name in INDEXES if name not in handler_kwargs]
+        missing = [name for name in KOPF_INDEXES if name not in handler_kwargs]
         if missing:
             raise RuntimeError(f"kopf did not pass the indexes {missing}: handlers.py and view.py disagree")
-        self.indexes = {name: handler_kwargs[name] for name in INDEXES}
+        self.indexes.update({name: handler_kwargs[name] for name in INDEXES if name in handler_kwargs})
+        self._bound = True
 
     def values(self, index: str, key: Hashable) -> list[Any]:
         mapping = self.indexes.get(index)
@@ -96,12 +276,11 @@ class View:
             return None
         written = self._written.get(key)
         if written is not None:
-            stale_versions, body = written
-            if indexed["metadata"].get("resourceVersion") in stale_versions:
-                return body  # the watch has not shown our own status write yet
+            stale_versions, entry = written
+            if _version_of(indexed) in stale_versions:
+                return entry_body(entry)  # the watch has not shown our own status write yet
             del self._written[key]
-        result: dict[str, Any] = indexed
-        return result
+        return _body_of(indexed)
 
     def remember_written(
         self, namespace: str, name: str, read: dict[str, Any], written: dict[str, Any]
@@ -113,8 +292,8 @@ class View:
         versions = {read["metadata"].get("resourceVersion")}
         if key in self._written:  # `read` was our previous write, not yet shown by the watch
             versions |= self._written[key][0]
-        # `written` is the API server's answer, the whole body: kept compact, as the index keeps it.
-        self._written[key] = (frozenset(v for v in versions if v), compact_workflow(written))
+        # `written` is the API server's answer, the whole body: kept as the index keeps it.
+        self._written[key] = (frozenset(v for v in versions if v), workflow_entry(written))
 
     def model(self, namespace: str, name: str) -> Workflow | None:
         """The typed Workflow of `workflow()`'s body (None: gone); InvalidWorkflow when its spec cannot be
@@ -148,8 +327,12 @@ class View:
             parsed: Workflow | str = Workflow.from_object(body)
         except InvalidWorkflow as error:
             parsed = error.message
-        if version:
+        # A finished Workflow is parsed when asked for (its trimmed body is small): caching every one
+        # would keep as many models as the history has Workflows.
+        if version and not _finished(body):
             self._workflow_models[key] = (uid, version, parsed)
+        else:
+            self._workflow_models.pop(key, None)
         return parsed
 
     def forget_models(self) -> None:
@@ -164,7 +347,18 @@ class View:
 
     def workflows(self) -> list[Workflow]:
         """Every Workflow the view holds (unreadable ones by their identity and status alone)."""
-        found = (self._readable(namespace, name) for namespace, name in self.keys(WORKFLOW_INDEX))
+        index = self.indexes.get(WORKFLOW_INDEX, {})
+        found: list[Workflow | None] = []
+        for namespace, name in self.keys(WORKFLOW_INDEX):
+            entries = list(index.get((namespace, name), ()))
+            if (
+                entries
+                and isinstance(entries[0], FinishedWorkflow)
+                and (namespace, name) not in self._written
+            ):
+                found.append(entries[0].header())  # the metrics' counts: no need to parse it
+            else:
+                found.append(self._readable(namespace, name))
         return [workflow for workflow in found if workflow is not None]
 
     def levels(self) -> telemetry.ClusterLevels:
@@ -311,36 +505,24 @@ def _freeze(item: Any, free_form: tuple[str, ...]) -> Any:
     }
 
 
-def release_bulk(body: Mapping[str, Any], compact: Mapping[str, Any]) -> None:
-    """Shrink kopf's own parsed `body` to what `compact` (its compact_workflow) holds: no managedFields,
-    the free-form data as the same RawJSON. On start kopf keeps every listed body until all watched
-    kinds are listed (its indexes are complete before any handler runs): in full, a thousand Workflows
-    of the largest size would cost ~25 GiB then. No handler after the index reads those fields."""
-    metadata = body.get("metadata")
-    if isinstance(metadata, dict):
-        metadata.pop("managedFields", None)
-    spec, compact_spec = body.get("spec"), compact.get("spec")
-    if not isinstance(spec, dict) or not isinstance(compact_spec, dict):
-        return
-    inputs, compact_inputs = spec.get("inputs"), compact_spec.get("inputs")
-    if isinstance(inputs, list) and isinstance(compact_inputs, list):
-        for item, compact_item in zip(inputs, compact_inputs, strict=False):
-            _swap(item, compact_item, FREE_FORM_INPUT_FIELDS)
-    _swap(spec.get("algorithm"), compact_spec.get("algorithm"), FREE_FORM_ALGORITHM_FIELDS)
-
-
-def _swap(item: Any, compact_item: Any, free_form: tuple[str, ...]) -> None:
-    if isinstance(item, dict) and isinstance(compact_item, dict):
-        for key in free_form:
-            if key in item and key in compact_item:
-                item[key] = compact_item[key]
-
-
 def _plain(value: Any) -> Any:
     """A kopf mapping view as the dict it shows (json.dumps takes dicts and lists only)."""
     if isinstance(value, Mapping) and not isinstance(value, dict):
         return {key: _plain(child) for key, child in value.items()}
     return value
+
+
+def _version_of(entry: Any) -> str | None:
+    """The resourceVersion of an index entry (a body, or a FinishedWorkflow)."""
+    if isinstance(entry, FinishedWorkflow):
+        return entry.resource_version
+    version = (entry.get("metadata") or {}).get("resourceVersion")
+    return str(version) if version is not None else None
+
+
+def _body_of(entry: Any) -> dict[str, Any]:
+    body: dict[str, Any] = entry.body() if isinstance(entry, FinishedWorkflow) else entry
+    return body
 
 
 def _deleting(job: observe.JobRecord) -> observe.JobRecord:

@@ -25,9 +25,15 @@ class WorkQueue:
     """Keys to reconcile. A key waiting twice is reconciled once; a key is never reconciled by two
     workers at once (added while in progress, it runs again right after); failures back off."""
 
-    def __init__(self, handler: Callable[[Key], Awaitable[float | None]], workers: int = 8) -> None:
+    def __init__(
+        self,
+        handler: Callable[[Key], Awaitable[float | None]],
+        workers: int = 8,
+        ready: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._handler = handler
         self._workers = workers
+        self._ready = ready  # awaited before the first key is handled (keys added meanwhile wait)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._waiting: set[Key] = set()
         self._running: set[Key] = set()
@@ -60,6 +66,8 @@ class WorkQueue:
         self.add(key)
 
     async def run(self) -> None:
+        if self._ready is not None:
+            await self._ready()
         workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
         try:
             await asyncio.gather(*workers)
