@@ -9,6 +9,7 @@
 #   e2e/cluster/cluster.sh down        stop it and delete its state
 #   e2e/cluster/cluster.sh kubeconfig  print the kubeconfig path
 #   e2e/cluster/cluster.sh audit-log   print the API server's audit log path (audit-policy.yaml)
+#   e2e/cluster/cluster.sh restart C   SIGKILL one control-plane component C and start it again (fault tests)
 #
 # The real node needs root and apt-get; OCEAN_C2D_REAL_NODE=0 starts the control plane and the fake
 # nodes only. Everything lives under ${OCEAN_C2D_CACHE:-~/.cache/ocean-c2d}/cluster, outside the
@@ -159,11 +160,40 @@ down() {
   log "deleted"
 }
 
+# restart <component> [seconds]: a crash and a restart of one control-plane process (etcd, kube-apiserver,
+# ...): its process (kwokctl's pid file) is SIGKILLed, left down for `seconds` (default 0), then started again
+# with the same command line, working directory and log; this waits until the API server is Ready again. Nothing else is touched (the kubelet, kwok and
+# the other components reconnect by themselves).
+restart() {
+  local component="${1:?usage: $0 restart etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kwok-controller [seconds]}"
+  local down="${2:-0}" dir="$KWOK_WORKDIR/clusters/$name" pid argv start
+  local pidfile="$dir/pids/$component.pid"
+  [ -f "$pidfile" ] || { log "no pid file for $component ($pidfile)"; exit 2; }
+  pid="$(cat "$pidfile")"
+  mapfile -d '' -t argv <"/proc/$pid/cmdline" || { log "$component (pid $pid) is not running"; exit 1; }
+  start="$(now)"
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  log "killed $component (pid $pid); down for ${down}s"
+  sleep "$down"
+  (cd "$dir" && exec setsid "${argv[@]}" >>"$dir/logs/$component.log" 2>&1 </dev/null) &
+  echo $! >"$pidfile"
+  log "started $component again (pid $!)"
+  use_toolchain
+  local deadline=$((SECONDS + 120))
+  until reachable; do
+    [ "$SECONDS" -lt "$deadline" ] || { log "the API server is not Ready 120 s after restarting $component"; exit 1; }
+    sleep 0.2
+  done
+  log "$component restarted; the API server is Ready again after $(since "$start")"
+}
+
 case "${1:-}" in
   up) up ;;
+  restart) shift; restart "$@" ;;
   down) down ;;
   kubeconfig) echo "$kubeconfig" ;;
   audit-log) echo "$audit_log" ;;
   stages) print_stages ;;  # for a cluster that runs kwok in-cluster (e2e/kind/run.sh)
-  *) echo "usage: $0 up|down|kubeconfig|audit-log|stages" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|kubeconfig|audit-log|stages|restart <component>" >&2; exit 2 ;;
 esac

@@ -48,6 +48,17 @@ from ocean_c2d.view import View
 log = logging.getLogger("ocean_c2d")
 
 STATUS_WRITE_ATTEMPTS = 5  # conflicts in a row before an outcome is given up (the next reconcile retries)
+# A removal of one record's results (every request to S3 and IPFS it makes) is over within this; a store
+# that is down or hangs fails it, and the work queue tries again with backoff (at least once a minute).
+STORE_DEADLINE_SECONDS = 60.0
+# Work-queue workers that may wait on the stores at once: the others keep reconciling Workflows however
+# many records are due while a store hangs. A record that finds them busy comes back after a pause.
+STORE_CONCURRENCY = 2
+STORE_BUSY_RETRY_SECONDS = 5.0
+
+
+class StoreUnavailableError(Exception):
+    """The result stores did not finish a removal within STORE_DEADLINE_SECONDS (down or hanging)."""
 
 
 class Effects:
@@ -146,6 +157,7 @@ class ResultExpiry:
         self.cluster = cluster
         self.view = view
         self.effects = effects
+        self._store_slots = asyncio.Semaphore(STORE_CONCURRENCY)
 
     async def keep(self, workflow: Workflow, status: WorkflowStatus, storage_expiry_hours: int) -> None:
         """Make the cluster hold the record `workflow` needs with `status`, before that status is written
@@ -187,7 +199,17 @@ class ResultExpiry:
         if delay is None or delay > 0:
             return delay
         others = [r for r in self.view.records(self.seal_key) if r.uid != record.uid]
-        deleted, unpinned = await remove_results(record, others, self.publish)
+        if self._store_slots.locked():
+            return STORE_BUSY_RETRY_SECONDS  # others wait on the stores already: do not hold a worker
+        async with self._store_slots:
+            try:
+                async with asyncio.timeout(STORE_DEADLINE_SECONDS):
+                    deleted, unpinned = await remove_results(record, others, self.publish)
+            except TimeoutError:
+                raise StoreUnavailableError(
+                    f"removing the results of Workflow {namespace}/{record.workflow}: the result stores"
+                    f" did not answer within {STORE_DEADLINE_SECONDS:g} s"
+                ) from None
         if alive and raw is not None and not (raw.get("status") or {}).get("resultsExpiredAt"):
             await self._mark_expired(namespace, record.workflow)
         await self.cluster.delete("ConfigMap", namespace, name)

@@ -25,6 +25,12 @@ from ocean_c2d.storage.s3 import make_client
 log = logging.getLogger("ocean_c2d")
 
 DELETE_BATCH = 1000  # the most keys one S3 DeleteObjects request takes
+# The operator's own requests to the stores: a store that accepts connections and never answers must not
+# hold it (ResultExpiry bounds a whole removal too). S3: boto3's two attempts of at most 10 s to connect and
+# 20 s without a byte each; IPFS: 30 s a request, connecting included.
+S3_READ_TIMEOUT = 20.0
+S3_ATTEMPTS = 2
+IPFS_TIMEOUT = 30.0
 
 
 async def remove_results(
@@ -49,7 +55,9 @@ async def remove_results(
     if kept:
         log.info("Kept %d CIDs of %s/%s pinned: other results records name them", kept, *_who(record))
     if cids and publish.ipfs_output and publish.ipfs_type != "CLUSTER":
-        client = kubo_client(publish.ipfs_output, publish.ipfs_api_key, publish.ipfs_api_client)
+        client = kubo_client(
+            publish.ipfs_output, publish.ipfs_api_key, publish.ipfs_api_client, timeout=IPFS_TIMEOUT
+        )
         try:
             unpinned = len(await unpin_expired(client, [(cid, 0.0) for cid in cids], time.time()))
         finally:
@@ -67,6 +75,8 @@ async def _delete_prefix(bucket: str, prefix: str, publish: PublishSettings) -> 
         publish.aws_endpoint_url,
         publish.aws_access_key_id,
         publish.aws_secret_access_key,
+        read_timeout=S3_READ_TIMEOUT,
+        max_attempts=S3_ATTEMPTS,
     )
     try:
         return await asyncio.to_thread(delete_prefix, client, bucket, prefix)

@@ -10,9 +10,13 @@ is counted by verb and response code. It knows nothing of the planner: only the 
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,9 +24,10 @@ from typing import Any
 import httpx
 import kr8s
 import kr8s.asyncio
+from prometheus_client import Counter, Gauge
 
 from ocean_c2d.identity import PACKAGE
-from ocean_c2d.metrics import KUBERNETES_REQUESTS
+from ocean_c2d.metrics import KUBERNETES_REQUESTS, REGISTRY
 from ocean_c2d.model import GROUP, VERSION, Changes, Event, InvalidWorkflow, controller_uid
 from ocean_c2d.status import printable
 from ocean_c2d.times import format_time
@@ -41,6 +46,109 @@ ROUTES: dict[str, tuple[str, str]] = {
     "ComputeEnvironment": (f"{GROUP}/{VERSION}", "computeenvironments"),
 }
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+# No request of the operator's waits longer than this for the API server (kr8s's default: for ever).
+REQUEST_TIMEOUT_SECONDS = 30.0
+# While the API server does not answer, it is asked for /version this often (backing off to the cap)
+# until it does, so the operator says it is back even when it has nothing to write.
+PROBE_FIRST_SECONDS = 1.0
+PROBE_MAX_SECONDS = 10.0
+
+API_ERRORS = Counter(
+    "ocean_c2d_kubernetes_api_errors",
+    "Kubernetes API requests that got no answer or a 5xx, by who sent them: operator (its reconciles) or"
+    " kopf (its watches and listings, from kopf's retry log)",
+    ["source"],
+    registry=REGISTRY,
+)
+API_RECONNECTS = Counter(
+    "ocean_c2d_kubernetes_api_reconnects",
+    "Times the Kubernetes API answered again after failing (an API server or etcd restart, a network cut)",
+    registry=REGISTRY,
+)
+API_UP = Gauge(
+    "ocean_c2d_kubernetes_api_up",
+    "1 while the Kubernetes API answers the operator, 0 from its first failure until it answers again",
+    registry=REGISTRY,
+)
+API_UP.set(1)
+
+
+class ApiHealth:
+    """Whether the API server answers, as the operator's requests and kopf's find it: the first failure
+    is logged (a warning) and counted; from then on /version is probed, with backoff, until the API
+    answers again, which is logged ("Reconnected ...") and counted, whether or not anything was due.
+
+    kopf retries its own watches and listings (NetworkingSettings.error_backoffs, then a new watch from
+    the last resourceVersion, a new listing after 410 Gone) and logs each failed attempt at ERROR; a
+    logging handler on kopf's loggers (`observe_kopf`) turns those lines into failures here. kr8s does
+    not retry: a failed request of the operator's fails its reconcile, which the work queue retries."""
+
+    def __init__(self, api: kr8s.asyncio.Api | None) -> None:
+        self.api = api
+        self.down_since: float | None = None
+        self.failures = 0
+        self._probe: asyncio.Task[None] | None = None
+
+    def failed(self, source: str, error: str) -> None:
+        API_ERRORS.labels(source).inc()
+        self.failures += 1
+        if self.down_since is not None:
+            return
+        self.down_since = time.monotonic()
+        API_UP.set(0)
+        log.warning("Lost the Kubernetes API (%s: %s); retrying until it answers", source, error[:300])
+        with contextlib.suppress(RuntimeError):  # no running loop: the next request tells
+            self._probe = asyncio.get_running_loop().create_task(self._until_answered())
+
+    def answered(self) -> None:
+        if self.down_since is None:
+            return
+        down_for = time.monotonic() - self.down_since
+        self.down_since = None
+        API_UP.set(1)
+        API_RECONNECTS.inc()
+        log.info(
+            "Reconnected to the Kubernetes API after %.1f s (%d failed requests meanwhile)",
+            down_for,
+            self.failures,
+        )
+        self.failures = 0
+        probe, self._probe = self._probe, None
+        if probe is not None and probe is not asyncio.current_task():
+            probe.cancel()
+
+    async def _until_answered(self) -> None:
+        delay = PROBE_FIRST_SECONDS
+        while self.down_since is not None and self.api is not None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PROBE_MAX_SECONDS)
+            try:
+                await self.api.version()
+            except (kr8s.ServerError, httpx.HTTPError, OSError):
+                continue
+            self.answered()
+
+
+class _KopfRetries(logging.Handler):
+    """kopf's "Request attempt N failed" lines (its API client's retries) as failures of ApiHealth."""
+
+    def __init__(self, health: ApiHealth) -> None:
+        super().__init__(logging.ERROR)
+        self.health = health
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Request attempt") and " failed" in message:
+            self.health.failed("kopf", message.partition("-> ")[2] or message)
+
+
+def observe_kopf(health: ApiHealth) -> None:
+    """Count kopf's failed API requests in `health` (replacing an earlier Cluster's handler)."""
+    kopf_log = logging.getLogger("kopf")
+    for handler in list(kopf_log.handlers):
+        if isinstance(handler, _KopfRetries):
+            kopf_log.removeHandler(handler)
+    kopf_log.addHandler(_KopfRetries(health))
 
 
 class ConflictError(Exception):
@@ -101,8 +209,14 @@ class Applied:
 class Cluster:
     def __init__(self, api: kr8s.asyncio.Api, counter: RequestCounter | None = None) -> None:
         self.api = api
+        with contextlib.suppress(AttributeError):  # a test's stand-in may have no timeout
+            api.timeout = REQUEST_TIMEOUT_SECONDS
         self.counter = counter or RequestCounter()
         self.instance = socket.gethostname()
+        self.health = ApiHealth(api)
+        observe_kopf(self.health)
+        # Leader election (lease.py): called before every write, raises once this replica may not act.
+        self.write_guard: Callable[[str], None] | None = None
 
     async def _request(
         self,
@@ -115,6 +229,8 @@ class Cluster:
         **kwargs: Any,
     ) -> dict[str, Any] | None:
         """One API request; statuses in `ok` are tolerated and give None."""
+        if verb != "GET" and self.write_guard is not None:
+            self.write_guard(verb)
         version, plural = ROUTES[kind]
         path = f"{plural}/{url}" if url else plural
         resource = f"{plural}/status" if url.endswith("/status") else plural
@@ -123,18 +239,28 @@ class Cluster:
                 verb, version=version, namespace=namespace, url=path, **kwargs
             ) as response:
                 self.counter.record(verb, response.status_code, resource)
+                self.health.answered()
                 body: dict[str, Any] = response.json()
                 return body
+        except kr8s.APITimeoutError as error:
+            self.counter.record(verb, 0, resource)
+            self.health.failed("operator", str(error))
+            raise
         except kr8s.ServerError as error:
             code = error.response.status_code if error.response is not None else 0
             self.counter.record(verb, code, resource)
+            if code >= 500 or code == 0:
+                self.health.failed("operator", f"{verb} {resource}: {code}")
+            else:
+                self.health.answered()
             if code in ok:
                 return None
             if code == 409:
                 raise ConflictError(str(error)) from error
             raise
-        except httpx.HTTPError:
+        except httpx.HTTPError as error:
             self.counter.record(verb, 0, resource)
+            self.health.failed("operator", f"{verb} {resource}: {type(error).__name__}: {error}")
             raise
 
     async def apply(self, workflow: dict[str, Any], changes: Changes, now: datetime) -> Applied:

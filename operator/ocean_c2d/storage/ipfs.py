@@ -42,6 +42,11 @@ CLUSTER = "CLUSTER"
 DEFAULT_PREFIX = "ipfs://"
 KUBO_DEFAULT_PORT = 5001
 CLUSTER_DEFAULT_PORT = 9094
+# The publish step's adds: 10 s to connect, and the node may stay silent at most 120 s (aioipfs's default
+# is 10 minutes, with 30 minutes a request), so a node that hangs fails each attempt in about two minutes
+# and the step (5 attempts) well inside PUBLISH_TIMEOUT_SECONDS. No overall limit: a large add takes long.
+UPLOAD_CONNECT_TIMEOUT = 10.0
+UPLOAD_READ_TIMEOUT = 120.0
 
 
 def normalize_prefix(prefix: str | None) -> str:
@@ -155,18 +160,43 @@ class _HeaderedIPFS(aioipfs.AsyncIPFS):  # type: ignore[misc]
         self._fixed_headers = dict(headers)
         super().__init__(**kwargs)
 
-    def get_session(self, conn_timeout: float = 60.0 * 30, read_timeout: float = 60.0 * 10) -> Any:
+    def get_session(self, conn_timeout: float = 0, read_timeout: float = 0) -> Any:
+        return aiohttp.ClientSession(headers=self._fixed_headers, timeout=upload_timeout())
+
+
+def upload_timeout() -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=UPLOAD_CONNECT_TIMEOUT, sock_read=UPLOAD_READ_TIMEOUT
+    )
+
+
+class _BoundedIPFS(_HeaderedIPFS):
+    """The operator's own client (unpinning): every request over within `timeout` seconds, so a node
+    that accepts connections and never answers cannot hold the operator (aioipfs's own default session
+    allows 30 minutes a request, 10 of them without a byte)."""
+
+    def __init__(self, headers: Mapping[str, str], *, timeout: float, **kwargs: Any) -> None:
+        self._timeout = timeout
+        super().__init__(headers, **kwargs)
+
+    def get_session(self, conn_timeout: float = 0, read_timeout: float = 0) -> Any:
         return aiohttp.ClientSession(
             headers=self._fixed_headers,
-            timeout=aiohttp.ClientTimeout(total=conn_timeout, sock_read=read_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=self._timeout, sock_connect=min(self._timeout, 10), sock_read=self._timeout
+            ),
         )
 
 
-def kubo_client(api_url: str, api_key: str | None = None, client_id: str | None = None) -> Any:
+def kubo_client(
+    api_url: str, api_key: str | None = None, client_id: str | None = None, *, timeout: float = 30
+) -> Any:
     """An aioipfs client for the kubo node at `api_url` (e.g. "http://kubo:5001"), sending the
-    X-API-KEY / CLIENT-ID headers; for `unpin_expired`. Call it inside a running event loop."""
+    X-API-KEY / CLIENT-ID headers, each request bounded by `timeout` seconds; for `unpin_expired`.
+    Call it inside a running event loop."""
     scheme, host, port = api_base(api_url, CLIENT)
-    return _HeaderedIPFS(api_headers(api_key, client_id), host=host, port=port, scheme=scheme)
+    headers = api_headers(api_key, client_id)
+    return _BoundedIPFS(headers, timeout=timeout, host=host, port=port, scheme=scheme)
 
 
 class _PinAPI(Protocol):
@@ -189,9 +219,17 @@ async def unpin_expired(client: PinningClient, pins: Iterable[tuple[str, float]]
         if expires > now or cid in done:
             continue
         with contextlib.suppress(aioipfs.NotPinnedError):
-            await client.pin.rm(cid)
+            answer = await client.pin.rm(cid)
+            # aioipfs answers None, not an error, when the connection failed (refused, reset, cut short):
+            # only the node's own answer naming the pins removed says it is done.
+            if not isinstance(answer, Mapping) or "Pins" not in answer:
+                raise UnpinError(f"the IPFS node did not confirm unpinning {cid} (no answer)")
         done.append(cid)
     return done
+
+
+class UnpinError(Exception):
+    """An unpin the node did not confirm: the record stays, and the expiry tries again."""
 
 
 class IpfsDestination:
@@ -225,9 +263,7 @@ class IpfsDestination:
             self._add_url = str(self.client.api_endpoint("add"))
         else:
             path = urlsplit(api_url if "://" in api_url else f"http://{api_url}").path.rstrip("/")
-            self._session = aiohttp.ClientSession(
-                headers=headers, timeout=aiohttp.ClientTimeout(total=60 * 30, sock_read=60 * 10)
-            )
+            self._session = aiohttp.ClientSession(headers=headers, timeout=upload_timeout())
             self._add_url = f"{self._where}{path}/add"
 
     @property

@@ -51,6 +51,11 @@ MULTIPART_THRESHOLD = 16 * MIB
 EXPIRES_TAG = "ocean-c2d-expires"
 RETENTION_TAG = "ocean-c2d-retention-days"
 DEFAULT_REGION = "us-east-1"
+# The publish step's uploads: one boto3 attempt each (the step's RetryPolicy owns retries: 5 attempts, not
+# 5 x boto3's 3), failed after 10 s without a connection or 120 s without a byte, so a store that hangs
+# fails the step in about 11 minutes with ResultsUploadFailed, well inside PUBLISH_TIMEOUT_SECONDS.
+UPLOAD_READ_TIMEOUT = 120.0
+UPLOAD_ATTEMPTS = 1
 # Error codes S3 APIs answer when trying again later may work (besides the transient HTTP statuses).
 TRANSIENT_CODES = frozenset(
     {
@@ -106,7 +111,7 @@ def make_client(
     config = Config(
         connect_timeout=10,
         read_timeout=read_timeout,
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},  # attempts in all
         s3={"addressing_style": style} if style else {},
     )
     return session.client("s3", endpoint_url=endpoint_url, config=config)
@@ -191,7 +196,14 @@ class S3Destination:
             max_concurrency=4,
             preferred_transfer_client="classic",
         )
-        self._client = client or make_client(region, endpoint_url, access_key_id, secret_access_key)
+        self._client = client or make_client(
+            region,
+            endpoint_url,
+            access_key_id,
+            secret_access_key,
+            read_timeout=UPLOAD_READ_TIMEOUT,
+            max_attempts=UPLOAD_ATTEMPTS,
+        )
 
     @property
     def description(self) -> str:
