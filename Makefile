@@ -95,6 +95,21 @@ e2e: venv toolchain local-cluster ## e2e tests only, on the cluster KUBECONFIG n
 bench-api: venv toolchain local-cluster ## benchmark the API's status polls under load (prints numbers)
 	$(BIN)/pytest e2e/test_api_load.py -q -s $(PYTEST_ARGS)
 
+# The benchmark harness (benchmarks/bench.py; README "Benchmarks"): scenarios S0 (no-logic baseline), S2
+# (queued burst at maxJobs 10 and 50), S3 (writes by client, audit log), S4 (idle), S5 (start-up with finished
+# Workflows), S6 (SIGKILL and restart) at the issue's sizes (1,000 Workflows: allow an hour or more on 2
+# cores); results.json, results.md and PNG plots under .artifacts/bench/<run id>/ (and .artifacts/bench/latest).
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--scenarios S0,S2 --max-jobs 50".
+BENCH_ARGS ?=
+.PHONY: bench
+bench: venv toolchain local-cluster ## the benchmark harness at the issue's sizes (results in .artifacts/bench/latest)
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+.PHONY: bench-small
+bench-small: venv toolchain local-cluster ## the benchmark harness at CI's size (100 Workflows; a few minutes)
+	$(BIN)/python -m benchmarks.bench --workflows 100 --max-jobs 10 --idle-seconds 10 --finished 0,100 \
+	  --in-flight 20 --in-flight-run-for 3s $(BENCH_ARGS)
+
 .PHONY: kind-e2e
 kind-e2e: ## for machines with Docker and kind: the e2e suite with the operator in-cluster (e2e/kind/run.sh)
 	e2e/kind/run.sh $(PYTEST_ARGS)

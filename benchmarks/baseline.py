@@ -5,17 +5,21 @@ templates, the e2e ones with kwok's annotations), created by a plain script: `ma
 the next "Workflow", creating its base children, then each stage's Job once the previous stage's pod
 Succeeded (seen on one watch of the namespace's pods), and deleting it all at the end. No Workflow object,
 no status, no Events, no queue: what is left is what the Job controller, the scheduler, kwok and the API
-server cost. Compare `benchmarks.stage_latency` (the operator) with it, on the same cluster, in one go:
+server cost. `make bench` (benchmarks/bench.py, scenario S0) runs it as a subprocess beside the operator's
+runs, so its CPU and memory are its own; alone:
 
     .venv/bin/python -m benchmarks.baseline --workflows 300 --max-jobs 10
 
-Prints numbers; asserts nothing.
+Prints numbers (and with `--json PATH` writes them); asserts nothing. Its requests carry the user agent
+`ocean-c2d-baseline`, so the audit log tells them from everyone else's.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
+import json
 import os
 import statistics
 import time
@@ -27,7 +31,7 @@ import kr8s
 import kr8s.asyncio
 from kr8s.asyncio.objects import APIObject, Namespace, new_class
 
-from benchmarks.stage_latency import arguments, percentile, print_writes
+from benchmarks.harness import BASELINE_AGENT, STAGES, memory_bytes, named_api, percentile
 from e2e.operator_fixtures import workflow_manifest
 from ocean_c2d.model import Environment, TemplateInputs, Workflow
 from ocean_c2d.render import Templates
@@ -35,7 +39,6 @@ from ocean_c2d.settings import load_settings
 from ocean_c2d.signing import job_secret
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("configure", "algorithm", "publish")  # the operator's, with no filter (the e2e environment's)
 KIND_PATHS = {
     "ConfigMap": "configmaps",
     "Secret": "secrets",
@@ -114,10 +117,13 @@ class Baseline:
                 future.set_result(time.monotonic())
 
 
-async def main(workflows: int, max_jobs: int, run_for: str) -> None:
-    api = await kr8s.asyncio.api()
-    namespace = f"bench-s0-{uuid.uuid4().hex[:6]}"
-    await (await Namespace({"metadata": {"name": namespace}}, api=api)).create()
+async def run(workflows: int, max_jobs: int, run_for: str, namespace: str | None = None) -> dict[str, Any]:
+    """Run the baseline in `namespace` (a fresh one, deleted afterwards, when None); its figures."""
+    api = await named_api(BASELINE_AGENT)
+    own = namespace is None
+    if namespace is None:
+        namespace = f"bench-s0-{uuid.uuid4().hex[:6]}"
+        await (await Namespace({"metadata": {"name": namespace}}, api=api)).create()
     baseline = Baseline(api, namespace, run_for)
     names = collections.deque(f"s0-{index:04d}" for index in range(workflows))
     durations: list[float] = []
@@ -138,25 +144,68 @@ async def main(workflows: int, max_jobs: int, run_for: str) -> None:
         batch = time.monotonic() - start
     finally:
         watcher.cancel()
-        await (await Namespace.get(namespace, api=api)).delete()
+        if own:
+            await (await Namespace.get(namespace, api=api)).delete()
     cpu_after = os.times()
-    cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
-    total = sum(baseline.writes.values())
-    ms = [1000 * t for t in baseline.transitions]
-    print(f"S0 baseline: {workflows} Workflows' children and Jobs, {max_jobs} at once, stages run {run_for}")
+    return {
+        "namespace": namespace,
+        "workflows": workflows,
+        "finished": len(durations),
+        "max_jobs": max_jobs,
+        "run_for": run_for,
+        "drain_seconds": batch,
+        "transitions_seconds": baseline.transitions,
+        "writes": dict(baseline.writes),
+        "cpu_seconds": (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system),
+        "peak_rss_bytes": memory_bytes(os.getpid())[1],
+        "load_average": os.getloadavg(),
+    }
+
+
+def print_writes(writes: dict[str, float], workflows: int) -> None:
+    for key, count in sorted(writes.items(), key=lambda item: -item[1]):
+        print(f"  {key}: {count / workflows:.2f} per Workflow")
+
+
+def report(result: dict[str, Any]) -> None:
+    workflows, batch = result["workflows"], result["drain_seconds"]
+    ms = [1000 * t for t in result["transitions_seconds"]]
+    total = sum(result["writes"].values())
+    print(
+        f"S0 baseline: {workflows} Workflows' children and Jobs, {result['max_jobs']} at once, "
+        f"stages run {result['run_for']}"
+    )
     print(f"batch wall time: {batch:.1f} s; throughput {60 * workflows / batch:.1f} Workflows/min")
     print(
-        f"stage transition (pod Succeeded -> next Job created), n={len(ms)}: median "
+        f"stage transition (pod Succeeded seen -> next Job created), n={len(ms)}: median "
         f"{statistics.median(ms):.0f} ms, p95 {percentile(ms, 0.95):.0f} ms, max {max(ms):.0f} ms"
     )
     print(f"writes: {total} in all, {total / workflows:.1f} per Workflow")
-    print_writes(dict(baseline.writes), workflows)
+    print_writes(result["writes"], workflows)
+    cpu = result["cpu_seconds"]
     print(
         f"the script's CPU {cpu:.0f} s ({1000 * cpu / workflows:.0f} CPU-ms per Workflow); load average "
-        + " ".join(f"{x:.2f}" for x in os.getloadavg())
+        + " ".join(f"{x:.2f}" for x in result["load_average"])
     )
 
 
+def arguments(description: str) -> argparse.Namespace:
+    """The benchmarks' common sizes (benchmarks.stage_latency and this one run the same shape)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workflows", type=int, default=20)
+    parser.add_argument("--max-jobs", type=int, default=10)
+    parser.add_argument("--run-for", default="1s", help="how long each stage's pod runs (kwok)")
+    parser.add_argument("--namespace", help="an existing namespace to run in (kept afterwards)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    return parser.parse_args()
+
+
+async def main(given: argparse.Namespace) -> None:
+    result = await run(given.workflows, given.max_jobs, given.run_for, given.namespace)
+    if given.json:
+        given.json.write_text(json.dumps(result))
+    report(result)
+
+
 if __name__ == "__main__":
-    given = arguments(__doc__.splitlines()[0])
-    asyncio.run(main(given.workflows, given.max_jobs, given.run_for))
+    asyncio.run(main(arguments(__doc__.splitlines()[0])))

@@ -73,7 +73,11 @@ PUBLISHED = [
 
 async def workflows(api: kr8s.asyncio.Api, namespace: str) -> list[str]:
     return sorted(
-        [w.name async for w in api.async_get("workflows", namespace=namespace) if isinstance(w, APIObject)]
+        [
+            w.name
+            async for w in api.async_get("workflows.oceanprotocol.com", namespace=namespace)
+            if isinstance(w, APIObject)
+        ]
     )
 
 

@@ -32,7 +32,7 @@ async def all_running(api: kr8s.asyncio.Api, namespace: str, count: int, timeout
     running: set[str] = set()
     async with asyncio.timeout(timeout):
         while len(running) < count:  # a watch may end (its server-side timeout): open another
-            async for _event, workflow in api.async_watch("workflows", namespace=namespace):
+            async for _event, workflow in api.async_watch("workflows.oceanprotocol.com", namespace=namespace):
                 if status(workflow).get("stage") == "RunningAlgorithm":
                     running.add(workflow.name)
                 if len(running) >= count:

@@ -155,7 +155,7 @@ async def test_make_run_runs_the_samples_for_real_and_says_where_their_results_a
 
     output = await run_demo(kubeconfig)
 
-    workflows = {w["metadata"]["name"]: w for w in await listed(api, "workflows")}
+    workflows = {w["metadata"]["name"]: w for w in await listed(api, "workflows.oceanprotocol.com")}
     assert set(workflows) == set(EXPECTED), output
     values, mode, server_command_line = await asyncio.to_thread(demo_state)
     assert mode == 0o600

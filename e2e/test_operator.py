@@ -195,7 +195,7 @@ async def test_environment_runs_at_most_max_jobs_first_come_first_served(
     async def watch_concurrency() -> None:
         nonlocal running_at_most
         running: set[str] = set()
-        async for _event, obj in api.async_watch("workflows", namespace=namespace):
+        async for _event, obj in api.async_watch("workflows.oceanprotocol.com", namespace=namespace):
             current = status(obj)
             if current.get("stage") not in (None, "Queued", "Finished"):
                 running.add(obj.name)

@@ -107,6 +107,9 @@ for t in "${tools[@]}"; do
     actionlint) sync_simple actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint ;;
     kube-router)
       sync_simple kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router ;;
+    argo-workflows)  # only on demand (benchmarks/argo.py): not in the default list
+      sync_simple argo-workflows "$ARGO_WORKFLOWS_VERSION" \
+        github.com/argoproj/argo-workflows/v4/cmd/workflow-controller ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;
   esac
 done
