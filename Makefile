@@ -110,6 +110,16 @@ bench-small: venv toolchain local-cluster ## the benchmark harness at CI's size 
 	$(BIN)/python -m benchmarks.bench --workflows 100 --max-jobs 10 --idle-seconds 10 --finished 0,100 \
 	  --in-flight 20 --in-flight-run-for 3s $(BENCH_ARGS)
 
+# Argo Workflows beside ocean-c2d (benchmarks/argo.py): its workflow-controller, built on first use from
+# the Go module toolchain/versions.env pins (about 5 minutes on 2 cores), moves Workflows of the same
+# 3-step shape on the local cluster. ARGO_ARGS passes options, e.g. ARGO_ARGS="--unthrottled".
+ARGO_ARGS ?=
+.PHONY: bench-argo
+bench-argo: venv toolchain local-cluster ## Argo Workflows' controller on the same cluster and shape (prints numbers)
+	toolchain/build.sh argo-workflows
+	PATH="$$(toolchain/build.sh --path kubernetes):$$PATH" KUBECONFIG="$(KUBECONFIG_LOCAL)" \
+	  $(BIN)/python -m benchmarks.argo --json .artifacts/bench/argo.json $(ARGO_ARGS)
+
 .PHONY: kind-e2e
 kind-e2e: ## for machines with Docker and kind: the e2e suite with the operator in-cluster (e2e/kind/run.sh)
 	e2e/kind/run.sh $(PYTEST_ARGS)
