@@ -42,7 +42,6 @@ from benchmarks.harness import (
     REPO,
     LoadSampler,
     OperatorRun,
-    RotatingAudit,
     client_of,
     create_all,
     create_workflows,
@@ -58,7 +57,7 @@ from benchmarks.harness import (
     watch,
     writes_by,
 )
-from e2e.audit import Request, in_namespace
+from e2e.audit import AuditLog, Mark, Request, in_namespace
 from e2e.operator_fixtures import GROUP_VERSION, workflow_manifest
 from ocean_c2d.status import conditions
 
@@ -181,7 +180,7 @@ async def wait_ready(operator: OperatorRun, timeout: float = 120) -> float:
     return time.monotonic() - operator.started
 
 
-async def audit_since(audit: RotatingAudit, mark: tuple[int, int], namespace: str) -> list[Request]:
+async def audit_since(audit: AuditLog, mark: Mark, namespace: str) -> list[Request]:
     await asyncio.sleep(2)  # the API server's last lines
     return await asyncio.to_thread(lambda: list(audit.since(mark, where=in_namespace(namespace))))
 
@@ -193,7 +192,7 @@ def per_thousand(value: float, workflows: int) -> float:
 # --- S0 ---
 
 
-async def s0(options: Options, api: kr8s.asyncio.Api, audit: RotatingAudit, max_jobs: int) -> dict[str, Any]:
+async def s0(options: Options, api: kr8s.asyncio.Api, audit: AuditLog, max_jobs: int) -> dict[str, Any]:
     namespace = await make_namespace(api, "bench-s0", None)
     out = options.out / f"s0-{max_jobs}.json"
     mark = audit.mark()
@@ -242,7 +241,7 @@ async def s0(options: Options, api: kr8s.asyncio.Api, audit: RotatingAudit, max_
 # --- S2 (+ S3's counts, + S4) ---
 
 
-async def s2(options: Options, api: kr8s.asyncio.Api, audit: RotatingAudit, max_jobs: int) -> dict[str, Any]:
+async def s2(options: Options, api: kr8s.asyncio.Api, audit: AuditLog, max_jobs: int) -> dict[str, Any]:
     namespace = await make_namespace(api, "bench-s2", max_jobs)
     names = [f"wf-{index:05d}" for index in range(options.workflows)]
     tracker, pods = Workflows(names), AlgorithmPods()
@@ -379,7 +378,7 @@ async def create_finished(api: kr8s.asyncio.Api, namespace: str, count: int) -> 
     return end - start
 
 
-async def s5(options: Options, api: kr8s.asyncio.Api, audit: RotatingAudit, count: int) -> dict[str, Any]:
+async def s5(options: Options, api: kr8s.asyncio.Api, audit: AuditLog, count: int) -> dict[str, Any]:
     """Start-up with `count` finished Workflows. "Reconciled" is read from the operator's own counter,
     ocean_c2d_reconciles_total (every result), on /metrics: it counts reconciles however the Workflows
     reach the work queue, and the time is until it reaches `count`."""
@@ -430,7 +429,7 @@ async def s5(options: Options, api: kr8s.asyncio.Api, audit: RotatingAudit, coun
 # --- S6 ---
 
 
-async def s6(options: Options, api: kr8s.asyncio.Api, audit: RotatingAudit) -> dict[str, Any]:
+async def s6(options: Options, api: kr8s.asyncio.Api, audit: AuditLog) -> dict[str, Any]:
     count = options.in_flight
     namespace = await make_namespace(api, "bench-s6", count)
     names = [f"fl-{index:05d}" for index in range(count)]
@@ -523,7 +522,7 @@ def ratios(results: dict[str, Any]) -> None:
 
 async def run(options: Options) -> dict[str, Any]:
     api = await named_api()
-    audit = RotatingAudit()
+    audit = AuditLog()
     if not audit.available():
         raise SystemExit(f"no audit log at {audit.path}: start the local cluster (e2e/cluster/cluster.sh up)")
     results: dict[str, Any] = {

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import kr8s
 import kr8s.asyncio
 import yaml
 
-from e2e.audit import AuditLog, Request
+from e2e.audit import Request
 from e2e.operator_fixtures import GROUP_VERSION, OPERATOR_KEY, workflow_manifest
 from e2e.services import free_port
 
@@ -371,36 +371,6 @@ class OperatorRun:
 
 
 # --- the audit log ---
-
-
-class RotatingAudit:
-    """e2e/audit.py's AuditLog across the API server's rotations (--audit-log-maxsize: a long run fills
-    the log, which is renamed audit-<time>.log and started again): a mark is (inode, offset), and reading
-    from it goes through the rotated file holding that inode, then the current log."""
-
-    def __init__(self, log: AuditLog | None = None) -> None:
-        self.log = log or AuditLog()
-        self.path = self.log.path
-
-    def available(self) -> bool:
-        return self.log.available()
-
-    def mark(self) -> tuple[int, int]:
-        return (self.path.stat().st_ino, self.log.mark()) if self.path.exists() else (0, 0)
-
-    def since(
-        self, mark: tuple[int, int], where: Callable[[Request], bool] | None = None
-    ) -> Iterator[Request]:
-        inode, offset = mark
-        if self.path.stat().st_ino != inode:
-            rotated = sorted(
-                self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"), key=os.path.getmtime
-            )
-            start = next((i for i, f in enumerate(rotated) if f.stat().st_ino == inode), None)
-            for index, older in enumerate(rotated[start:] if start is not None else []):
-                yield from AuditLog(older).since(offset if index == 0 else 0, where)
-            offset = 0
-        yield from self.log.since(offset, where)
 
 
 def received(request: Request) -> float:

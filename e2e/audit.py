@@ -15,7 +15,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 CLUSTER_SCRIPT = Path(__file__).resolve().parent / "cluster" / "cluster.sh"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -73,6 +73,13 @@ def log_path() -> Path:
     return Path(out.stdout.strip())
 
 
+class Mark(NamedTuple):
+    """A place in the audit log: the file (by inode, which a rotation keeps) and an offset in it."""
+
+    inode: int
+    offset: int
+
+
 class AuditLog:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or log_path()
@@ -80,13 +87,32 @@ class AuditLog:
     def available(self) -> bool:
         return self.path.exists()
 
-    def mark(self) -> int:
+    def mark(self) -> Mark:
         """Where the log ends now: `since(mark)` reads only what is logged after this call."""
-        return self.path.stat().st_size if self.path.exists() else 0
+        if not self.path.exists():
+            return Mark(0, 0)
+        stat = self.path.stat()
+        return Mark(stat.st_ino, stat.st_size)
 
-    def since(self, offset: int, where: Callable[[Request], bool] | None = None) -> Iterator[Request]:
-        """The requests logged after `offset` (a partial last line, still being written, is skipped)."""
-        with self.path.open("rb") as log:
+    def since(self, mark: Mark, where: Callable[[Request], bool] | None = None) -> Iterator[Request]:
+        """The requests logged after `mark`, across the API server's rotations (--audit-log-maxsize: a
+        full log is renamed audit-<time>.log and a new one started): the rotated file that holds the
+        mark's inode from its offset, every later rotated file, then the current log."""
+        inode, offset = mark
+        if self.path.exists() and self.path.stat().st_ino != inode:
+            rotated = sorted(
+                self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"), key=os.path.getmtime
+            )
+            start = next((i for i, file in enumerate(rotated) if file.stat().st_ino == inode), None)
+            for index, older in enumerate(rotated[start:] if start is not None else rotated):
+                yield from self._read(older, offset if index == 0 and start is not None else 0, where)
+            offset = 0
+        yield from self._read(self.path, offset, where)
+
+    @staticmethod
+    def _read(path: Path, offset: int, where: Callable[[Request], bool] | None) -> Iterator[Request]:
+        """One file's requests from `offset` (a partial last line, still being written, is skipped)."""
+        with path.open("rb") as log:
             log.seek(offset)
             for raw in log:
                 if not raw.endswith(b"\n"):

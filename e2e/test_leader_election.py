@@ -28,7 +28,7 @@ import kr8s.asyncio
 import pytest
 from kr8s.asyncio.objects import APIObject, RoleBinding, ServiceAccount, new_class
 
-from e2e.audit import AuditLog, Request, in_namespace
+from e2e.audit import AuditLog, Mark, Request, in_namespace
 from e2e.operator_fixtures import (
     OperatorProcess,
     create_environment,
@@ -130,7 +130,7 @@ async def leader_gauge(operator: Operator) -> float:
     return await operator.total("ocean_c2d_leader")
 
 
-def replica_writes(audit: AuditLog, mark: int, namespace: str) -> list[Request]:
+def replica_writes(audit: AuditLog, mark: Mark, namespace: str) -> list[Request]:
     users = {user(namespace, replica) for replica in REPLICAS}
     writes = [r for r in audit.since(mark, where=in_namespace(namespace)) if r.is_write and r.user in users]
     return sorted(writes, key=lambda r: r.received)

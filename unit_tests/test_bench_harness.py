@@ -14,7 +14,6 @@ from benchmarks import report
 from benchmarks.harness import (
     BASELINE_AGENT,
     OPERATOR,
-    RotatingAudit,
     duplicate_job_creates,
     kwok_stage_delays,
     transitions,
@@ -143,7 +142,7 @@ def test_reading_from_a_mark_follows_the_audit_log_through_a_rotation(tmp_path: 
 
     log = tmp_path / "audit.log"
     log.write_text(line("before"))
-    audit = RotatingAudit(AuditLog(log))
+    audit = AuditLog(log)
     mark = audit.mark()
     with log.open("a") as sink:
         sink.write(line("after-1"))
