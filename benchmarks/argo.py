@@ -108,31 +108,30 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
+async def kubectl(kubeconfig: str, *args: str) -> int:
+    kubectl_binary = shutil.which("kubectl") or "kubectl"
+    argv = [kubectl_binary, "--kubeconfig", kubeconfig, *args]
+    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
+    return await process.wait()
+
+
+def file_args(files: list[Path]) -> list[str]:
+    return [arg for file in files for arg in ("-f", str(file))]
+
+
 async def kubectl_apply(kubeconfig: str, files: list[Path]) -> None:
-    kubectl = shutil.which("kubectl") or "kubectl"
-    args = [kubectl, "--kubeconfig", kubeconfig, "apply", "--server-side", "--force-conflicts"]
-    for file in files:
-        args += ["-f", str(file)]
-    process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL)
-    if await process.wait() != 0:
+    if await kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", *file_args(files)):
         raise SystemExit("argo: installing the CRDs failed")
     # The controller and the watches below discover the resources: only once the CRDs are served.
-    wait = [kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "--timeout=60s"]
-    wait += [
+    names = [
         f"crd/{file.name.removeprefix('argoproj.io_').removesuffix('.yaml')}.argoproj.io" for file in files
     ]
-    process = await asyncio.create_subprocess_exec(*wait, stdout=asyncio.subprocess.DEVNULL)
-    if await process.wait() != 0:
+    if await kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *names):
         raise SystemExit("argo: the CRDs were not established")
 
 
 async def kubectl_delete(kubeconfig: str, files: list[Path]) -> None:
-    kubectl = shutil.which("kubectl") or "kubectl"
-    args = [kubectl, "--kubeconfig", kubeconfig, "delete", "--ignore-not-found", "--wait=false"]
-    for file in files:
-        args += ["-f", str(file)]
-    process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL)
-    await process.wait()
+    await kubectl(kubeconfig, "delete", "--ignore-not-found", "--wait=false", *file_args(files))
 
 
 async def run(

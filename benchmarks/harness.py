@@ -301,6 +301,22 @@ async def watch_until(
 # --- the operator ---
 
 
+def operator_env(namespace: str, metrics_port: int) -> dict[str, str]:
+    """The environment of an operator process on the local cluster, watching `namespace`, serving its
+    metrics on `metrics_port` (its other ports free ones), with the e2e templates (kwok's annotations)."""
+    return {
+        **os.environ,
+        "WATCH_NAMESPACE": namespace,
+        "OPERATOR_PRIVATE_KEY": OPERATOR_KEY,
+        "TEMPLATES_DIR": str(REPO / "e2e" / "templates"),
+        "METRICS_PORT": str(metrics_port),
+        "HEALTH_PORT": str(free_port()),
+        "SIGNER_HOST": "127.0.0.1",
+        "SIGNER_PORT": str(free_port()),
+        "LOG_LEVEL": "WARNING",
+    }
+
+
 @dataclasses.dataclass
 class OperatorRun:
     """`ocean-c2d run` as a local process watching one namespace (the e2e templates: kwok annotations)."""
@@ -313,18 +329,7 @@ class OperatorRun:
     @classmethod
     async def start(cls, namespace: str, log: Path, **extra_env: str) -> OperatorRun:
         metrics_port = free_port()
-        env = {
-            **os.environ,
-            "WATCH_NAMESPACE": namespace,
-            "OPERATOR_PRIVATE_KEY": OPERATOR_KEY,
-            "TEMPLATES_DIR": str(REPO / "e2e" / "templates"),
-            "METRICS_PORT": str(metrics_port),
-            "HEALTH_PORT": str(free_port()),
-            "SIGNER_HOST": "127.0.0.1",
-            "SIGNER_PORT": str(free_port()),
-            "LOG_LEVEL": "WARNING",
-            **extra_env,
-        }
+        env = {**operator_env(namespace, metrics_port), **extra_env}
         log.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with log.open("ab") as sink:

@@ -28,6 +28,7 @@ import yaml
 from kr8s.asyncio.objects import Namespace, Secret
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.harness import operator_env
 from benchmarks.stage_latency import cpu_seconds
 from e2e.crds import CRDS, apply_crd, established
 from e2e.finished_workflows import create_finished_workflows
@@ -58,20 +59,6 @@ def memory(pid: int) -> tuple[int, int]:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
     )
     return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
-
-
-def operator_env(namespace: str, metrics_port: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "WATCH_NAMESPACE": namespace,
-        "OPERATOR_PRIVATE_KEY": OPERATOR_KEY,
-        "TEMPLATES_DIR": str(REPO / "e2e" / "templates"),
-        "METRICS_PORT": str(metrics_port),
-        "HEALTH_PORT": str(free_port()),
-        "SIGNER_HOST": "127.0.0.1",
-        "SIGNER_PORT": str(free_port()),
-        "LOG_LEVEL": "WARNING",
-    }
 
 
 async def measure_start(namespace: str, workflows: int, timeout: float, py_spy: str | None) -> None:

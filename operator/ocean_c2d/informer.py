@@ -193,13 +193,8 @@ class Informer:
             ) as response:
                 answer: dict[str, Any] = response.json()
                 return answer, len(response.content)
-        except kr8s.ServerError as error:
-            code = error.response.status_code if error.response is not None else 0
-            if code == 410:
-                raise Expired(str(error)[:300]) from error
-            raise WatchFailed(f"{code}: {str(error)[:300]}") from error
-        except (httpx.HTTPError, kr8s.APITimeoutError) as error:
-            raise WatchFailed(str(error)[:300]) from error
+        except (kr8s.ServerError, httpx.HTTPError, kr8s.APITimeoutError) as error:
+            raise _failure(error) from error
 
     async def _stream(self, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -215,10 +210,15 @@ class Informer:
                 async for line in response.aiter_lines():
                     if line.strip():
                         yield json.loads(line)
-        except kr8s.ServerError as error:
-            code = error.response.status_code if error.response is not None else 0
-            if code == 410:
-                raise Expired(str(error)[:300]) from error
-            raise WatchFailed(f"{code}: {str(error)[:300]}") from error
-        except (httpx.HTTPError, kr8s.APITimeoutError) as error:
-            raise WatchFailed(str(error)[:300]) from error
+        except (kr8s.ServerError, httpx.HTTPError, kr8s.APITimeoutError) as error:
+            raise _failure(error) from error
+
+
+def _failure(error: Exception) -> Expired | WatchFailed:
+    """A failed request as the loop reads it: 410 Gone is Expired (LIST again), anything else WatchFailed."""
+    if isinstance(error, kr8s.ServerError):
+        code = error.response.status_code if error.response is not None else 0
+        if code == 410:
+            return Expired(str(error)[:300])
+        return WatchFailed(f"{code}: {str(error)[:300]}")
+    return WatchFailed(str(error)[:300])
