@@ -35,6 +35,7 @@ from e2e.operator_fixtures import (
     create_workflow,
     status,
     wait_finished,
+    wait_for_event,
 )
 from e2e.operator_handle import Operator, StartOperator
 from e2e.test_chart_install import write_token_kubeconfig
@@ -200,6 +201,11 @@ async def test_one_replica_acts_and_the_other_takes_over_when_it_is_killed_or_pa
     late = [await create_workflow(api, namespace, n, sim={"algorithm.run-for": "10s"}) for n in more]
     for workflow in late:
         await wait_for(workflow, lambda w: status(w).get("stage") == "RunningAlgorithm", timeout=60)
+    # Paused once its writes for the stage are done (the Event follows the status write): a write that
+    # passed the term's guard just before a pause goes out on waking, past the term. client-go's leader
+    # election has the same limit; only a fencing token checked by the API server could close it.
+    for name in more:
+        await wait_for_event(api, namespace, name, "RunningAlgorithm")
     standby.process.send_signal(signal.SIGSTOP)
     try:
         took = await replicas.wait_holder(a, timeout=LEASE_DURATION * 4)

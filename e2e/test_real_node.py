@@ -516,13 +516,16 @@ async def test_the_charts_operator_pod_completes_a_workflow_on_the_real_node(
         tools=tools,
     )
     try:
-        [pod] = [
+        pods = [
             p
             async for p in api.async_get(
                 "pods", namespace=namespace, label_selector={"app.kubernetes.io/instance": "c2d"}
             )
         ]
-        assert pod.raw["spec"]["nodeName"] == real_node.name  # type: ignore[union-attr]
+        # The chart's two replicas (leader election: one acts), both on the real node, the only one their
+        # tolerations and selector allow.
+        assert len(pods) == 2, [p.name for p in pods]  # type: ignore[union-attr]
+        assert {p.raw["spec"]["nodeName"] for p in pods} == {real_node.name}  # type: ignore[union-attr]
         await create_real_environment(api, namespace, real_node)
         workflow = await Workflow(
             real_workflow(unique("chart"), python_algorithm(real_node, "print('from a pod-run operator')")),
