@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from ocean_c2d import k8s
-from ocean_c2d.k8s import API_ERRORS, API_RECONNECTS, API_UP, ApiHealth, Cluster, observe_kopf
+from ocean_c2d.k8s import ApiHealth, Cluster, observe_kopf
+from ocean_c2d.metrics import API_ERRORS, API_RECONNECTS, API_UP
 
 
 class FlakyApi:

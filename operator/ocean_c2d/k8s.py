@@ -24,10 +24,9 @@ from typing import Any
 import httpx
 import kr8s
 import kr8s.asyncio
-from prometheus_client import Counter, Gauge
 
 from ocean_c2d.identity import PACKAGE
-from ocean_c2d.metrics import KUBERNETES_REQUESTS, REGISTRY
+from ocean_c2d.metrics import API_ERRORS, API_RECONNECTS, API_UP, KUBERNETES_REQUESTS
 from ocean_c2d.model import GROUP, VERSION, Changes, Event, InvalidWorkflow, controller_uid
 from ocean_c2d.status import printable
 from ocean_c2d.times import format_time
@@ -52,25 +51,6 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 # until it does, so the operator says it is back even when it has nothing to write.
 PROBE_FIRST_SECONDS = 1.0
 PROBE_MAX_SECONDS = 10.0
-
-API_ERRORS = Counter(
-    "ocean_c2d_kubernetes_api_errors",
-    "Kubernetes API requests that got no answer or a 5xx, by who sent them: operator (its reconciles) or"
-    " kopf (its watches and listings, from kopf's retry log)",
-    ["source"],
-    registry=REGISTRY,
-)
-API_RECONNECTS = Counter(
-    "ocean_c2d_kubernetes_api_reconnects",
-    "Times the Kubernetes API answered again after failing (an API server or etcd restart, a network cut)",
-    registry=REGISTRY,
-)
-API_UP = Gauge(
-    "ocean_c2d_kubernetes_api_up",
-    "1 while the Kubernetes API answers the operator, 0 from its first failure until it answers again",
-    registry=REGISTRY,
-)
-API_UP.set(1)
 
 
 class ApiHealth:

@@ -67,6 +67,26 @@ WORK_QUEUE_DEPTH = Gauge(
     registry=REGISTRY,
 )
 
+# Whether the Kubernetes API answers (k8s.ApiHealth: the operator's requests and kopf's retries).
+API_ERRORS = Counter(
+    "ocean_c2d_kubernetes_api_errors",
+    "Kubernetes API requests that got no answer or a 5xx, by who sent them: operator (its reconciles) or"
+    " kopf (its watches and listings, from kopf's retry log)",
+    ["source"],
+    registry=REGISTRY,
+)
+API_RECONNECTS = Counter(
+    "ocean_c2d_kubernetes_api_reconnects",
+    "Times the Kubernetes API answered again after failing (an API server or etcd restart, a network cut)",
+    registry=REGISTRY,
+)
+API_UP = Gauge(
+    "ocean_c2d_kubernetes_api_up",
+    "1 while the Kubernetes API answers the operator, 0 from its first failure until it answers again",
+    registry=REGISTRY,
+)
+API_UP.set(1)
+
 # Leader election (lease.py): 1 on the replica that holds the Lease and acts, 0 on a standby; both serve
 # /metrics. The transitions are the Lease's leaseTransitions as this replica last read or wrote them.
 LEADER = Gauge(
