@@ -1,6 +1,7 @@
 """The operator notices a lost Kubernetes API and says when it is back (k8s.ApiHealth): from its own
-requests' failures, and from kopf's retry log lines (kopf retries its watches by itself but says nothing
-when they are back); a probe of /version finds the way back even when nothing is due."""
+requests' failures (its informers' LISTs and WATCHes among them), and from kopf's retry log lines (kopf
+retries its watches by itself but says nothing when they are back); a probe of /version finds the way
+back even when nothing is due."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from ocean_c2d import k8s
+from ocean_c2d import handlers, k8s
+from ocean_c2d.controller import Controller
+from ocean_c2d.informer import WatchFailed
 from ocean_c2d.k8s import ApiHealth, Cluster, observe_kopf
 from ocean_c2d.metrics import API_ERRORS, API_RECONNECTS, API_UP
+from ocean_c2d.render import Templates
+from ocean_c2d.settings import load_settings
+from unit_tests.factories import settings_environ
 
 
 class FlakyApi:
@@ -101,3 +107,19 @@ async def test_the_clusters_requests_feed_the_health_and_have_a_timeout() -> Non
     assert cluster.health.down_since is not None
     assert await cluster.get("Job", "c2d", "job1-configure") == {"kind": "Job"}
     assert cluster.health.down_since is None
+
+
+async def test_the_operators_informers_feed_the_clusters_health() -> None:
+    api = FlakyApi(failures=1)
+    cluster = Cluster(api)  # type: ignore[arg-type]
+    cluster.health.api = None  # no probe: the next LIST is the way back
+    async with httpx.AsyncClient() as http:
+        controller = Controller(load_settings(settings_environ()), Templates(), cluster, http)
+        workflows, records = handlers.informers(api, "c2d", controller)  # type: ignore[arg-type]
+        errors = value(API_ERRORS, "informer")
+        with pytest.raises(WatchFailed):
+            await workflows.list()
+        assert cluster.health.down_since is not None
+        assert value(API_ERRORS, "informer") == errors + 1
+        await records.list()
+        assert cluster.health.down_since is None

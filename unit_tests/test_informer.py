@@ -1,19 +1,25 @@
 """The informers (the watches kopf does not keep) and the start-up barrier: a LIST in pages sized by what
 the objects weigh, a WATCH from its version, 410 Gone -> one LIST that reports only what differs, and no
-reconcile before every kind is listed once."""
+reconcile before every kind is listed once; a LIST or WATCH that gets no answer (or a 5xx) is the API lost
+in k8s.ApiHealth, and the next answer its return."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+import kr8s
 import pytest
 
 from ocean_c2d import informer
-from ocean_c2d.informer import Expired, Informer, next_page
+from ocean_c2d.informer import Expired, Informer, WatchFailed, next_page
+from ocean_c2d.k8s import ApiHealth
+from ocean_c2d.metrics import API_ERRORS, API_RECONNECTS, API_UP
 from ocean_c2d.view import FinishedWorkflow, RecordStore, WorkflowStore
 from ocean_c2d.workqueue import WorkQueue
 from unit_tests.factories import workflow_object
@@ -49,11 +55,14 @@ class FakeApi:
         self.version = version
         self.events: list[dict[str, Any]] = []
         self.requests: list[dict[str, str]] = []
+        self.refusals: list[Exception] = []  # what the next requests raise, as kr8s or httpx would
 
     @contextlib.asynccontextmanager
     async def call_api(self, method: str, **kwargs: Any) -> AsyncIterator[Answer]:
         params = dict(kwargs.get("params") or {})
         self.requests.append(params)
+        if self.refusals:
+            raise self.refusals.pop(0)
         if params.get("watch"):
             yield Answer(lines=self.events)
             return
@@ -65,9 +74,24 @@ class FakeApi:
         yield Answer({"items": self.items[start:end], "metadata": metadata})
 
 
-def make(api: FakeApi, changed: list[tuple[str, str]]) -> tuple[Informer, WorkflowStore]:
+def make(
+    api: FakeApi, changed: list[tuple[str, str]], health: ApiHealth | None = None
+) -> tuple[Informer, WorkflowStore]:
     store = WorkflowStore()
-    return Informer(api, "oceanprotocol.com/v1alpha1", "workflows", "c2d", store, changed.append), store  # type: ignore[arg-type]
+    client: Any = api  # kr8s' call_api, as far as the informer calls it
+    watch = Informer(
+        client, "oceanprotocol.com/v1alpha1", "workflows", "c2d", store, changed.append, health=health
+    )
+    return watch, store
+
+
+def refused(code: int) -> kr8s.ServerError:
+    return kr8s.ServerError(f"{code}", response=httpx.Response(code))
+
+
+def value(metric: Any, *labels: str) -> float:
+    sample = metric.labels(*labels) if labels else metric
+    return float(sample._value.get())
 
 
 async def test_a_list_comes_in_pages_sized_by_the_objects_and_reports_every_key() -> None:
@@ -153,3 +177,53 @@ async def test_no_key_is_handled_before_the_queue_is_ready() -> None:
     running.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await running
+
+
+async def test_a_list_or_watch_without_answer_is_the_api_lost_and_the_next_answer_its_return(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = FakeApi([workflow("a", "1")])
+    health = ApiHealth(None)  # no probe: the informer's next answer tells
+    watch, store = make(api, [], health)
+    errors, reconnects = value(API_ERRORS, "informer"), value(API_RECONNECTS)
+    api.refusals = [httpx.ConnectError("All connection attempts failed"), refused(503)]
+    with caplog.at_level(logging.INFO, "ocean_c2d"):
+        with pytest.raises(WatchFailed):
+            await watch.list()
+        assert value(API_UP) == 0
+        with pytest.raises(WatchFailed):
+            await watch.watch_once()
+        assert health.down_since is not None
+        await watch.list()  # answered
+    assert health.down_since is None
+    assert len(store) == 1
+    assert value(API_ERRORS, "informer") == errors + 2
+    assert value(API_RECONNECTS) == reconnects + 1
+    assert value(API_UP) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "ocean_c2d"]
+    assert said[0].startswith("Lost the Kubernetes API (informer: workflows: ConnectError: All connection")
+    assert said[1].startswith("Reconnected to the Kubernetes API")
+    assert "2 failed requests" in said[1]
+
+
+async def test_a_refusal_410_and_a_watchs_error_event_are_told_as_what_they_are() -> None:
+    api = FakeApi([workflow("a", "1")])
+    health = ApiHealth(None)
+    watch, _ = make(api, [], health)
+    errors = value(API_ERRORS, "informer")
+    api.refusals = [refused(403), refused(410)]
+    with pytest.raises(WatchFailed):
+        await watch.list()  # RBAC's answer: the API is there
+    with pytest.raises(Expired):
+        await watch.watch_once()
+    assert health.down_since is None
+    assert value(API_ERRORS, "informer") == errors
+    # The watch opened, then the API server's own failure in the stream: the API lost.
+    api.events = [{"type": "ERROR", "object": {"code": 500, "message": "etcdserver: request timed out"}}]
+    with pytest.raises(WatchFailed):
+        await watch.watch_once()
+    assert health.down_since is not None
+    assert value(API_ERRORS, "informer") == errors + 1
+    api.events = []
+    await watch.watch_once()  # a watch that opens is an answer
+    assert health.down_since is None

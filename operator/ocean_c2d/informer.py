@@ -8,7 +8,13 @@ from the list's resourceVersion, with bookmarks to keep that version fresh; 410 
 old) means one LIST again, and only the objects that differ from what the sink holds are reported.
 
 `synced` is set once the first LIST is in the sink: the operator reconciles nothing before every kind is
-listed (see handlers.py), so the first reconcile after a restart sees everything that exists.
+listed (see handlers.py), so the first reconcile after a restart sees everything that exists. It stays
+set through a later LIST (410) and a failed watch's retries: the sink holds its last state meanwhile.
+
+A failed request (no answer, or a 5xx) is told to `health` (k8s.ApiHealth in the operator: the "Lost the
+Kubernetes API" line and its metrics), and so is every answer after it, so the informer's own retries
+count as the operator's requests do. The API's cache (api/cluster_store.py) is an Informer too, with a
+sink that keeps whole objects and a client that counts its requests.
 """
 
 from __future__ import annotations
@@ -17,15 +23,14 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import httpx
 import kr8s
-import kr8s.asyncio
 
 log = logging.getLogger("ocean_c2d")
 
-Api = kr8s.asyncio.Api  # the client an Informer is given (the runner makes it)
 Key = tuple[str, str]  # (namespace, name)
 # A LIST's pages: the first asks for FIRST_PAGE objects, each next one for as many as fit PAGE_BYTES at
 # the size the objects had so far (within FIRST_PAGE..LIST_PAGE). A page is parsed whole before the sink
@@ -36,6 +41,25 @@ LIST_PAGE = 500
 PAGE_BYTES = 4_000_000
 WATCH_SECONDS = 300  # the API server ends a watch after its own timeout; asking keeps it predictable
 RETRY_SECONDS = 2.0
+HEALTH_SOURCE = "informer"  # the `source` label of its failures in ApiHealth's metrics
+
+
+class Api(Protocol):
+    """The client an Informer is given: kr8s' `call_api` (a kr8s.asyncio.Api, which the runner makes; the
+    API's Kr8sKube, which counts each request before passing it on)."""
+
+    def call_api(
+        self, method: str, *, version: str, namespace: str | None, url: str, **kwargs: Any
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """A request as an Informer sends it (kwargs: params, stream, timeout); raises as kr8s does."""
+
+
+class Health(Protocol):
+    """Told of each failed request and of each answer (k8s.ApiHealth)."""
+
+    def failed(self, source: str, error: str) -> None: ...
+
+    def answered(self) -> None: ...
 
 
 class Sink(Protocol):
@@ -57,7 +81,16 @@ class Expired(Exception):  # noqa: N818 (a condition, not a crash)
 
 
 class WatchFailed(Exception):  # noqa: N818 (a condition the loop retries)
-    """The API server refused or ended a request (any status but 410), or could not be reached."""
+    """The API server refused or ended a request (`status`, any but 410), or could not be reached (0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def unanswered(self) -> bool:
+        """No answer, or the API server's own failure (5xx): what ApiHealth counts as the API lost."""
+        return self.status == 0 or self.status >= 500
 
 
 def next_page(listed_bytes: int, listed: int) -> int:
@@ -73,7 +106,8 @@ def key_of(obj: dict[str, Any]) -> Key:
 
 class Informer:
     """One kind (`version`, `plural`) in `namespace` (None: all), optionally by `label_selector`, kept in
-    `sink`; `changed(key)` is told of every key whose entry changed (each one of the first LIST too)."""
+    `sink`; `changed(key)` is told of every key whose entry changed (each one of the first LIST too);
+    `health`, if given, of every failed request and every answer."""
 
     def __init__(
         self,
@@ -84,6 +118,7 @@ class Informer:
         sink: Sink,
         changed: Callable[[Key], None],
         label_selector: str = "",
+        health: Health | None = None,
     ) -> None:
         self.api = api
         self.version = version
@@ -92,6 +127,7 @@ class Informer:
         self.sink = sink
         self.changed = changed
         self.label_selector = label_selector
+        self.health = health
         self.synced = asyncio.Event()
         self.resource_version = ""
 
@@ -134,8 +170,8 @@ class Informer:
         if kind == "ERROR":
             code = int(obj.get("code") or 0)
             if code == 410:
-                raise Expired(str(obj.get("message", "")))
-            raise WatchFailed(f"{code}: {obj.get('message', '')}")
+                raise self._told(Expired(str(obj.get("message", ""))))
+            raise self._told(WatchFailed(f"{code}: {obj.get('message', '')}", code))
         version = (obj.get("metadata") or {}).get("resourceVersion")
         if kind in ("ADDED", "MODIFIED"):
             key = key_of(obj)
@@ -160,8 +196,9 @@ class Informer:
         async for event in self._stream(params):
             self.apply(event)
 
-    async def run(self, retry_seconds: float = RETRY_SECONDS) -> None:
+    async def run(self, retry_seconds: float | None = None) -> None:
         """LIST, then WATCH for ever; LIST again only when the version expired (or a LIST failed)."""
+        retry_seconds = RETRY_SECONDS if retry_seconds is None else retry_seconds
         listed = False
         while True:
             try:
@@ -183,6 +220,20 @@ class Informer:
         held = getattr(self.sink, "__len__", None)
         return int(held()) if held is not None else -1
 
+    def _answered(self) -> None:
+        if self.health is not None:
+            self.health.answered()
+
+    def _told(self, failure: Expired | WatchFailed) -> Expired | WatchFailed:
+        """A failed request (or a watch's ERROR event), told to `health`: the API lost (no answer, 5xx),
+        or an answer all the same (410 Gone, a 4xx)."""
+        if self.health is not None:
+            if isinstance(failure, WatchFailed) and failure.unanswered:
+                self.health.failed(HEALTH_SOURCE, f"{self.plural}: {failure}")
+            else:
+                self.health.answered()
+        return failure
+
     # ---- the requests (kr8s' client: its authentication, TLS and token refresh) ------------------------
 
     async def _get(self, params: dict[str, str]) -> tuple[dict[str, Any], int]:
@@ -191,10 +242,11 @@ class Informer:
             async with self.api.call_api(
                 "GET", version=self.version, namespace=self.namespace, url=self.plural, params=params
             ) as response:
+                self._answered()
                 answer: dict[str, Any] = response.json()
                 return answer, len(response.content)
         except (kr8s.ServerError, httpx.HTTPError, kr8s.APITimeoutError) as error:
-            raise _failure(error) from error
+            raise self._told(_failure(error)) from error
 
     async def _stream(self, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -207,11 +259,12 @@ class Informer:
                 stream=True,
                 timeout=httpx.Timeout(10, read=WATCH_SECONDS + 30),
             ) as response:
+                self._answered()
                 async for line in response.aiter_lines():
                     if line.strip():
                         yield json.loads(line)
         except (kr8s.ServerError, httpx.HTTPError, kr8s.APITimeoutError) as error:
-            raise _failure(error) from error
+            raise self._told(_failure(error)) from error
 
 
 def _failure(error: Exception) -> Expired | WatchFailed:
@@ -220,5 +273,5 @@ def _failure(error: Exception) -> Expired | WatchFailed:
         code = error.response.status_code if error.response is not None else 0
         if code == 410:
             return Expired(str(error)[:300])
-        return WatchFailed(f"{code}: {str(error)[:300]}")
-    return WatchFailed(str(error)[:300])
+        return WatchFailed(f"{code}: {str(error)[:300]}", code)
+    return WatchFailed(f"{type(error).__name__}: {str(error)[:300]}")

@@ -54,9 +54,10 @@ PROBE_MAX_SECONDS = 10.0
 
 
 class ApiHealth:
-    """Whether the API server answers, as the operator's requests and kopf's find it: the first failure
-    is logged (a warning) and counted; from then on /version is probed, with backoff, until the API
-    answers again, which is logged ("Reconnected ...") and counted, whether or not anything was due.
+    """Whether the API server answers, as the operator's requests, its informers' LISTs and WATCHes
+    (informer.Health, source "informer") and kopf's find it: the first failure is logged (a warning) and
+    counted; from then on /version is probed, with backoff, until the API answers again, which is logged
+    ("Reconnected ...") and counted, whether or not anything was due.
 
     kopf retries its own watches and listings (NetworkingSettings.error_backoffs, then a new watch from
     the last resourceVersion, a new listing after 410 Gone) and logs each failed attempt at ERROR; a

@@ -1,5 +1,6 @@
 """api/cluster_store.py against FakeKube, an in-process fake of the few API-server calls
-they make (LIST with pages, WATCH, GET, POST, merge PATCH with a resourceVersion precondition).
+they make (LIST with pages, WATCH, GET, POST, merge PATCH with a resourceVersion precondition); the LISTs
+and WATCHes are informer.Informer's, through the fake's kr8s-shaped call_api.
 
 The fake is a model of the API server's behaviour, not the real thing: the same logic against the local
 cluster's API server is the next slice's e2e test.
@@ -8,16 +9,20 @@ cluster's API server is the next slice's e2e test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
+import kr8s
 import kr8s.asyncio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from ocean_c2d import informer
 from ocean_c2d.api import cluster_store
 from ocean_c2d.api.cluster_store import ApiError, ClusterStore, Kr8sKube, WatchCache
 from ocean_c2d.api.translate import COMPAT_ANNOTATION
@@ -40,6 +45,17 @@ class FakeKube:
         self.watch_params: list[dict[str, str]] = []
         self.before_write: list[Any] = []  # callables run before a write: a concurrent writer
         self.muted: set[str] = set()  # plurals whose watches hear nothing (a slow watch)
+        self.refuse_reads: list[int] = []  # the next LISTs/WATCHes fail: with this status (0: no answer)
+        self._asked = asyncio.Condition()  # notified on each LIST or WATCH asked for (`until`)
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Until `condition()` holds, checked each time a LIST or a WATCH is asked for."""
+        async with self._asked:
+            await self._asked.wait_for(condition)
+
+    async def _notify(self) -> None:
+        async with self._asked:
+            self._asked.notify_all()
 
     def _bump(self, obj: dict[str, Any]) -> None:
         self.version += 1
@@ -150,17 +166,58 @@ class FakeKube:
             return copy.deepcopy(current)
         raise AssertionError(method)
 
+    @contextlib.asynccontextmanager
+    async def call_api(
+        self, method: str, *, version: str, namespace: str | None, url: str, **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        """kr8s' call_api, as the informers use it: a LIST through `request`, a watch from `watch`; a
+        refusal as kr8s raises it (ServerError with the status), a dropped connection as httpx's error."""
+        params = dict(kwargs.get("params") or {})
+        assert method == "GET", method
+        assert "/" not in url, url  # a LIST or a WATCH of a kind, never one object
+        if self.refuse_reads:
+            code = self.refuse_reads.pop(0)
+            if not params.get("watch"):
+                self.requests.append(("GET", url, ""))
+            await self._notify()
+            if code == 0:
+                raise httpx.ConnectError("All connection attempts failed")
+            raise kr8s.ServerError(f"{code}", response=httpx.Response(code))
+        if params.get("watch"):
+            yield httpx.Response(200, stream=Lines(self.watch(url, namespace, params)))
+            return
+        try:
+            answer = await self.request("GET", version, url, namespace, params=params)
+        except ApiError as error:
+            raise kr8s.ServerError(error.message, response=httpx.Response(error.status)) from error
+        finally:
+            await self._notify()
+        yield httpx.Response(200, json=answer)
+
     async def watch(
-        self, version: str, plural: str, namespace: str | None, params: dict[str, str]
+        self, plural: str, namespace: str | None, params: dict[str, str]
     ) -> AsyncIterator[dict[str, Any]]:
+        assert namespace == NS
         self.watch_params.append(dict(params))
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.watches.setdefault(plural, []).append(queue)
+        await self._notify()
         try:
             while (event := await queue.get()) is not None:
                 yield event
         finally:
             self.watches[plural].remove(queue)
+
+
+class Lines(httpx.AsyncByteStream):
+    """A watch's body: one JSON line per event."""
+
+    def __init__(self, events: AsyncIterator[dict[str, Any]]) -> None:
+        self.events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for event in self.events:
+            yield json.dumps(event).encode() + b"\n"
 
 
 def workflow(name: str, owner: str = ALICE, agreement: str = "0xagree", **spec: Any) -> dict[str, Any]:
@@ -202,7 +259,8 @@ async def stop(task: asyncio.Task[None]) -> None:
 
 
 async def test_lists_in_pages_then_watches_from_the_lists_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cluster_store, "LIST_PAGE", 2)
+    monkeypatch.setattr(informer, "FIRST_PAGE", 2)
+    monkeypatch.setattr(informer, "LIST_PAGE", 2)
     kube = FakeKube()
     for n in range(5):
         kube.put("workflows", workflow(f"job{n}"))
@@ -263,15 +321,30 @@ def test_a_writes_answer_never_replaces_a_newer_watch_event() -> None:
     cache = WatchCache(FakeKube(), cluster_store.WORKFLOWS, NS, indexes=("owner",))
     newer = workflow("w", owner=BOB)
     newer["metadata"]["resourceVersion"] = "120"
-    cache.apply({"type": "MODIFIED", "object": newer})
+    cache.informer.apply({"type": "MODIFIED", "object": newer})
     older = workflow("w", owner=ALICE)
     older["metadata"]["resourceVersion"] = "119"
-    cache.put(older)
+    cache.written(older)
     assert cache.objects["w"]["spec"]["owner"] == BOB
     assert cache.names_by("owner", ALICE) == set()
     older["metadata"]["resourceVersion"] = "121"
-    cache.put(older)
+    cache.written(older)
     assert cache.names_by("owner", ALICE) == {"w"}
+
+
+def test_a_list_replaces_the_whole_cache_and_its_indexes_and_names_what_differs() -> None:
+    cache = WatchCache(FakeKube(), cluster_store.WORKFLOWS, NS, indexes=("owner",))
+    for name, owner, version in (("a", ALICE, "1"), ("b", ALICE, "2"), ("c", BOB, "3")):
+        obj = workflow(name, owner=owner)
+        obj["metadata"].update(namespace=NS, resourceVersion=version)
+        cache.put((NS, name), obj)
+    kept, moved = copy.deepcopy(cache.objects["a"]), copy.deepcopy(cache.objects["b"])
+    moved["spec"]["owner"], moved["metadata"]["resourceVersion"] = BOB, "9"
+    assert cache.replace({(NS, "a"): kept, (NS, "b"): moved}) == [(NS, "b"), (NS, "c")]
+    assert sorted(cache.objects) == ["a", "b"]
+    assert cache.names_by("owner", ALICE) == {"a"}
+    assert cache.names_by("owner", BOB) == {"b"}
+    assert len(cache) == 2
 
 
 async def test_an_expired_version_lists_again_and_a_closed_watch_resumes_without_listing() -> None:
@@ -295,10 +368,43 @@ async def test_an_expired_version_lists_again_and_a_closed_watch_resumes_without
 
 async def test_a_bookmark_moves_the_version_only() -> None:
     cache = WatchCache(FakeKube(), cluster_store.WORKFLOWS, NS)
-    cache.replace([workflow("a")], "5")
-    cache.apply({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}})
+    cache.replace({(NS, "a"): workflow("a")})
+    cache.informer.apply({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}})
     assert cache.resource_version == "9"
     assert list(cache.objects) == ["a"]
+
+
+async def test_the_cache_stays_ready_through_failed_watches_and_a_relist_and_catches_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(informer, "RETRY_SECONDS", 0.01)
+    kube = FakeKube()
+    kube.put("workflows", workflow("a"))
+    store, task = await started(kube)
+    lists = lambda: sum(1 for r in kube.requests if r == ("GET", "workflows", ""))  # noqa: E731
+    watches = len(kube.watch_params)
+    # The watch ends; the next attempt gets no answer, the one after a 500: both retried, no LIST.
+    kube.refuse_reads[:] = [0, 500]
+    kube.end_watches("workflows")
+    await asyncio.wait_for(kube.until(lambda: len(kube.refuse_reads) == 1), 2)
+    assert store.synced
+    assert await store.get_workflow("a") is not None  # its last state meanwhile
+    await asyncio.wait_for(kube.until(lambda: len(kube.watch_params) > watches), 2)
+    assert lists() == 1
+    # 410 Gone, and the LIST after it refused once: still ready, then the new LIST's content.
+    kube.objects.pop(("workflows", NS, "a"))
+    kube.put("workflows", workflow("b"))
+    kube.refuse_reads[:] = [503]
+    watches = len(kube.watch_params)
+    kube.end_watches("workflows", {"type": "ERROR", "object": {"code": 410, "message": "too old"}})
+    await asyncio.wait_for(kube.until(lambda: lists() == 2), 2)  # the refused one
+    assert store.synced
+    assert await store.get_workflow("a") is not None
+    await asyncio.wait_for(kube.until(lambda: len(kube.watch_params) > watches), 2)
+    assert lists() == 3
+    assert sorted(store.workflows.objects) == ["b"]
+    assert store.synced
+    await stop(task)
 
 
 async def test_stop_patches_spec_stop_once_and_answers_none_for_a_gone_workflow() -> None:
@@ -381,15 +487,23 @@ async def test_kr8s_adapter_paths_errors_and_watch_lines(
         await kube.request("POST", cluster_store.API_VERSION, "workflows", NS, body=workflow("a"))
     assert exists.value.status == 409
     assert seen[-1][3] == workflow("a")
-    events = [
-        e async for e in kube.watch(cluster_store.API_VERSION, "workflows", NS, {"resourceVersion": "5"})
-    ]
-    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
-    assert seen[-1][2] == {"resourceVersion": "5", "watch": "1"}
-    with pytest.raises(ApiError) as gone:
-        async for _ in kube.watch(cluster_store.API_VERSION, "workflows", NS, {"resourceVersion": "1"}):
-            pass
-    assert gone.value.status == 410
+    # The informer's LIST and WATCH through the same client (its own requests, its own error mapping).
+    cache = WatchCache(kube, cluster_store.WORKFLOWS, NS)
+    await cache.informer.list()
+    assert seen[-1][2] == {"limit": str(informer.FIRST_PAGE)}
+    assert cache.resource_version == "5"
+    await cache.informer.watch_once()
+    assert seen[-1][2] == {
+        "watch": "1",
+        "resourceVersion": "5",
+        "allowWatchBookmarks": "true",
+        "timeoutSeconds": str(informer.WATCH_SECONDS),
+    }
+    assert list(cache.objects) == ["a"]
+    assert cache.resource_version == "7"
+    cache.informer.resource_version = "1"
+    with pytest.raises(informer.Expired):
+        await cache.informer.watch_once()
 
 
 async def test_kr8s_adapter_counts_every_request_answered_or_not_and_each_watch_asked_for(
@@ -405,13 +519,28 @@ async def test_kr8s_adapter_counts_every_request_answered_or_not_and_each_watch_
         await kube.request("POST", cluster_store.API_VERSION, "workflows", NS, body=workflow("a"))
     assert counted == [("GET", "workflows"), ("GET", "workflows"), ("POST", "workflows")]
     sent = len(seen)
-    events = kube.watch(cluster_store.API_VERSION, "workflows", NS, {"resourceVersion": "5"})
-    assert counted[-1] == ("WATCH", "workflows")  # when asked for, before the first event is read
-    assert [e["type"] async for e in events] == ["ADDED", "BOOKMARK"]
+    watch = kube.call_api(
+        "GET",
+        version=cluster_store.API_VERSION,
+        namespace=NS,
+        url="workflows",
+        params={"watch": "1"},
+        stream=True,
+    )
+    assert counted[-1] == ("WATCH", "workflows")  # when asked for, before it is sent
+    async with watch as response:
+        assert [json.loads(line)["type"] async for line in response.aiter_lines() if line] == [
+            "ADDED",
+            "BOOKMARK",
+        ]
     assert len(counted) == 4
     assert len(seen) == sent + 1  # one request on the wire for one counted
+    cache = WatchCache(kube, cluster_store.WORKFLOWS, NS)
+    await cache.informer.list()
+    await cache.informer.watch_once()
+    assert counted[4:] == [("GET", "workflows"), ("WATCH", "workflows")]  # the informer's, counted too
     await uncounted.request("GET", cluster_store.API_VERSION, "workflows", NS)
-    assert len(counted) == 4  # another Kr8sKube's, uncounted by default
+    assert len(counted) == 6  # another Kr8sKube's, uncounted by default
 
 
 async def test_jobs_created_within_one_second_are_listed_in_the_order_the_api_created_them() -> None:

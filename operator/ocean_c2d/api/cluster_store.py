@@ -1,28 +1,30 @@
 """The API's Store over the Kubernetes API: reads from watch caches, writes to the API server.
 
-Each kind (Workflows, ComputeEnvironments) is LISTed once, then WATCHed from the list's resourceVersion
-(resumed from the last one seen when a watch ends; bookmarks keep it fresh; 410 Gone, an expired version,
-means one new LIST). A request never LISTs: GET /compute by owner or agreementId reads an index. The cache
-is ready (`synced`) after the first LIST of each kind; readiness waits for that, so no replica answers
-"no such job" from an empty cache. It stays ready through a later LIST (410) and a failed watch's retries:
-it answers its last state meanwhile, as a lagging watch would.
+Each kind (Workflows, ComputeEnvironments) is an informer.Informer (the operator's: a LIST in pages sized
+by what the objects weigh, then a WATCH from the list's resourceVersion, resumed from the last one seen
+when a watch ends; bookmarks keep it fresh; 410 Gone, an expired version, means one new LIST) feeding a
+WatchCache, its sink, which keeps whole objects (the API answers them) and indexes them. A request never
+LISTs: GET /compute by owner or agreementId reads an index. The cache is ready (`synced`) after the first
+LIST of each kind; readiness waits for that, so no replica answers "no such job" from an empty cache. It
+stays ready through a later LIST (410) and a failed watch's retries: it answers its last state meanwhile,
+as a lagging watch would.
 
 A write's answer goes into the cache at once, so the same client's next GET sees the Workflow it created
 (the watch event follows, later). An answer never replaces a newer object the watch delivered first:
 resourceVersions are compared as integers when both are (etcd's are; the API documents them as opaque, so
 anything else is simply overwritten, and the watch corrects it).
 
-The Kubernetes calls go through the narrow `Kube` protocol (a JSON request, a watch's lines); `Kr8sKube`
-is the only code here that touches kr8s, so tests drive everything else with an in-process fake.
+The Kubernetes calls go through the narrow `Kube` protocol (a JSON request; and kr8s' `call_api`, all an
+Informer asks of its client); `Kr8sKube` is the only code here that touches kr8s, so tests drive
+everything else with an in-process fake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import json
-import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,18 +32,14 @@ import httpx
 import kr8s
 import kr8s.asyncio
 
+from ocean_c2d import informer
 from ocean_c2d.api.status_object import compat_facts
 from ocean_c2d.api.store import matches
+from ocean_c2d.informer import Informer, Key
 from ocean_c2d.model import GROUP, VERSION
-
-log = logging.getLogger("ocean_c2d.api")
 
 API_VERSION = f"{GROUP}/{VERSION}"
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
-LIST_PAGE = 250
-# The API server closes a watch after its own timeout (minutes); asking for one keeps it predictable.
-WATCH_SECONDS = 300
-RETRY_SECONDS = 2.0
 
 
 class ApiError(Exception):
@@ -53,7 +51,10 @@ class ApiError(Exception):
         self.message = message
 
 
-class Kube(Protocol):
+class Kube(informer.Api, Protocol):
+    """A JSON request (the writes, the nonces' ConfigMaps) and `call_api` (the informers' LISTs and
+    WATCHes, which map its failures themselves)."""
+
     async def request(
         self,
         method: str,
@@ -67,11 +68,6 @@ class Kube(Protocol):
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """One request; its JSON answer. ApiError on any non-2xx status or transport failure."""
-
-    def watch(
-        self, version: str, plural: str, namespace: str | None, params: dict[str, str]
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The watch events ({type, object}) of a `?watch=1` GET, until the server ends it."""
 
 
 # Told of each request a Kr8sKube sends: (verb, resource), the verb WATCH for a watch opened.
@@ -91,6 +87,13 @@ class Kr8sKube:
         self.api = api
         self.count = count
 
+    def call_api(
+        self, method: str, *, version: str, namespace: str | None, url: str, **kwargs: Any
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        watch = (kwargs.get("params") or {}).get("watch")
+        self.count("WATCH" if watch else method, url.split("/")[0])  # when asked for
+        return self.api.call_api(method, version=version, namespace=namespace, url=url, **kwargs)
+
     async def request(
         self,
         method: str,
@@ -103,10 +106,9 @@ class Kr8sKube:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        self.count(method, plural)
         url = f"{plural}/{name}" if name else plural
         try:
-            async with self.api.call_api(
+            async with self.call_api(
                 method,
                 version=version,
                 namespace=namespace,
@@ -123,34 +125,6 @@ class Kr8sKube:
         except (httpx.HTTPError, kr8s.APITimeoutError) as error:
             raise ApiError(0, str(error)[:500]) from error
 
-    def watch(
-        self, version: str, plural: str, namespace: str | None, params: dict[str, str]
-    ) -> AsyncIterator[dict[str, Any]]:
-        self.count("WATCH", plural)  # when asked for, as a request is
-        return self._watch(version, plural, namespace, params)
-
-    async def _watch(
-        self, version: str, plural: str, namespace: str | None, params: dict[str, str]
-    ) -> AsyncIterator[dict[str, Any]]:
-        try:
-            async with self.api.call_api(
-                "GET",
-                version=version,
-                namespace=namespace,
-                url=plural,
-                params={**params, "watch": "1"},
-                stream=True,
-                timeout=httpx.Timeout(10, read=WATCH_SECONDS + 30),
-            ) as response:
-                async for line in response.aiter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except kr8s.ServerError as error:
-            code = error.response.status_code if error.response is not None else 0
-            raise ApiError(code, str(error)[:500]) from error
-        except (httpx.HTTPError, kr8s.APITimeoutError) as error:
-            raise ApiError(0, str(error)[:500]) from error
-
 
 def newer_or_same(candidate: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether `candidate` may replace `current`: not when both versions are integers and it is older."""
@@ -159,10 +133,6 @@ def newer_or_same(candidate: dict[str, Any], current: dict[str, Any]) -> bool:
     if isinstance(a, str) and isinstance(b, str) and a.isdigit() and b.isdigit():
         return int(a) >= int(b)
     return True
-
-
-class Expired(Exception):  # noqa: N818 (a condition, not a crash)
-    """The watch's resourceVersion is too old (410 Gone): LIST again."""
 
 
 @dataclass(frozen=True)
@@ -183,21 +153,42 @@ def _key_of(index: str) -> Callable[[dict[str, Any]], str | None]:
     return key
 
 
-class WatchCache:
-    """One kind's objects in one namespace, by name, with indexes by spec fields (`indexes`: field names).
+def _version(obj: dict[str, Any] | None) -> str | None:
+    return None if obj is None else str(obj["metadata"].get("resourceVersion", ""))
 
-    The pure part (`replace`, `apply`, `put`) is what the loop (`run`) feeds; tests call it directly too.
+
+def _unheard(key: Key) -> None:
+    """Nothing reacts to a change in the API: requests read the cache when they come."""
+
+
+class WatchCache:
+    """One kind's objects in one namespace, by name, with indexes by spec fields (`indexes`: field names):
+    the sink (informer.Sink) of its Informer, kept whole; and the write answers (`written`, `drop`).
+
+    The pure part (the Sink's methods, `written`) is what the Informer feeds; tests call it directly too.
     """
 
     def __init__(self, kube: Kube, kind: Kind, namespace: str, indexes: Iterable[str] = ()) -> None:
-        self.kube = kube
         self.kind = kind
         self.namespace = namespace
         self.objects: dict[str, dict[str, Any]] = {}
-        self.resource_version: str | None = None
-        self.synced = asyncio.Event()
         self._keys = {field: _key_of(field) for field in indexes}
         self._index: dict[str, dict[str, set[str]]] = {field: {} for field in indexes}
+        self.informer = Informer(kube, kind.version, kind.plural, namespace, self, _unheard)
+
+    @property
+    def synced(self) -> asyncio.Event:
+        return self.informer.synced
+
+    @property
+    def resource_version(self) -> str:
+        return self.informer.resource_version
+
+    async def run(self) -> None:
+        await self.informer.run()
+
+    def __len__(self) -> int:
+        return len(self.objects)
 
     # The cache itself.
 
@@ -222,33 +213,34 @@ class WatchCache:
             if value is not None:
                 self._index[field].setdefault(value, set()).add(name)
 
-    def replace(self, objects: Iterable[dict[str, Any]], resource_version: str) -> None:
-        """A LIST's answer: the whole content, at `resource_version`."""
-        self.objects.clear()
+    # informer.Sink: a LIST's whole content, a watch event's object.
+
+    def entry(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return obj  # whole: the API answers the objects themselves
+
+    def replace(self, entries: dict[Key, Any]) -> list[Key]:
+        listed = {name: obj for (_, name), obj in entries.items()}
+        changed = [
+            (self.namespace, name)
+            for name in sorted(self.objects.keys() | listed.keys())
+            if _version(self.objects.get(name)) != _version(listed.get(name))
+        ]
+        self.objects = {}
         for values in self._index.values():
             values.clear()
-        for obj in objects:
+        for obj in listed.values():
             self._insert(obj)
-        self.resource_version = resource_version
+        return changed
 
-    def apply(self, event: dict[str, Any]) -> None:
-        """One watch event. Expired on a 410 ERROR; other ERRORs raise ApiError."""
-        kind, obj = event.get("type"), event.get("object") or {}
-        if kind == "ERROR":
-            code = int(obj.get("code") or 0)
-            if code == 410:
-                raise Expired(str(obj.get("message", "")))
-            raise ApiError(code, str(obj.get("message", "")))
-        version = (obj.get("metadata") or {}).get("resourceVersion")
-        if kind in ("ADDED", "MODIFIED"):
-            self._insert(obj)
-        elif kind == "DELETED":
-            self._unindex(obj["metadata"]["name"])
-        # BOOKMARK: only its resourceVersion matters.
-        if version:
-            self.resource_version = version
+    def put(self, key: Key, entry: Any) -> None:
+        self._insert(entry)
 
-    def put(self, obj: dict[str, Any]) -> None:
+    def remove(self, key: Key) -> None:
+        self._unindex(key[1])
+
+    # The writes' answers.
+
+    def written(self, obj: dict[str, Any]) -> None:
         """A write's answer, unless the watch already delivered a newer version of the object."""
         current = self.objects.get(obj["metadata"]["name"])
         if current is None or newer_or_same(obj, current):
@@ -259,58 +251,6 @@ class WatchCache:
 
     def names_by(self, field: str, value: str) -> set[str]:
         return set(self._index[field].get(value, ()))
-
-    # The loop.
-
-    async def list(self) -> None:
-        items: list[dict[str, Any]] = []
-        params = {"limit": str(LIST_PAGE)}
-        while True:
-            page = await self.kube.request(
-                "GET", self.kind.version, self.kind.plural, self.namespace, params=params
-            )
-            kind = page.get("kind", "List").removesuffix("List")
-            for item in page.get("items") or []:
-                # A LIST's items carry no apiVersion or kind; a watch's and a POST's do.
-                item.setdefault("apiVersion", self.kind.version)
-                item.setdefault("kind", kind)
-                items.append(item)
-            metadata = page.get("metadata") or {}
-            if not metadata.get("continue"):
-                self.replace(items, str(metadata.get("resourceVersion", "")))
-                return
-            params = {"limit": str(LIST_PAGE), "continue": metadata["continue"]}
-
-    async def watch_once(self) -> None:
-        """One watch from the current resourceVersion, until the server ends it."""
-        params = {
-            "resourceVersion": self.resource_version or "",
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(WATCH_SECONDS),
-        }
-        async for event in self.kube.watch(self.kind.version, self.kind.plural, self.namespace, params):
-            self.apply(event)
-
-    async def run(self, retry_seconds: float = RETRY_SECONDS) -> None:
-        """LIST, then WATCH for ever; LIST again only when the version expired (or a LIST failed)."""
-        listed = False
-        while True:
-            try:
-                if not listed:
-                    await self.list()
-                    listed = True
-                    self.synced.set()
-                await self.watch_once()
-            except Expired:
-                log.info("Watch of %s expired; listing again", self.kind.plural)
-                listed = False
-            except (ApiError, ValueError, KeyError) as error:
-                if isinstance(error, ApiError) and error.status == 410:
-                    listed = False
-                log.warning(
-                    "Watch of %s failed (%s); retrying in %ss", self.kind.plural, error, retry_seconds
-                )
-                await asyncio.sleep(retry_seconds)
 
 
 def _created_order(obj: dict[str, Any]) -> tuple[str, float, str]:
@@ -349,7 +289,7 @@ class ClusterStore:
         created = await self.kube.request(
             "POST", WORKFLOWS.version, WORKFLOWS.plural, self.namespace, body=obj
         )
-        self.workflows.put(created)
+        self.workflows.written(created)
         return copy.deepcopy(created)
 
     async def get_workflow(self, name: str) -> dict[str, Any] | None:
@@ -391,7 +331,7 @@ class ClusterStore:
                 self.workflows.drop(name)
                 return None
             raise
-        self.workflows.put(patched)
+        self.workflows.written(patched)
         return copy.deepcopy(patched)
 
     async def list_environments(self) -> list[dict[str, Any]]:
