@@ -23,6 +23,7 @@ from e2e.operator_fixtures import (
 )
 from e2e.operator_handle import StartOperator, run_command
 from e2e.waiting import wait_for, wait_for_deletion, wait_for_object
+from ocean_c2d.lease import SignerEndpoint
 from unit_tests.built_tools import built
 
 REPO = Path(__file__).resolve().parent.parent
@@ -288,6 +289,64 @@ def job(name: str, namespace: str, account: str | None, **pod: Any) -> dict[str,
     )
 
 
+async def leader_election_writes_are_named(tools: str, as_operator: Path, namespace: str) -> None:
+    """RBAC lets the operator create any Lease and EndpointSlice of the release namespace (create takes no
+    resourceNames): the policy allows the one Lease and the signer's one slice, as lease.py writes them."""
+    dry_create = ("create", "-f", "-", "--dry-run=server", "-o", "name")
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "c2d-ocean-c2d", "namespace": namespace},
+        "spec": {"holderIdentity": "c2d-ocean-c2d-0", "leaseDurationSeconds": 15},
+    }
+    signer = "c2d-ocean-c2d-signer"
+    # Documentation addresses (no pod here serves the signer); kr8s is not needed to build a manifest.
+    endpoint, endpoint6 = (
+        SignerEndpoint(None, namespace, signer, ip, 8090).manifest(None)  # type: ignore[arg-type]
+        for ip in ("192.0.2.10", "2001:db8::a")
+    )
+    for manifest in (lease, endpoint, endpoint6):
+        code, output = await kubectl_as(tools, as_operator, *dry_create, manifest=manifest)
+        assert code == 0, output
+
+    def with_metadata(manifest: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+        return {**manifest, "metadata": {**manifest["metadata"], **metadata}}
+
+    labels = endpoint["metadata"]["labels"]
+    two = [*endpoint["endpoints"], {"addresses": ["192.0.2.11"], "conditions": {"ready": True}}]
+    refused = {
+        "another Lease": with_metadata(lease, name="kube-scheduler"),
+        "another EndpointSlice": with_metadata(endpoint, name="c2d-ocean-c2d-metrics-x"),
+        "a slice of another Service": with_metadata(
+            endpoint, labels={**labels, "kubernetes.io/service-name": "c2d-ocean-c2d-metrics"}
+        ),
+        "a slice of the endpoint controller's": with_metadata(
+            endpoint,
+            labels={**labels, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+        ),
+        "a slice without its Service": with_metadata(
+            endpoint, labels={"endpointslice.kubernetes.io/managed-by": "ocean-c2d"}
+        ),
+        "a slice of two endpoints": {**endpoint, "endpoints": two},
+        "an endpoint of two addresses": {
+            **endpoint, "endpoints": [{"addresses": ["192.0.2.10", "192.0.2.11"]}]
+        },
+        "a slice of names": {
+            **endpoint, "addressType": "FQDN", "endpoints": [{"addresses": ["example.invalid"]}]
+        },
+    }  # fmt: skip
+    for what, manifest in refused.items():
+        code, output = await kubectl_as(tools, as_operator, *dry_create, manifest=manifest)
+        assert code != 0, (what, output)
+        assert "ValidatingAdmissionPolicy" in output, (what, output)
+    for verb, resource in (("create", "leases"), ("create", "endpointslices")):
+        answer = await run_command(
+            "kubectl", "auth", "can-i", verb, resource, "-n", namespace,
+            kubeconfig=str(as_operator), tools=tools, check=False,
+        )  # fmt: skip
+        assert answer.strip() == "yes", (verb, resource)
+
+
 @pytest.mark.local_only  # it needs the release's ServiceAccount token; the operator pod is not involved
 @pytest.mark.usefixtures("ocean_crds")
 @pytest.mark.parametrize("all_namespaces", [False, True], ids=["one-namespace", "all-namespaces"])
@@ -369,6 +428,7 @@ async def test_the_admission_policy_limits_the_operator_to_its_own_objects_and_a
                 kubeconfig=str(as_operator), tools=helm_path, check=False,
             )  # fmt: skip
             assert answer.strip() == "yes", (verb, resource)
+        await leader_election_writes_are_named(helm_path, as_operator, namespace)
     finally:
         await helm(helm_path, kubeconfig, "uninstall", "c2d", "-n", namespace, "--wait", "--timeout", "120s")
         if all_namespaces:

@@ -296,6 +296,8 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
         states = {rule["name"]: rule["state"] for g in rules for rule in g["rules"]}
         assert states["OceanC2DNotificationsFailing"] in ("pending", "firing")
         assert states["OceanC2DReconcileErrors"] == "inactive"
+        # One operator without leader election acts, and says so (ocean_c2d_leader 1): not even pending.
+        assert states["OceanC2DNoLeader"] == "inactive"
 
     artifacts = Path(os.environ.get("OCEAN_C2D_ARTIFACTS", REPO / ".artifacts"))
     png = artifacts / "dashboard.png"

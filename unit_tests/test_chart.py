@@ -524,19 +524,17 @@ def test_the_admission_policy_binds_the_operator_to_its_labels_and_accounts(scen
         == f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:{operator}"'
     )
     matched = {r for rule in spec["matchConstraints"]["resourceRules"] for r in rule["resources"]}
-    # The leader-election Role's Lease and EndpointSlice are named by resourceNames instead (get, update).
-    (role,) = [
-        r
-        for r in of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
-        if not r["metadata"]["name"].endswith("-leader-election")
-    ]
+    # Every kind the operator's Roles let it create, change or delete (bar its own CRDs and Events),
+    # the leader-election Role's Lease and EndpointSlice included: RBAC cannot narrow their create.
     written = {
         resource
+        for role in of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
         for rule in role["rules"]
-        if {"create", "patch", "delete"} & set(rule["verbs"])
+        if {"create", "update", "patch", "delete"} & set(rule["verbs"])
         for resource in rule["resources"]
         if rule["apiGroups"] != ["oceanprotocol.com"] and resource != "events"
     }
+    assert {"leases", "endpointslices"} <= written
     assert matched == written
     expressions = " ".join(v["expression"] for v in spec["validations"])
     variables = env(scenario)
@@ -545,6 +543,72 @@ def test_the_admission_policy_binds_the_operator_to_its_labels_and_accounts(scen
         assert f'"{account}"' in expressions, account
     assert "'app.kubernetes.io/managed-by'] == 'ocean-c2d'" in expressions
     assert "automountServiceAccountToken == false" in expressions
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_admission_policy_names_the_one_lease_and_endpoint_slice_the_operator_may_write(
+    scenario: str,
+) -> None:
+    """RBAC's create cannot be narrowed by name: the policy allows the operator's writes of Leases and
+    EndpointSlices only for the names its settings give (LEASE_NAME, SIGNER_ENDPOINT_SLICE), in the
+    release namespace (LEASE_NAMESPACE), and the slice only as the signer Service's. Every label the
+    policy requires is one lease.py's SignerEndpoint writes, with that value (the policy must not refuse
+    the leader's own write; e2e/test_chart_install.py runs both against the API server)."""
+    from ocean_c2d.lease import SignerEndpoint
+
+    docs = render(scenario)
+    (policy,) = of_kind(docs, "ValidatingAdmissionPolicy")
+    spec = policy["spec"]
+    rules = {
+        (group, resource): rule["operations"]
+        for rule in spec["matchConstraints"]["resourceRules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert rules[("coordination.k8s.io", "leases")] == ["CREATE", "UPDATE", "DELETE"]
+    assert rules[("discovery.k8s.io", "endpointslices")] == ["CREATE", "UPDATE", "DELETE"]
+    variables = env(scenario)
+    lease = variables["LEASE_NAME"]["value"]
+    slice_name = variables["SIGNER_ENDPOINT_SLICE"]["value"]
+    assert variables["LEASE_NAMESPACE"]["value"] == NAMESPACE
+    (service,) = [s for s in of_kind(docs, "Service") if s["metadata"]["name"] == slice_name]
+    assert "selector" not in service["spec"]  # the leader's slice is its only source of endpoints
+
+    by_kind = {
+        kind: " ".join(
+            v["expression"]
+            for v in spec["validations"]
+            if f"request.resource.resource != '{kind}'" in v["expression"]
+        )
+        for kind in ("leases", "endpointslices")
+    }
+    assert f'request.namespace == "{NAMESPACE}" && request.name == "{lease}"' in by_kind["leases"]
+    assert (
+        f'request.namespace == "{NAMESPACE}" && request.name == "{slice_name}"' in by_kind["endpointslices"]
+    )
+    # The managed-by label check leaves these two kinds out: lease.py labels neither so.
+    (labelled,) = [v for v in spec["validations"] if "'app.kubernetes.io/managed-by'" in v["expression"]]
+    assert labelled["expression"].startswith("variables.election ||")
+    election = next(v["expression"] for v in spec["variables"] if v["name"] == "election")
+    assert election == "request.resource.group in ['coordination.k8s.io', 'discovery.k8s.io']"
+
+    (content,) = [
+        v["expression"] for v in spec["validations"] if v["expression"].startswith("variables.slice ==")
+    ]
+    required = dict(re.findall(r"labels\['([^']+)'\] == ['\"]([^'\"]+)['\"]", content))
+    assert required == {
+        "kubernetes.io/service-name": slice_name,
+        "endpointslice.kubernetes.io/managed-by": "ocean-c2d",
+    }
+    for ip, family in (("10.244.0.7", "IPv4"), ("fd00::7", "IPv6")):
+        written = SignerEndpoint(None, NAMESPACE, slice_name, ip, 8090).manifest(None)  # type: ignore[arg-type]
+        assert {k: written["metadata"]["labels"].get(k) for k in required} == required
+        assert f"'{family}'" in content
+        assert written["addressType"] == family
+        [only] = written["endpoints"]
+        assert len(only["addresses"]) == 1
+    assert "variables.slice.endpoints.size() <= 1" in content
+    assert "e.addresses.size() == 1" in content
 
 
 def test_the_admission_policy_can_be_left_out() -> None:

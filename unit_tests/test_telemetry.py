@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,7 +23,8 @@ from ocean_c2d.telemetry import (
     transition_observations,
     workflow_counts,
 )
-from unit_tests.factories import ADMIT, workflow
+from ocean_c2d.view import ENVIRONMENT_INDEX, FinishedWorkflow, View
+from unit_tests.factories import ADMIT, workflow, workflow_object
 from unit_tests.test_reconcile import World
 
 
@@ -270,3 +272,96 @@ def test_metric_labels_name_only_environments_that_exist() -> None:
     observations = telemetry.transition_observations(workflow("new", environment="no-such-0"), after, set())
     assert "finished" in {o.metric for o in observations}
     assert {o.labels[0] for o in observations} == {telemetry.UNKNOWN_ENVIRONMENT}
+
+
+# ---- the scrape with many finished Workflows (View.levels) --------------------------------------------
+
+
+def stored(
+    name: str, version: str, stage: str | None, environment: str = "cpu", namespace: str = "c2d"
+) -> Any:
+    status: dict[str, Any] | None = None
+    if stage is not None:
+        status = {"stage": stage, "admittedAt": "2026-01-01T12:00:00Z"}
+    if stage == "Configuring":
+        status = {**(status or {}), "stages": {"configure": {"startedAt": "2026-01-01T12:00:05Z"}}}
+    metadata = {"name": name, "namespace": namespace, "uid": f"uid-{name}", "resourceVersion": version}
+    return workflow_object(metadata=metadata, status=status, environment=environment)
+
+
+def filled_view() -> View:
+    """Finished Workflows of a known environment, of a made-up one and of another namespace; running,
+    queued and new ones; a finished one our own write overlays; a ComputeEnvironment."""
+    view = View()
+    store = view.workflow_store
+    cpu = {"metadata": {"name": "cpu", "namespace": "c2d", "resourceVersion": "1"}, "spec": {"maxJobs": 3}}
+    view.indexes[ENVIRONMENT_INDEX] = {("c2d", "cpu"): [cpu]}
+    bodies = [
+        *(stored(f"done-{n}", "5", "Finished") for n in range(30)),
+        *(stored(f"typo-{n}", "5", "Finished", environment=f"no-such-{n % 3}") for n in range(7)),
+        *(stored(f"other-{n}", "5", "Finished", namespace="c2d-b") for n in range(4)),
+        stored("running", "5", "Configuring"),
+        stored("queued", "5", "Queued"),
+        stored("new", "5", None),
+        stored("gone-env", "5", "Queued", environment="gone"),
+    ]
+    for body in bodies:
+        store.put((body["metadata"]["namespace"], body["metadata"]["name"]), store.entry(body))
+    # Our write ended "running" (the watch still shows Configuring) and changed "done-0" again.
+    view.remember_written(
+        "c2d", "running", stored("running", "5", "Configuring"), stored("running", "6", "Finished")
+    )
+    view.remember_written(
+        "c2d", "done-0", stored("done-0", "5", "Finished"), stored("done-0", "6", "Finished")
+    )
+    return view
+
+
+def walked(view: View) -> telemetry.ClusterLevels:
+    """What every scrape computed before the store counted its finished Workflows: walk them all."""
+    environments = [("c2d", Environment.from_object(view.values(ENVIRONMENT_INDEX, ("c2d", "cpu"))[0]))]
+    return telemetry.cluster_levels(view.workflows(), environments)
+
+
+def test_the_scrape_counts_finished_workflows_as_walking_them_all_did() -> None:
+    view = filled_view()
+    levels = view.levels()
+    assert levels == walked(view)
+    assert levels.workflows[("c2d", "cpu", "Finished")] == 31  # 30, and "running" ended by our write
+    assert levels.workflows[("c2d", "cpu", "Configuring")] == 0
+    assert levels.workflows[("c2d", telemetry.UNKNOWN_ENVIRONMENT, "Finished")] == 7
+    assert levels.workflows[("c2d-b", telemetry.UNKNOWN_ENVIRONMENT, "Finished")] == 4
+    store = view.workflow_store
+    # As the view changes: a finished one deleted, one re-listed at a new version, a namespace emptied.
+    store.remove(("c2d", "done-1"))
+    store.put(("c2d", "done-2"), store.entry(stored("done-2", "9", "Finished")))
+    store.replace({k: v[0] for k, v in store.workflows.items() if k[0] != "c2d-b"})
+    store.put(("c2d", "queued"), store.entry(stored("queued", "9", "Finished")))
+    levels = view.levels()
+    assert levels == walked(view)
+    assert levels.workflows[("c2d", "cpu", "Finished")] == 31
+    assert not [key for key in levels.workflows if key[0] == "c2d-b"]  # no Workflow left: no series
+    assert store.finished.counts[("c2d", "cpu")] == 30
+
+
+def test_the_scrape_does_not_walk_finished_workflows(monkeypatch: Any) -> None:
+    """Its cost follows the unfinished Workflows (and our unseen writes), whatever the history holds."""
+    view = filled_view()
+    store = view.workflow_store
+    for n in range(2000):
+        body = stored(f"history-{n}", "5", "Finished")
+        store.put(("c2d", body["metadata"]["name"]), store.entry(body))
+    read: list[tuple[str, str]] = []
+    readable = View._readable
+
+    def counted(self: View, namespace: str, name: str) -> Workflow | None:
+        read.append((namespace, name))
+        return readable(self, namespace, name)
+
+    monkeypatch.setattr(View, "_readable", counted)
+    monkeypatch.setattr(FinishedWorkflow, "header", lambda self: pytest.fail("walked a finished one"))
+    levels = view.levels()
+    assert sorted(read) == sorted(
+        [("c2d", "running"), ("c2d", "queued"), ("c2d", "new"), ("c2d", "gone-env"), ("c2d", "done-0")]
+    )
+    assert levels.workflows[("c2d", "cpu", "Finished")] == 2031

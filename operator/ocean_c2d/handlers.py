@@ -40,7 +40,11 @@ from ocean_c2d.view import CHILD_INDEXES, ENVIRONMENT_INDEX, JOB_INDEX, POD_INDE
 # object to call a handler for once its kinds are listed (see the module's docstring).
 LISTED_SENTINEL = "kube-root-ca.crt"
 # kopf's ConfigMap watch leaves out the results records (the records' informer has them): server-side,
-# so kopf never holds one. It must still list the sentinel, so no managed-by selector here.
+# so kopf never holds one. It must still list the sentinel, so no managed-by selector here: the sentinel
+# has no labels, a watch has one selector whose terms all must hold (no "or"), so any selector it passes
+# also passes every unlabelled ConfigMap; and with managed-by alone an operator with no child and no
+# environment yet would be called for nothing, never be listed, and reconcile nothing (not even end a
+# Workflow that names no environment).
 KOPF_CONFIGMAP_SELECTOR = f"!{RECORD_KEY}"
 
 
@@ -89,8 +93,10 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def informers(api: Api, namespace: str | None, controller: Controller) -> list[Informer]:
     """The Workflows (view.WorkflowStore: a finished one kept trimmed) and the results records
-    (retention.py: ConfigMaps no Workflow owns, which outlive it to drive its expiry)."""
+    (retention.py: ConfigMaps no Workflow owns, which outlive it to drive its expiry). Their failed
+    requests count in the cluster's ApiHealth, as the operator's own and kopf's do."""
     view = controller.view
+    health = controller.cluster.health
     return [
         Informer(
             api,
@@ -99,6 +105,7 @@ def informers(api: Api, namespace: str | None, controller: Controller) -> list[I
             namespace,
             view.workflow_store,
             lambda key: controller.workflow_changed(*key),
+            health=health,
         ),
         Informer(
             api,
@@ -108,6 +115,7 @@ def informers(api: Api, namespace: str | None, controller: Controller) -> list[I
             view.record_store,
             lambda key: controller.record_changed(*key),
             label_selector=_selector(RECORD_LABELS),
+            health=health,
         ),
     ]
 

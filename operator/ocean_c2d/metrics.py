@@ -88,10 +88,13 @@ API_UP = Gauge(
 API_UP.set(1)
 
 # Leader election (lease.py): 1 on the replica that holds the Lease and acts, 0 on a standby; both serve
-# /metrics. The transitions are the Lease's leaseTransitions as this replica last read or wrote them.
+# /metrics. Without leader election the one replica acts and reports 1 (runner.py), so "no replica at 1"
+# means nothing acts either way (the OceanC2DNoLeader alert). The transitions are the Lease's
+# leaseTransitions as this replica last read or wrote them.
 LEADER = Gauge(
     "ocean_c2d_leader",
-    "1 when this replica holds the leader-election Lease and acts, 0 on a standby (or with it off)",
+    "1 when this replica acts (it holds the leader-election Lease, or runs without leader election), 0 on"
+    " a standby",
     registry=REGISTRY,
 )
 LEADER_TRANSITIONS = Gauge(

@@ -159,6 +159,7 @@ def leader_elector(
     write of the cluster adapter then passes its guard."""
     election = settings.leader_election
     if election is None:
+        metrics.LEADER.set(1)  # it acts, as the holder would: OceanC2DNoLeader stays silent
         return None
     lease_namespace = election.lease_namespace or namespace or str(api.namespace or "default")
     # client-go's advice: the host name (the pod's name) and something unique to this process.

@@ -2,7 +2,9 @@
 
 Two kinds of numbers:
 - levels (workflows per stage, environment capacity and use) are recomputed from the cluster's objects at
-  every scrape, so they are right the moment a restarted operator has listed the cluster;
+  every scrape, so they are right the moment a restarted operator has listed the cluster; finished
+  Workflows, which only ever add to the Finished count, are tallied as the view changes (FinishedCounts)
+  instead, so a scrape costs the same with 10 or 10,000 of them;
 - events (a stage took 40 s, a Workflow waited 3 s in the queue, it finished as AlgorithmFailed) are read
   off the difference between a Workflow's status before and after one of our own status writes. Each
   transition is written exactly once, so each is counted once; a restart starts the counters at zero,
@@ -11,7 +13,7 @@ Two kinds of numbers:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -55,16 +57,52 @@ class ResourceLevel:
     in_use: float
 
 
-def workflow_counts(workflows: Iterable[Workflow], known: Known = None) -> dict[tuple[str, str, str], int]:
-    """(namespace, environment, stage) -> how many Workflows are there. Every stage of every environment
-    that has a Workflow appears, at 0 when empty, so a stage that drains shows 0 rather than vanishing."""
+class FinishedCounts:
+    """How many finished Workflows each (namespace, spec.environment) has, kept up to date by the view's
+    store on every put and remove (`add` and `discard` the entry it replaces or drops). A finished
+    Workflow counts towards nothing else at scrape time (not running, not in a stage), so the scrape adds
+    these counts instead of walking every finished entry. A group at 0 is dropped: it is as if it never
+    had one (no series of its own, as before)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, namespace: str, environment: str) -> None:
+        key = (namespace, environment)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def discard(self, namespace: str, environment: str) -> None:
+        key = (namespace, environment)
+        left = self.counts.get(key, 0) - 1
+        if left > 0:
+            self.counts[key] = left
+        else:
+            self.counts.pop(key, None)
+
+
+Finished = Mapping[tuple[str, str], int]  # (namespace, spec.environment) -> finished Workflows not walked
+
+
+def workflow_counts(
+    workflows: Iterable[Workflow], known: Known = None, finished: Finished | None = None
+) -> dict[tuple[str, str, str], int]:
+    """(namespace, environment, stage) -> how many Workflows are there: those of `workflows`, plus
+    `finished` ones counted by their group alone. Every stage of every environment that has a Workflow
+    appears, at 0 when empty, so a stage that drains shows 0 rather than vanishing."""
     counts: dict[tuple[str, str, str], int] = {}
+
+    def count(group: tuple[str, str], stage: str, number: int) -> None:
+        for each in STAGES:
+            counts.setdefault((*group, each), 0)
+        counts[(*group, stage)] += number
+
     for workflow in workflows:
-        group = (workflow.namespace, environment_label(workflow, known))
-        for stage in STAGES:
-            counts.setdefault((*group, stage), 0)
         stage = workflow.stage.value if workflow.stage is not None else NEW
-        counts[(*group, stage)] += 1
+        count((workflow.namespace, environment_label(workflow, known)), stage, 1)
+    for (namespace, environment), number in (finished or {}).items():
+        if number > 0:
+            label = environment if known is None or (namespace, environment) in known else UNKNOWN_ENVIRONMENT
+            count((namespace, label), Stage.FINISHED.value, number)
     return counts
 
 
@@ -173,9 +211,12 @@ class ClusterLevels:
 
 
 def cluster_levels(
-    workflows: Iterable[Workflow], environments: Iterable[tuple[str, Environment]]
+    workflows: Iterable[Workflow],
+    environments: Iterable[tuple[str, Environment]],
+    finished: Finished | None = None,
 ) -> ClusterLevels:
-    """The cluster-state gauges of /metrics from every Workflow and (namespace, ComputeEnvironment)."""
+    """The cluster-state gauges of /metrics from every Workflow (those of `finished`, by their count only)
+    and (namespace, ComputeEnvironment)."""
     workflows, environments = list(workflows), list(environments)
     known = {(namespace, environment.name) for namespace, environment in environments}
     by_environment: dict[tuple[str, str], list[Workflow]] = {}
@@ -188,4 +229,6 @@ def cluster_levels(
             namespace, environment, by_environment.get((namespace, environment.name), [])
         )
     ]
-    return ClusterLevels(workflow_counts(workflows, known), resources, oldest_stage_starts(workflows, known))
+    return ClusterLevels(
+        workflow_counts(workflows, known, finished), resources, oldest_stage_starts(workflows, known)
+    )

@@ -42,6 +42,17 @@ app.kubernetes.io/part-of: ocean-c2d
 {{- end }}
 {{- end }}
 
+{{/* Leader election's two objects, in the release namespace: the Lease (LEASE_NAME) and the signer
+Service, whose one EndpointSlice (SIGNER_ENDPOINT_SLICE) has the same name. RBAC, the admission policy and
+the operator's settings name them from here. */}}
+{{- define "ocean-c2d.leaseName" -}}
+{{- include "ocean-c2d.fullname" . }}
+{{- end }}
+
+{{- define "ocean-c2d.signerName" -}}
+{{- printf "%s-signer" (include "ocean-c2d.fullname" .) }}
+{{- end }}
+
 {{/* The image of the operator and of the stage steps. */}}
 {{- define "ocean-c2d.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
