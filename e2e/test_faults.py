@@ -23,15 +23,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import kr8s
 import kr8s.asyncio
 import pytest
 
 from e2e.audit import AuditLog, Request, in_namespace
-from e2e.operator_fixtures import Workflow, create_environment, create_workflow, status, wait_finished
+from e2e.operator_fixtures import (
+    Workflow,
+    create_environment,
+    create_workflow,
+    finished,
+    status,
+    wait_finished,
+)
 from e2e.operator_handle import REPO, Operator, StartOperator
-from e2e.waiting import wait_for
+from e2e.waiting import wait_for, watch_through_restarts
 
 pytestmark = [pytest.mark.simulated, pytest.mark.local_only]  # kills a local operator process
 
@@ -64,19 +70,12 @@ class Stages:
         """Watch the namespace's Workflows; a watch that ends starts again (with every Workflow's current
         state first). `rewatch_after` also restarts one that has gone quiet: after an API server restart a
         watch may stay open and silent."""
-        while True:
-            try:
-                async with asyncio.timeout(rewatch_after):
-                    # By group: another "workflows" kind (Argo's, say) may be installed on the same cluster.
-                    async for _event, obj in api.async_watch(WORKFLOWS, namespace=namespace):
-                        stage = status(obj).get("stage") or "Queued"
-                        async with self.changed:
-                            self.stage[obj.name] = stage
-                            self.changed.notify_all()
-            except TimeoutError:
-                continue
-            except (kr8s.ServerError, httpx.HTTPError):  # e.g. 429 "storage is (re)initializing"
-                await asyncio.sleep(1)  # the API server is not back yet: nothing to watch
+        # By group: another "workflows" kind (Argo's, say) may be installed on the same cluster.
+        async for _event, obj in watch_through_restarts(api, WORKFLOWS, namespace, rewatch_after):
+            stage = status(obj).get("stage") or "Queued"
+            async with self.changed:
+                self.stage[obj.name] = stage
+                self.changed.notify_all()
 
     def at_least(self, name: str, stage: str) -> bool:
         return STAGES.index(self.stage.get(name, "Queued")) >= STAGES.index(stage)
@@ -266,27 +265,55 @@ async def api_ready(api: kr8s.asyncio.Api, timeout: float = 120) -> None:
                 await asyncio.sleep(1)
 
 
+async def pods_and_jobs(api: kr8s.asyncio.Api, namespace: str) -> str:
+    """What the cluster holds for the namespace's Jobs, to tell a failed restart's stuck layer: each Job's
+    counts and conditions, each pod's phase, Ready condition, container states and resourceVersion."""
+    lines = []
+    async for job in api.async_get("jobs", namespace=namespace):
+        raw = job if isinstance(job, dict) else job.raw
+        s = raw.get("status") or {}
+        conditions = [c["type"] for c in s.get("conditions") or [] if c.get("status") == "True"]
+        counts = f"active {s.get('active', 0)} succeeded {s.get('succeeded', 0)} failed {s.get('failed', 0)}"
+        lines.append(f"job {raw['metadata']['name']}: {counts} {conditions}")
+    async for pod in api.async_get("pods", namespace=namespace):
+        raw = pod if isinstance(pod, dict) else pod.raw
+        s = raw.get("status") or {}
+        ready = [c.get("status") for c in s.get("conditions") or [] if c.get("type") == "Ready"]
+        states = [list((c.get("state") or {}).keys()) for c in s.get("containerStatuses") or []]
+        meta = raw["metadata"]
+        lines.append(
+            f"pod {meta['name']}: {s.get('phase')} ready {ready} states {states} rv {meta['resourceVersion']}"
+        )
+    return "\n".join(lines)
+
+
 async def finished_through_restart(
     api: kr8s.asyncio.Api, namespace: str, name: str, operator: Operator
 ) -> dict[str, Any]:
-    """wait_finished on the Workflow read afresh (an object read before the restart holds a resourceVersion
-    the new API server may not serve a watch from: wait_for would restart its watch for ever), tolerating
-    the 429 "storage is (re)initializing" of the API server's first seconds back."""
-    for _ in range(30):
-        try:
-            workflow = await Workflow.get(name, namespace=namespace, api=api)
-            return await wait_finished(workflow, operator, timeout=180)
-        except kr8s.ServerError as error:
-            if error.response is None or error.response.status_code != 429:
-                raise
-            await asyncio.sleep(1)
-    raise AssertionError(f"the API server kept answering 429 about {name}")
+    """The Workflow's final status, read afresh and waited for by a watch that survives the restart's
+    aftermath (wait_for's rewatch_after: a silent watch, a 410 on an old resourceVersion, a 429)."""
+    workflow = await Workflow({"metadata": {"name": name, "namespace": namespace}}, api=api)
+    try:
+        await wait_for(workflow, finished, timeout=180, rewatch_after=15)
+    except TimeoutError as error:
+        raise AssertionError(f"{error}\n--- operator log ---\n{await operator.log_tail()}") from None
+    return status(workflow)
 
 
-# etcd is left out: after an etcd restart (5 s down), one Workflow that was running its algorithm never
-# progresses again within 180 s, reproduced twice (issue 13 stays open on it; the cause is not found yet).
-# Run it with OCEAN_C2D_FAULTS_COMPONENTS="kube-apiserver etcd".
-@pytest.mark.parametrize("component", os.environ.get("OCEAN_C2D_FAULTS_COMPONENTS", "kube-apiserver").split())
+# Both run in CI. The etcd case stranded a Workflow in 2 runs of 3 until the cause was found: the PATCH
+# by which kwok (the fake nodes' kubelet) marks a new pod Ready was in flight when etcd died, the API server
+# answered 500 ("rpc error: code = Unavailable desc = error reading from server: EOF"), and kwok v0.8.0
+# drops a Stage whose write failed with a 500 and never resyncs: the pod stayed Pending (Running, when the
+# lost write was the one that ends it), its Job active and the Workflow in its stage for ever, the Job
+# controller and the operator seeing exactly that.
+# A kubelet would write the status again; `cluster.sh restart` now restarts kwok-controller after etcd or
+# kube-apiserver (see restart_kwok there), which lists every pod and plays its due Stage.
+# OCEAN_C2D_FAULTS_COMPONENTS picks the components (e.g. "etcd" alone, or "kube-scheduler").
+RESTARTED = os.environ.get("OCEAN_C2D_FAULTS_COMPONENTS", "kube-apiserver etcd").split()
+RESTARTS_KWOK_TOO = frozenset({"etcd", "kube-apiserver"})  # cluster.sh restart's restart_kwok
+
+
+@pytest.mark.parametrize("component", RESTARTED)
 async def test_a_control_plane_restart_mid_run_loses_nothing_and_the_operator_says_it_reconnected(
     api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator, component: str
 ) -> None:
@@ -309,12 +336,16 @@ async def test_a_control_plane_restart_mid_run_loses_nothing_and_the_operator_sa
     back = Stages()
     async with background(back.follow(api, namespace, rewatch_after=15)):
         ended = await back.until_all(names, "Finished", timeout=180)
-    assert ended, f"not finished after the restart: {back.stage}\n{await operator.log_tail()}"
+    assert ended, (
+        f"not finished after the restart: {back.stage}\n{await pods_and_jobs(api, namespace)}\n"
+        f"{await operator.log_tail()}"
+    )
     finals = [await finished_through_restart(api, namespace, name, operator) for name in names]
 
     assert [f["statusCode"] for f in finals] == [70] * len(names)
     restarted = {c for c in COMPONENTS if after.get(c) != before.get(c)}
-    assert restarted == {component}, f"{said}\nbefore {before}, after {after}"  # the others survived it
+    expected = {component, "kwok-controller"} if component in RESTARTS_KWOK_TOO else {component}
+    assert restarted == expected, f"{said}\nbefore {before}, after {after}"  # the others survived it
     log = await operator.log_text()
     errors = await operator.total("ocean_c2d_kubernetes_api_errors_total")
     reconnects = await operator.total("ocean_c2d_kubernetes_api_reconnects_total")
