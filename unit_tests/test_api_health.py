@@ -45,7 +45,7 @@ class FlakyApi:
     @contextlib.asynccontextmanager
     async def call_api(self, verb: str, **_: Any) -> AsyncIterator[httpx.Response]:
         self._fail()
-        yield httpx.Response(200, json={"kind": "Job"})
+        yield httpx.Response(200, json={"kind": "Pod"})
 
 
 def value(metric: Any, *labels: str) -> float:
@@ -103,9 +103,9 @@ async def test_the_clusters_requests_feed_the_health_and_have_a_timeout() -> Non
     cluster.health.api = None  # no probe: the second request is the way back
     assert api.timeout == k8s.REQUEST_TIMEOUT_SECONDS
     with pytest.raises(httpx.ConnectError):
-        await cluster.get("Job", "c2d", "job1-configure")
+        await cluster.get("Pod", "c2d", "job1-configure")
     assert cluster.health.down_since is not None
-    assert await cluster.get("Job", "c2d", "job1-configure") == {"kind": "Job"}
+    assert await cluster.get("Pod", "c2d", "job1-configure") == {"kind": "Pod"}
     assert cluster.health.down_since is None
 
 

@@ -15,33 +15,35 @@ def child(kind: str, name: str, spec_hash: str) -> dict[str, Any]:
 
 
 CONFIG = child("ConfigMap", "w", "h1")
-JOB = child("Job", "w-configure", "j1")
+POD = child("Pod", "w-configure", "j1")
 
 
 def test_absent_children_are_created_and_present_ones_left_alone() -> None:
-    assert changes(Plan(desired=(CONFIG, JOB)), Observed()).create == (CONFIG, JOB)
+    assert changes(Plan(desired=(CONFIG, POD)), Observed()).create == (CONFIG, POD)
     observed = Observed(
         jobs={"configure": StageJob("w-configure", JobState.PENDING)},
         others=frozenset({("ConfigMap", "w")}),
         hashes={("ConfigMap", "w"): "h1"},
+        stage_pods=frozenset({"w-configure"}),
     )
-    assert len(changes(Plan(desired=(CONFIG, JOB)), observed)) == 0
+    assert len(changes(Plan(desired=(CONFIG, POD)), observed)) == 0
 
 
-def test_a_drifted_child_is_patched_but_a_job_never_is() -> None:
+def test_a_drifted_child_is_patched_but_a_pod_never_is() -> None:
     observed = Observed(
         jobs={"configure": StageJob("w-configure", JobState.PENDING)},
         others=frozenset({("ConfigMap", "w")}),
-        hashes={("ConfigMap", "w"): "old", ("Job", "w-configure"): "old"},
+        hashes={("ConfigMap", "w"): "old", ("Pod", "w-configure"): "old"},
+        stage_pods=frozenset({"w-configure"}),
     )
-    delta = changes(Plan(desired=(CONFIG, JOB)), observed)
+    delta = changes(Plan(desired=(CONFIG, POD)), observed)
     assert (delta.create, delta.patch) == ((), (CONFIG,))
 
 
 def test_a_job_being_deleted_counts_as_absent() -> None:
     observed = Observed(jobs={"configure": StageJob("w-configure", JobState.PENDING, deleting=True)})
-    assert changes(Plan(desired=(JOB,)), observed).create == (JOB,)
-    assert changes(Plan(unwanted=(("Job", "w-configure"),)), observed).delete == ()
+    assert changes(Plan(desired=(POD,)), observed).create == (POD,)
+    assert changes(Plan(unwanted=(("Pod", "w-configure"),)), observed).delete == ()
 
 
 def test_only_present_unwanted_children_are_deleted() -> None:

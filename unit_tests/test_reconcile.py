@@ -1,7 +1,7 @@
 """Every transition of the pure reconcile, driven through a small simulated world.
 
 `World` applies a Plan the way the operator's I/O shell does (status written, children created, unwanted
-children deleted) and lets a test finish stage Jobs the way the cluster would.
+children deleted) and lets a test finish stage pods the way the cluster would.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class World:
             others=frozenset(self.others),
             hashes=dict(self.others),
             running_pods=frozenset(self.running_pods),
+            stage_pods=frozenset(j.name for j in self.jobs.values() if not j.deleting),
         )
 
     def plan(self, admission: Admission = ADMIT) -> Plan:
@@ -86,16 +87,16 @@ class World:
         result = self.plan(admission)
         for manifest in result.desired:
             kind, name = manifest["kind"], manifest["metadata"]["name"]
-            if kind == "Job":
+            if kind == "Pod":
                 stage = manifest["metadata"]["labels"]["component"]
-                if stage not in self.jobs:
+                if stage not in self.jobs or self.jobs[stage].name != name:  # a replacement is new
                     self.created_jobs.append(name)
                     self.jobs[stage] = StageJob(name=name, state=JobState.PENDING, started=self.now)
                 self.last_job_manifest = manifest
             else:
                 self.others[(kind, name)] = spec_hash(manifest)
         for kind, name in result.unwanted:
-            if kind == "Job":
+            if kind == "Pod":
                 self.jobs = {s: j for s, j in self.jobs.items() if j.name != name}
             else:
                 self.others.pop((kind, name), None)
@@ -161,10 +162,10 @@ def test_admission_creates_the_base_children_and_the_configure_job() -> None:
     kinds = sorted((m["kind"], m["metadata"]["name"]) for m in result.desired)
     assert kinds == [
         ("ConfigMap", "job1"),
-        ("Job", "job1-configure-job"),
         ("NetworkPolicy", "job1-isolation"),
         ("NetworkPolicy", "job1-stage-egress"),
         ("PersistentVolumeClaim", "job1-data"),
+        ("Pod", "job1-configure"),
         ("Secret", "job1-secret"),
     ]
     for manifest in result.desired:
@@ -173,7 +174,7 @@ def test_admission_creates_the_base_children_and_the_configure_job() -> None:
         assert manifest["metadata"]["labels"]["workflow"] == "job1"
     assert world.status["statusCode"] == 20
     assert world.status["stage"] == "Configuring"
-    assert world.status["stages"]["configure"]["jobName"] == "job1-configure-job"
+    assert world.status["stages"]["configure"]["podName"] == "job1-configure"
     assert world.status["notifications"]["start"]["state"] == "Pending"
     assert result.notify == ("start",)
     assert condition(world.status, "Admitted")["status"] == "True"
@@ -203,10 +204,10 @@ def test_a_finished_stage_starts_the_next_one_in_the_same_reconcile() -> None:
     world.finish("configure")
     result = world.reconcile()
 
-    assert [m["metadata"]["name"] for m in result.desired if m["kind"] == "Job"] == ["job1-algorithm-job"]
+    assert [m["metadata"]["name"] for m in result.desired if m["kind"] == "Pod"] == ["job1-algorithm"]
     assert (world.status["statusCode"], world.status["stage"]) == (40, "RunningAlgorithm")
     assert world.status["stages"]["configure"]["exitCode"] == 0
-    assert world.status["stages"]["algorithm"]["jobName"] == "job1-algorithm-job"
+    assert world.status["stages"]["algorithm"]["podName"] == "job1-algorithm"
 
 
 def test_happy_path_ends_job_finished_with_results() -> None:
@@ -225,7 +226,7 @@ def test_happy_path_ends_job_finished_with_results() -> None:
     assert status["finishedAt"]
     assert status["duration"]
     assert status["notifications"]["stop"]["state"] == "Pending"
-    assert world.created_jobs == ["job1-configure-job", "job1-algorithm-job", "job1-publish-job"]
+    assert world.created_jobs == ["job1-configure", "job1-algorithm", "job1-publish"]
 
 
 @pytest.mark.parametrize(
@@ -306,7 +307,7 @@ def test_failures_end_with_their_own_code_and_logs_are_still_published(
     assert (status["statusCode"], status["reason"], status["stage"]) == (code, reason, "Finished")
     assert condition(status, "Succeeded")["status"] == "False"
     assert condition(status, "Succeeded")["reason"] == reason
-    assert world.created_jobs == [f"job1-{stage}-job" for stage in jobs]
+    assert world.created_jobs == [f"job1-{stage}" for stage in jobs]
     assert status["message"]
 
 
@@ -330,10 +331,10 @@ def test_filter_runs_between_algorithm_and_publish_when_enabled() -> None:
     world.run_to_end()
 
     assert world.created_jobs == [
-        "job1-configure-job",
-        "job1-algorithm-job",
-        "job1-filter-job",
-        "job1-publish-job",
+        "job1-configure",
+        "job1-algorithm",
+        "job1-filter",
+        "job1-publish",
     ]
     assert world.status["filter"] == {"verdict": "Pass", "reasons": []}
     assert world.status["statusCode"] == 70
@@ -349,10 +350,7 @@ def test_a_blocking_filter_withholds_outputs_and_ends_51() -> None:
         "reasons": ["outputs/copy.csv is a copy of an input"],
     }
     assert (world.status["statusCode"], world.status["reason"]) == (51, "ResultsBlocked")
-    publish_env = {
-        e["name"]: e.get("value")
-        for e in world.last_job_manifest["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
+    publish_env = {e["name"]: e.get("value") for e in world.last_job_manifest["spec"]["containers"][0]["env"]}
     assert publish_env["PUBLISH_OUTPUTS"] == "false"
 
 
@@ -402,7 +400,7 @@ def test_no_filter_when_configure_failed_there_is_no_algorithm_output() -> None:
     world = World(environment=FILTERING)
     world.run_to_end(configure={"state": JobState.FAILED, "exit_code": 31})
 
-    assert world.created_jobs == ["job1-configure-job", "job1-publish-job"]
+    assert world.created_jobs == ["job1-configure", "job1-publish"]
 
 
 def test_unknown_environment_fails_with_a_reason() -> None:
@@ -445,14 +443,14 @@ def test_stop_ends_the_current_stage_and_still_publishes(stop_in: str, expected_
     world.stop()
     result = world.reconcile()
 
-    assert ("Job", f"job1-{stop_in}-job") in result.unwanted
+    assert ("Pod", f"job1-{stop_in}") in result.unwanted
     assert world.status["stages"][stop_in]["reason"] == "Stopped"
     if stop_in != "publish":
         assert world.status["stage"] == "Publishing"
         world.finish("publish")
         world.reconcile()
     assert (world.status["statusCode"], world.status["reason"]) == (72, "Stopped")
-    assert world.created_jobs == [f"job1-{stage}-job" for stage in expected_jobs]
+    assert world.created_jobs == [f"job1-{stage}" for stage in expected_jobs]
 
 
 @pytest.mark.parametrize("ending", ["stop", "timeout"])
@@ -472,8 +470,8 @@ def test_the_next_stage_waits_until_the_algorithm_pod_is_gone(ending: str) -> No
     result = world.reconcile()
 
     assert world.status["stage"] == "Publishing"
-    assert "job1-publish-job" not in world.created_jobs
-    assert not any(m["kind"] == "Job" for m in result.desired)
+    assert "job1-publish" not in world.created_jobs
+    assert not any(m["kind"] == "Pod" for m in result.desired)
     assert "endedAt" not in world.status["stages"]["algorithm"]
     assert world.reconcile().status is None  # waiting writes nothing
 
@@ -481,7 +479,7 @@ def test_the_next_stage_waits_until_the_algorithm_pod_is_gone(ending: str) -> No
     world.now += timedelta(seconds=7)
     world.reconcile()
 
-    assert world.created_jobs[-1] == "job1-publish-job"
+    assert world.created_jobs[-1] == "job1-publish"
     assert world.status["stages"]["algorithm"]["endedAt"] == format_time(world.now)
     assert world.status["stages"]["publish"]["startedAt"] == format_time(world.now)
 
@@ -502,7 +500,7 @@ def test_an_isolation_check_that_never_saw_egress_blocked_fails_closed() -> None
     assert (status["statusCode"], status["reason"]) == (23, "NetworkNotIsolated")
     assert "NetworkPolicy" in status["message"]
     # The algorithm never ran: nothing to filter; publish still runs (the logs).
-    assert world.created_jobs == ["job1-configure-job", "job1-algorithm-job", "job1-publish-job"]
+    assert world.created_jobs == ["job1-configure", "job1-algorithm", "job1-publish"]
 
 
 def test_a_filter_pod_that_was_not_isolated_blocks_the_results() -> None:
@@ -511,11 +509,8 @@ def test_a_filter_pod_that_was_not_isolated_blocks_the_results() -> None:
 
     assert world.status["filter"]["verdict"] == "Block"
     assert "NetworkPolicy" in world.status["filter"]["reasons"][0]
-    assert world.last_job_manifest["metadata"]["name"] == "job1-publish-job"
-    publish_env = {
-        e["name"]: e.get("value")
-        for e in world.last_job_manifest["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
+    assert world.last_job_manifest["metadata"]["name"] == "job1-publish"
+    publish_env = {e["name"]: e.get("value") for e in world.last_job_manifest["spec"]["containers"][0]["env"]}
     assert publish_env["PUBLISH_OUTPUTS"] == "false"
 
 
@@ -527,7 +522,7 @@ def test_a_deleted_running_algorithm_is_never_recreated() -> None:
     del world.jobs["algorithm"]  # someone deleted the Job
     world.reconcile()
 
-    assert world.created_jobs.count("job1-algorithm-job") == 1
+    assert world.created_jobs.count("job1-algorithm") == 1
     assert world.status["reason"] == "AlgorithmFailed"
     assert "deleted" in world.status["message"]
 
@@ -539,7 +534,7 @@ def test_a_finished_workflow_never_moves_again_and_cleans_up() -> None:
     assert world.jobs == {}
     assert world.others == {}
 
-    world.jobs["algorithm"] = StageJob(name="job1-algorithm-job", state=JobState.FAILED)  # a stray change
+    world.jobs["algorithm"] = StageJob(name="job1-algorithm", state=JobState.FAILED)  # a stray change
     world.now += timedelta(hours=1)
     result = world.reconcile()
     assert world.status == final
@@ -572,11 +567,10 @@ def test_algorithm_job_shape() -> None:
     world = World(workflow_object(maxDuration=9999), environment=gpu)
     world.reconcile()
     world.finish("configure")
-    job = next(m for m in world.reconcile().desired if m["kind"] == "Job")
+    job = next(m for m in world.reconcile().desired if m["kind"] == "Pod")
 
-    assert job["spec"]["backoffLimit"] == 0
     assert job["spec"]["activeDeadlineSeconds"] == 600  # maxDuration is capped by the environment
-    pod = job["spec"]["template"]["spec"]
+    pod = job["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     [container] = pod["containers"]
@@ -611,8 +605,8 @@ def test_a_checksum_pins_the_image_by_digest() -> None:
     world = World(obj)
     world.reconcile()
     world.finish("configure")
-    job = next(m for m in world.reconcile().desired if m["kind"] == "Job")
-    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"python@{digest}"
+    job = next(m for m in world.reconcile().desired if m["kind"] == "Pod")
+    assert job["spec"]["containers"][0]["image"] == f"python@{digest}"
 
 
 def test_an_open_environment_still_gets_a_network_policy_with_public_egress_only() -> None:
@@ -728,7 +722,7 @@ def test_an_invalid_workflow_ends_invalid_spec_with_a_reason_and_an_event() -> N
     assert "stop" in result.notify  # it started, so the stop notification is due
     world.obj["status"] = result.status
     cleanup = world.plan()
-    assert ("Job", world.created_jobs[0]) in cleanup.unwanted  # the next reconcile cleans up
+    assert ("Pod", world.created_jobs[0]) in cleanup.unwanted  # the next reconcile cleans up
     assert cleanup.status is None
 
 
@@ -744,11 +738,11 @@ def test_a_queued_invalid_workflow_never_takes_a_slot() -> None:
 
 
 def test_a_template_error_during_a_reconcile_is_an_invalid_workflow(tmp_path: Any) -> None:
-    (tmp_path / "algorithm-job.yaml.j2").write_text("{{ no_such_value | json }}\n")
+    (tmp_path / "algorithm-pod.yaml.j2").write_text("{{ no_such_value | json }}\n")
     world = World()
     world.reconcile()
     world.finish("configure")
-    with pytest.raises(InvalidWorkflow, match=r"algorithm-job\.yaml\.j2.*no_such_value"):
+    with pytest.raises(InvalidWorkflow, match=r"algorithm-pod\.yaml\.j2.*no_such_value"):
         plan(
             world.workflow,
             ENVIRONMENT,
@@ -778,7 +772,7 @@ def test_a_character_beyond_the_bmp_in_the_entrypoint_survives_rendering() -> No
     world = World(obj)
     world.reconcile()
     world.finish("configure")
-    job = next(m for m in world.reconcile().desired if m["kind"] == "Job")
+    job = next(m for m in world.reconcile().desired if m["kind"] == "Pod")
     text = json.dumps(job, ensure_ascii=False)
     text.encode("utf-8")  # would raise on a lone surrogate
     assert "--mood 😀" in text
@@ -818,7 +812,7 @@ def test_an_image_with_whitespace_is_an_invalid_workflow() -> None:
 
 
 def publish_env_of(world: World) -> dict[str, Any]:
-    [container] = world.last_job_manifest["spec"]["template"]["spec"]["containers"]
+    [container] = world.last_job_manifest["spec"]["containers"]
     return {e["name"]: e.get("value") for e in container["env"]}
 
 
@@ -855,7 +849,7 @@ def test_a_filter_that_ended_without_a_pass_blocks_the_outputs(ending: dict[str,
     world = World(environment=FILTERING)
     world.run_to_end(filter=ending)
     assert world.status["filter"]["verdict"] == "Block"
-    assert world.status["stages"]["publish"]["jobName"] == "job1-publish-job"
+    assert world.status["stages"]["publish"]["podName"] == "job1-publish"
 
 
 def test_a_deleted_filter_job_blocks_the_outputs() -> None:

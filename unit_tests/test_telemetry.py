@@ -97,24 +97,30 @@ def test_a_workflow_that_never_started_has_no_queue_wait_but_an_end() -> None:
     assert found[0].labels == ("cpu", "UnknownEnvironment")
 
 
-def test_a_stopped_stage_and_a_deleted_job_are_not_successes() -> None:
+def test_a_stopped_stage_and_a_deleted_pod_are_not_successes() -> None:
     assert stage_outcome({"reason": "Stopped", "finishedAt": "x"}) == "Stopped"
-    assert stage_outcome({"reason": "JobDeleted"}) == "Failed"
+    assert stage_outcome({"reason": "PodDeleted"}) == "Failed"
+    assert stage_outcome({"reason": "Disrupted"}) == "Failed"
     assert stage_outcome({"exitCode": 0, "reason": "Completed"}) == "Succeeded"
     assert stage_outcome({"exitCode": 0}) == "Succeeded"
-    assert stage_outcome({}) == "Succeeded"  # a Job that succeeded without a pod left to read
+    assert stage_outcome({}) == "Succeeded"  # a stage that succeeded without a pod left to read
     assert stage_outcome({"exitCode": 137, "reason": "OOMKilled"}) == "Failed"
     assert stage_outcome({"reason": "DeadlineExceeded"}) == "Failed"
 
 
-def test_a_job_deleted_mid_stage_is_recorded_as_such() -> None:
+def test_a_pod_deleted_mid_stage_is_recorded_as_such() -> None:
     world = World()
     world.reconcile(ADMIT)
-    world.jobs.clear()  # someone deleted the configure Job
+    for attempt in (2, 3):  # configure is the operator's own step: its pod is replaced, twice
+        world.jobs.clear()  # someone deleted the configure pod
+        world.now += timedelta(seconds=5)
+        world.reconcile()
+        assert world.status["stages"]["configure"]["podName"] == f"job1-configure-{attempt}"
+    world.jobs.clear()
     world.now += timedelta(seconds=5)
     result = world.plan()
     assert result.status is not None
-    assert result.status["stages"]["configure"]["reason"] == "JobDeleted"
+    assert result.status["stages"]["configure"]["reason"] == "PodDeleted"
     [stage] = by_metric(transition_observations(world.workflow, result.status), "stage_duration")
     assert stage.labels == ("cpu", "configure", "Failed")
 

@@ -25,7 +25,7 @@ import yaml
 from ocean_c2d.model import Environment, PlanSettings, TemplateInputs, TemplateValues, Workflow
 from ocean_c2d.render import (
     BASE_TEMPLATES,
-    JOB_TEMPLATES,
+    POD_TEMPLATES,
     SPEC_HASH_ANNOTATION,
     TemplateError,
     Templates,
@@ -202,7 +202,7 @@ GPU = Scenario(
 )
 
 SCENARIOS = {scenario.name: scenario for scenario in (CPU, GPU)}
-ALL_TEMPLATES = (*BASE_TEMPLATES, *JOB_TEMPLATES.values())
+ALL_TEMPLATES = (*BASE_TEMPLATES, *POD_TEMPLATES.values())
 
 
 def inputs(scenario: Scenario) -> TemplateInputs:
@@ -227,17 +227,18 @@ def render_job(
     templates: Templates = TEMPLATES,
     manifest_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """A stage's Job from a context of `context()` (which a test may have changed); `manifest_sha256`:
+    """A stage's pod from a context of `context()` (which a test may have changed); `manifest_sha256`:
     after the built-in filter's Pass."""
     job_values = {
         **values,
         "stage": stage,
+        "pod_name": f"{values['name']}-{stage}",
         "deadline": DEADLINE,
         "publish_outputs": publish_outputs,
         "manifest_required": manifest_sha256 is not None,
         "manifest_sha256": manifest_sha256 or "",
     }
-    manifest = templates.render(JOB_TEMPLATES[stage], job_values)
+    manifest = templates.render(POD_TEMPLATES[stage], job_values)
     assert manifest is not None
     return manifest
 
@@ -248,7 +249,7 @@ def render_all(scenario: Scenario, templates: Templates = TEMPLATES) -> dict[str
     rendered: dict[str, dict[str, Any] | None] = {
         name: templates.render(name, values) for name in BASE_TEMPLATES
     }
-    for stage, template in JOB_TEMPLATES.items():
+    for stage, template in POD_TEMPLATES.items():
         rendered[template] = render_job(stage, values, templates=templates)
     return rendered
 
@@ -263,17 +264,17 @@ def manifests(scenario: str) -> list[dict[str, Any]]:
 
 
 def jobs(scenario: str) -> list[dict[str, Any]]:
-    return [manifest for manifest in manifests(scenario) if manifest["kind"] == "Job"]
+    return [manifest for manifest in manifests(scenario) if manifest["kind"] == "Pod"]
 
 
 def job(scenario: str, stage: str) -> dict[str, Any]:
-    manifest = rendered(scenario)[JOB_TEMPLATES[stage]]
+    manifest = rendered(scenario)[POD_TEMPLATES[stage]]
     assert manifest is not None
     return manifest
 
 
 def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = manifest["spec"]["template"]["spec"]
+    spec: dict[str, Any] = manifest["spec"]
     return spec
 
 
@@ -480,11 +481,12 @@ def test_every_child_is_owned_by_the_workflow_and_labelled(scenario: str) -> Non
         assert metadata["labels"]["app.kubernetes.io/managed-by"] == "ocean-c2d"
         assert metadata["labels"]["workflow"] == NAME
         assert len(metadata["annotations"][SPEC_HASH_ANNOTATION]) == 16
-    for stage in JOB_TEMPLATES:
+    for stage in POD_TEMPLATES:
         manifest = job(scenario, stage)
-        assert manifest["metadata"]["name"] == f"{NAME}-{stage}-job"
+        assert manifest["metadata"]["name"] == f"{NAME}-{stage}"
         assert manifest["metadata"]["labels"]["component"] == stage
-        pod_labels = manifest["spec"]["template"]["metadata"]["labels"]
+        assert (manifest["apiVersion"], manifest["kind"]) == ("v1", "Pod")
+        pod_labels = manifest["metadata"]["labels"]
         assert pod_labels == {
             "workflow": NAME,
             "component": stage,
@@ -494,13 +496,11 @@ def test_every_child_is_owned_by_the_workflow_and_labelled(scenario: str) -> Non
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_job_deadlines_and_retries(scenario: str) -> None:
-    for stage, backoff in {"configure": 2, "algorithm": 0, "filter": 0, "publish": 2}.items():
+def test_stage_pod_deadlines(scenario: str) -> None:
+    for stage in ("configure", "algorithm", "filter", "publish"):
         spec = job(scenario, stage)["spec"]
         assert spec["activeDeadlineSeconds"] == DEADLINE
-        assert spec["backoffLimit"] == backoff
-        # Only disruptions are retried; a step's own failure fails the Job at once.
-        assert ("podFailurePolicy" in spec) == (backoff > 0)
+        assert spec["restartPolicy"] == "Never"  # a terminal phase is the stage's outcome
 
 
 def test_the_cpu_algorithm_job() -> None:
@@ -516,7 +516,7 @@ def test_the_cpu_algorithm_job() -> None:
     spec = pod_spec(manifest)
     for absent in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity"):
         assert absent not in spec
-    assert "annotations" not in manifest["spec"]["template"]["metadata"]
+    assert set(manifest["metadata"]["annotations"]) == {SPEC_HASH_ANNOTATION}
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -537,9 +537,9 @@ def test_the_cpu_network_policy_isolates_the_algorithm_and_filter_pods() -> None
     assert policy["spec"]["egress"] == []
     selector = policy["spec"]["podSelector"]
     for stage in ("algorithm", "filter"):  # user code, and a FILTERING_CONTAINER's third-party code
-        assert _selects(selector, job("cpu", stage)["spec"]["template"]["metadata"]["labels"])
+        assert _selects(selector, job("cpu", stage)["metadata"]["labels"])
     for stage in ("configure", "publish"):  # not the steps that need the network
-        assert not _selects(selector, job("cpu", stage)["spec"]["template"]["metadata"]["labels"])
+        assert not _selects(selector, job("cpu", stage)["metadata"]["labels"])
 
 
 def test_the_cpu_pvc_uses_the_cluster_default_storage_class() -> None:
@@ -636,7 +636,7 @@ def test_only_third_party_pods_get_the_runtime_class_and_a_user_namespace(scenar
     pods that run or read third-party code; the operator's own stages keep the node's default runtime."""
     environment = Environment.from_object(SCENARIOS[scenario].environment)
     user_namespaces = SCENARIOS[scenario].settings.template_values.user_namespaces
-    for stage in JOB_TEMPLATES:
+    for stage in POD_TEMPLATES:
         spec = pod_spec(job(scenario, stage))
         sandboxed = stage in ("algorithm", "filter")
         expected_class = environment.runtime_class_name if sandboxed else None
@@ -713,25 +713,25 @@ def test_the_publish_job_gets_the_filter_manifest_the_caps_and_no_metadata_crede
 
 
 def test_a_templates_dir_file_can_extend_a_builtin_block(tmp_path: Path) -> None:
-    (tmp_path / "algorithm-job.yaml.j2").write_text(
-        '{% extends "builtin/algorithm-job.yaml.j2" %}{% block pod_annotations %}\n'
-        '      annotations: {"team": "x"}{% endblock %}'
+    (tmp_path / "algorithm-pod.yaml.j2").write_text(
+        '{% extends "builtin/algorithm-pod.yaml.j2" %}{% block pod_annotations %}\n'
+        '  annotations: {"team": "x"}{% endblock %}'
     )
     custom = render_all(CPU, Templates(tmp_path))
     builtin = render_all(CPU)
 
-    algorithm = custom["algorithm-job"]
+    algorithm = custom["algorithm-pod"]
     assert algorithm is not None
-    assert algorithm["spec"]["template"]["metadata"]["annotations"] == {"team": "x"}
-    expected = builtin["algorithm-job"]
+    assert algorithm["metadata"]["annotations"]["team"] == "x"
+    expected = builtin["algorithm-pod"]
     assert expected is not None
     # Nothing else changed (but the spec hash, which covers the whole manifest).
     for manifest in (algorithm, expected):
-        manifest["spec"]["template"]["metadata"].pop("annotations", None)
+        manifest["metadata"]["annotations"].pop("team", None)
         manifest["metadata"]["annotations"].pop(SPEC_HASH_ANNOTATION)
     assert algorithm == expected
     for template in ALL_TEMPLATES:
-        if template != "algorithm-job":
+        if template != "algorithm-pod":
             assert custom[template] == builtin[template], template
 
 
@@ -779,7 +779,7 @@ def test_an_undefined_variable_through_the_json_filter_is_an_error_naming_the_te
 def test_a_missing_context_value_is_an_error_naming_the_template() -> None:
     values = context(CPU)
     del values["credentials_secret"]
-    with pytest.raises(TemplateError, match=r"configure-job\.yaml\.j2.*credentials_secret"):
+    with pytest.raises(TemplateError, match=r"configure-pod\.yaml\.j2.*credentials_secret"):
         render_job("configure", values)
 
 
@@ -790,14 +790,14 @@ def test_a_template_that_renders_no_object_is_an_error(tmp_path: Path) -> None:
 
 
 def test_a_template_with_a_syntax_error_fails_at_load(tmp_path: Path) -> None:
-    (tmp_path / "filter-job.yaml.j2").write_text("kind: Job\n{% if %}\n")
+    (tmp_path / "filter-pod.yaml.j2").write_text("kind: Pod\n{% if %}\n")
     with pytest.raises(TemplateError, match="cannot load template"):
         Templates(tmp_path)
 
 
 def test_a_template_with_a_syntax_error_is_named_in_the_load_error(tmp_path: Path) -> None:
-    (tmp_path / "filter-job.yaml.j2").write_text("kind: Job\n{% if %}\n")
-    with pytest.raises(TemplateError, match=r"filter-job\.yaml\.j2"):
+    (tmp_path / "filter-pod.yaml.j2").write_text("kind: Pod\n{% if %}\n")
+    with pytest.raises(TemplateError, match=r"filter-pod\.yaml\.j2"):
         Templates(tmp_path)
 
 

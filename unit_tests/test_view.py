@@ -14,7 +14,6 @@ from ocean_c2d.view import (
     CHILD_INDEXES,
     CREATED_OVERLAY_SECONDS,
     INDEXES,
-    JOB_INDEX,
     KOPF_INDEXES,
     POD_INDEX,
     WORKFLOW_INDEX,
@@ -59,8 +58,8 @@ def body(version: str, **status: Any) -> dict[str, Any]:
     return obj
 
 
-def job_manifest(name: str, component: str) -> dict[str, Any]:
-    return {"kind": "Job", "metadata": {"name": name, "labels": {"component": component}}}
+def pod_manifest(name: str, component: str) -> dict[str, Any]:
+    return {"kind": "Pod", "metadata": {"name": name, "labels": {"component": component}}}
 
 
 def test_every_index_the_view_reads_is_registered_by_handlers_under_that_id() -> None:
@@ -75,8 +74,8 @@ def test_every_index_the_view_reads_is_registered_by_handlers_under_that_id() ->
 
 def test_binding_without_an_index_fails_loudly() -> None:
     partial = indexes()
-    del partial[JOB_INDEX]
-    with pytest.raises(RuntimeError, match="job_index"):
+    del partial[POD_INDEX]
+    with pytest.raises(RuntimeError, match="pod_index"):
         View().bind(partial)
 
 
@@ -107,25 +106,39 @@ def test_created_children_are_observed_until_the_watch_shows_them_or_they_expire
     clock = Clock()
     view, live = bound_view(clock=clock)
     config = {"kind": "ConfigMap", "metadata": {"name": "job1"}}
-    view.remember_children(*KEY, [job_manifest("job1-configure", "configure"), config], [])
+    # The stage's first pod, disrupted and seen by the watch; its replacement just created.
+    first = observe.pod_record(
+        {
+            "metadata": {
+                "name": "job1-configure",
+                "labels": {"component": "configure"},
+                "creationTimestamp": "2026-01-01T12:00:00Z",
+            },
+            "status": {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        }
+    )
+    live[POD_INDEX][KEY] = [first]
+    view.remember_children(*KEY, [pod_manifest("job1-configure-2", "configure"), config], [])
     observed = view.observed(*KEY)
+    assert observed.jobs["configure"].name == "job1-configure-2"  # the newest, though not shown yet
     assert observed.jobs["configure"].state is JobState.PENDING
     assert ("ConfigMap", "job1") in observed.others
-    live[JOB_INDEX][KEY] = [observe.job_record(job_manifest("job1-configure", "configure"))]
-    assert view.observed(*KEY).jobs["configure"].name == "job1-configure"
+    live[POD_INDEX][KEY] = [first, observe.pod_record(pod_manifest("job1-configure-2", "configure"))]
+    assert view.observed(*KEY).jobs["configure"].attempts == 2  # the watch's, not the overlay's too
     clock.now += CREATED_OVERLAY_SECONDS + 1  # never shown by the watch (created, then deleted)
     assert ("ConfigMap", "job1") not in view.observed(*KEY).others
 
 
 def test_deleted_children_read_as_deleting_until_the_watch_drops_them() -> None:
-    record = observe.job_record(job_manifest("job1-algorithm", "algorithm"))
+    record = observe.pod_record(pod_manifest("job1-algorithm", "algorithm"))
     config = observe.ChildRecord("ConfigMap", "job1", "h")
-    view, live = bound_view({JOB_INDEX: {KEY: [record]}, next(iter(CHILD_INDEXES)): {KEY: [config]}})
-    view.remember_children(*KEY, [], [("Job", "job1-algorithm"), ("ConfigMap", "job1")])
+    view, live = bound_view({POD_INDEX: {KEY: [record]}, next(iter(CHILD_INDEXES)): {KEY: [config]}})
+    view.remember_children(*KEY, [], [("Pod", "job1-algorithm"), ("ConfigMap", "job1")])
     observed = view.observed(*KEY)
     assert observed.jobs["algorithm"].deleting
+    assert observed.stage_pods == frozenset()
     assert observed.others == frozenset()
-    live[JOB_INDEX][KEY] = []
+    live[POD_INDEX][KEY] = []
     assert view.observed(*KEY).jobs == {}
 
 

@@ -1,7 +1,7 @@
 """The one diff between what a Plan wants and what the watches observed (pure): the Changes to send.
 
-A desired child is created when absent and patched when its spec hash differs from the observed one (Jobs
-are never patched: their pod template is immutable); an unwanted child is deleted only while present.
+A desired child is created when absent and patched when its spec hash differs from the observed one (stage
+pods are never patched: a pod's spec is immutable); an unwanted child is deleted only while present.
 Reconciling the result of a reconcile therefore yields no changes, and an idle operator writes nothing.
 """
 
@@ -15,8 +15,8 @@ from ocean_c2d.render import spec_hash
 
 def present(ref: ChildRef, observed: Observed) -> bool:
     kind, name = ref
-    if kind == "Job":
-        return any(job.name == name and not job.deleting for job in observed.jobs.values())
+    if kind == "Pod":
+        return name in observed.stage_pods
     return ref in observed.others
 
 
@@ -30,7 +30,7 @@ def changes(plan: Plan, observed: Observed) -> Changes:
     patch = tuple(
         m
         for m in plan.desired
-        if m["kind"] != "Job" and present(_ref(m), observed) and observed.hashes.get(_ref(m)) != spec_hash(m)
+        if m["kind"] != "Pod" and present(_ref(m), observed) and observed.hashes.get(_ref(m)) != spec_hash(m)
     )
     return Changes(
         create=create,

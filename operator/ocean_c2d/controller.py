@@ -90,7 +90,7 @@ class Controller:
     async def listed(self) -> None:
         """Until every watched kind has been listed once: the informers' (each its own first LIST) and
         kopf's (its first handler call). No reconcile runs before: the first one after a restart must see
-        every Job, pod and child that exists, or it would create them again."""
+        every pod and child that exists, or it would create them again."""
         waits = [self._kopf_listed.wait(), *(informer.synced.wait() for informer in self._informers)]
         started = asyncio.get_running_loop().time()
         pending = {asyncio.ensure_future(wait) for wait in waits}

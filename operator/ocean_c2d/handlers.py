@@ -4,13 +4,13 @@ Two mechanisms. The kinds that grow with the cluster's history, Workflows and re
 watched by informers (informer.py: a LIST in pages, each object trimmed as it arrives, then a WATCH),
 feeding the view's stores: in kopf, each object of a watched kind costs its per-object machinery, and its
 start-up barrier is quadratic in the objects listed (10,000 finished Workflows: 610 s and 548 MB). kopf
-keeps the small kinds (a running Workflow's Jobs, pods and children, the environments), with only
+keeps the small kinds (a running Workflow's stage pods and children, the environments), with only
 low-level handlers (`kopf.index`, `kopf.on.event`): they persist nothing on the objects (no finalizers,
 no annotations, no status), so an idle operator sends no write at all. They are all `async`: kopf would
 run plain functions in a thread pool, one thread hop per watch event.
 
 No reconcile runs before every kind is listed once (Controller.listed, which the work queue awaits): the
-first reconcile after a start must see every Job, pod and child that exists, or a restarted operator
+first reconcile after a start must see every pod and child that exists, or a restarted operator
 would create them again. An informer says so itself (`synced`). kopf calls no handler before every kind
 it watches is listed and indexed, so its first handler call says so for all of its kinds; as kopf calls
 none for a kind without objects, one object is always there to be called for: the namespace's
@@ -34,7 +34,7 @@ from ocean_c2d.identity import MANAGED_BY
 from ocean_c2d.informer import Api, Informer
 from ocean_c2d.model import GROUP, VERSION
 from ocean_c2d.retention import RECORD_KEY, RECORD_LABELS
-from ocean_c2d.view import CHILD_INDEXES, ENVIRONMENT_INDEX, JOB_INDEX, POD_INDEX
+from ocean_c2d.view import CHILD_INDEXES, ENVIRONMENT_INDEX, POD_INDEX
 
 # A ConfigMap the control plane publishes in every namespace (the API server's CA): kopf always has one
 # object to call a handler for once its kinds are listed (see the module's docstring).
@@ -125,17 +125,12 @@ async def environment_index(namespace: str | None, name: str, body: kopf.Body, *
     return {(_ns(namespace), name): copy.deepcopy(dict(body))}
 
 
-@kopf.index("batch", "v1", "jobs", labels=MANAGED_BY, id=JOB_INDEX)
-async def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(_ns(namespace), labels.get("workflow", "")): observe.job_record(body)}
-
-
 @kopf.index("v1", "pods", labels=MANAGED_BY, id=POD_INDEX)
 async def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(_ns(namespace), labels.get("workflow", "")): observe.pod_record(body)}
 
 
-# The children other than Jobs and pods (view.CHILD_INDEXES): the reconcile needs their names and spec
+# The children other than the stage pods (view.CHILD_INDEXES): the reconcile needs their names and spec
 # hashes only.
 async def child_index(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
@@ -172,7 +167,7 @@ async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, *
         controller.workflow_changed(_ns(namespace), labels["workflow"])
 
 
-for _api_version, _plural in (("batch/v1", "jobs"), ("v1", "pods"), *CHILD_INDEXES.values()):
+for _api_version, _plural in (("v1", "pods"), *CHILD_INDEXES.values()):
     _group, _, _version = _api_version.rpartition("/")
     kopf.on.event(group=_group, version=_version, plural=_plural, labels=MANAGED_BY, id=f"{_plural}_changed")(
         child_changed

@@ -39,7 +39,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "Secret": ("v1", "secrets"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
-    "Job": ("batch/v1", "jobs"),
+    "Pod": ("v1", "pods"),
     "Event": ("v1", "events"),
     "Workflow": (f"{GROUP}/{VERSION}", "workflows"),
     "ComputeEnvironment": (f"{GROUP}/{VERSION}", "computeenvironments"),
@@ -164,7 +164,7 @@ def _api_message(error: kr8s.ServerError) -> str:
 @dataclass
 class RequestCounter:
     """API requests this operator sent, by (verb, response code). Writes are what benchmarks watch; the
-    metric also says which resource (e.g. workflows/status, jobs, events), so a benchmark can tell the
+    metric also says which resource (e.g. workflows/status, pods, events), so a benchmark can tell the
     status writes from the children's."""
 
     counts: collections.Counter[tuple[str, int]] = field(default_factory=collections.Counter)
@@ -246,14 +246,14 @@ class Cluster:
 
     async def apply(self, workflow: dict[str, Any], changes: Changes, now: datetime) -> Applied:
         """Send `changes`: children first, then status (so a crash in between leaves children the next
-        reconcile adopts, never a status that names Jobs that do not exist), deletions, Events, and the
+        reconcile adopts, never a status that names pods that do not exist), deletions, Events, and the
         Workflow's own deletion last."""
         namespace = workflow["metadata"]["namespace"]
         created = []
         for manifest in changes.create:
             if await self._create_child(namespace, manifest):
                 created.append(manifest)
-            elif manifest["kind"] != "Job":
+            elif manifest["kind"] != "Pod":  # a pod's spec is immutable
                 await self._patch_child(namespace, manifest)
         for manifest in changes.patch:
             await self._patch_child(namespace, manifest)

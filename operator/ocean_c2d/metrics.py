@@ -44,7 +44,7 @@ BUILD_INFO.labels(package_version()).set(1)
 
 KUBERNETES_REQUESTS = Counter(
     "ocean_c2d_kubernetes_requests",
-    "Kubernetes API requests sent by the operator's reconciles, by verb, resource (workflows/status, jobs, "
+    "Kubernetes API requests sent by the operator's reconciles, by verb, resource (workflows/status, pods, "
     "events, ...) and response code (0: no response)",
     ["verb", "resource", "code"],
     registry=REGISTRY,

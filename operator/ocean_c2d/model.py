@@ -1,5 +1,5 @@
 """The vocabulary of the operator (pure): typed views of what the reconcile reads (Workflows,
-ComputeEnvironments, observed stage Jobs), and the words of its answer (the Plan, and the Changes the
+ComputeEnvironments, observed stage pods), and the words of its answer (the Plan, and the Changes the
 I/O shell sends).
 
 The API objects arrive as dicts (the CRD schema already validated them); these frozen views pick out what
@@ -25,7 +25,7 @@ GROUP = "oceanprotocol.com"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# The Job stages, by the name their Job, pod label `component` and `status.stages` record carry.
+# The stages that run a pod, by the name their pod, its label `component` and `status.stages` record carry.
 CONFIGURE, ALGORITHM, FILTER, PUBLISH = "configure", "algorithm", "filter", "publish"
 STAGE_OF_JOB = {
     CONFIGURE: Stage.CONFIGURING,
@@ -33,7 +33,7 @@ STAGE_OF_JOB = {
     FILTER: Stage.FILTERING,
     PUBLISH: Stage.PUBLISHING,
 }
-# The status stage -> the Job stage (and status.stages record) that runs during it.
+# The status stage -> the pod stage (and status.stages record) that runs during it.
 JOB_OF_STAGE: dict[str, str] = {stage.value: job for job, stage in STAGE_OF_JOB.items()}
 
 
@@ -201,7 +201,7 @@ class Workflow:
         _expect(spec.get("chainId"), (int, type(None)), "spec.chainId")
         for key in ("image", "tag"):
             if any(c.isspace() for c in str(container.get(key) or "")):
-                # The API server takes such a Job but refuses its pods: it would wait for its deadline.
+                # The API server would refuse its pod; say why in the Workflow's own words.
                 raise ValueError(f"spec.algorithm.container.{key} must not contain whitespace")
         return cls(
             **_identity(obj),
@@ -351,19 +351,22 @@ class JobState(enum.Enum):
 
 @dataclass(frozen=True)
 class StageJob:
-    """What the reconcile needs to know of one observed stage Job and its pod."""
+    """What the reconcile needs to know of one stage's run: its newest pod (observe.py)."""
 
     name: str
     state: JobState
     started: datetime | None = None
     finished: datetime | None = None
-    failure_reason: str | None = None  # the Job's Failed condition reason, e.g. DeadlineExceeded
+    failure_reason: str | None = None  # the failed pod's status.reason, e.g. DeadlineExceeded (kubelet)
     exit_code: int | None = None  # the pod's container exit code, when it terminated
     termination_reason: str | None = None  # e.g. OOMKilled, Error, Completed
     termination_message: str | None = None
     waiting_reason: str | None = None  # e.g. ErrImagePull, ImagePullBackOff: never started
     deleting: bool = False
     init_failure: str | None = None  # the init container that ended non-zero (e.g. the isolation check)
+    disrupted: bool = False  # evicted, preempted, drained: its end is not the stage's outcome
+    running: bool = True  # its containers may still run (the pod is not Succeeded or Failed)
+    attempts: int = 1  # how many pods this stage has had (a disrupted one is replaced)
 
 
 @dataclass(frozen=True)
@@ -371,11 +374,13 @@ class Observed:
     """The children of one Workflow as the operator's watches last saw them."""
 
     jobs: dict[str, StageJob] = field(default_factory=dict)  # by stage name: configure, algorithm, ...
-    others: frozenset[tuple[str, str]] = frozenset()  # (kind, name) of the non-Job children present
+    others: frozenset[tuple[str, str]] = frozenset()  # (kind, name) of the children present but pods
     hashes: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> spec hash annotation
     # Stages with a pod whose containers may still run (not Succeeded or Failed, deleting or not). Its
     # processes can still write to the data volume, so the next stage waits until it is gone.
     running_pods: frozenset[str] = frozenset()
+    # The names of every stage pod the Workflow owns that is not being deleted (every attempt).
+    stage_pods: frozenset[str] = frozenset()
 
 
 # ---- the plan's vocabulary: what the planner is told, and what it answers -------------------------------
@@ -475,7 +480,7 @@ class Changes:
     No changes means idle: the operator sends nothing."""
 
     create: tuple[dict[str, Any], ...] = ()  # absent children (a create that meets 409 becomes a patch)
-    patch: tuple[dict[str, Any], ...] = ()  # present children whose spec hash drifted (never a Job)
+    patch: tuple[dict[str, Any], ...] = ()  # present children whose spec hash drifted (never a pod)
     status: WorkflowStatus | None = None  # the whole new status, guarded by the observed resourceVersion
     delete: tuple[ChildRef, ...] = ()
     events: tuple[Event, ...] = ()

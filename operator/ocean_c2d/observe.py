@@ -2,6 +2,10 @@
 
 The index functions in handlers.py call these on every watch event; they keep only the few fields the
 reconcile needs (never a Secret's data), so memory stays small with thousands of Workflows.
+
+Each stage runs as one pod the Workflow owns (no Job controller between the operator and its pods: on a
+small control plane the Job controller's own writes were most of the cluster's work per Workflow). A stage
+that is retried after a disruption has one pod per attempt; the newest one says how the stage stands.
 """
 
 from __future__ import annotations
@@ -17,19 +21,6 @@ from ocean_c2d.times import parse_time
 
 
 @dataclass(frozen=True)
-class JobRecord:
-    component: str
-    name: str
-    state: JobState
-    started: datetime | None
-    finished: datetime | None
-    failure_reason: str | None
-    deleting: bool
-    uid: str = ""
-    owner_uid: str | None = None  # the uid of its controller (the Workflow that made it), if any
-
-
-@dataclass(frozen=True)
 class PodRecord:
     component: str
     name: str
@@ -40,10 +31,12 @@ class PodRecord:
     waiting_reason: str | None
     phase: str = "Pending"
     finished: datetime | None = None
-    disrupted: bool = False  # evicted, preempted, drained: the Job controller retries such a pod
+    disrupted: bool = False  # evicted, preempted, drained: not the stage's own outcome
     init_failure: str | None = None  # the first init container that terminated with a non-zero exit
-    deleting: bool = False  # deleted (a Job's deadline, a stop): how it ends is not the stage's outcome
-    owner_uid: str | None = None  # the uid of its controller: the stage Job that made it
+    deleting: bool = False  # deleted (a stop, a deadline): how it ends is not the stage's outcome
+    owner_uid: str | None = None  # the uid of its controller: the Workflow that made it
+    reason: str | None = None  # the pod's own status.reason: DeadlineExceeded (the kubelet's), Evicted
+    started: datetime | None = None  # status.startTime: when a kubelet took it
 
     @property
     def running(self) -> bool:
@@ -57,29 +50,6 @@ class ChildRecord:
     name: str
     spec_hash: str | None
     owner_uid: str | None = None
-
-
-def job_record(body: Mapping[str, Any]) -> JobRecord:
-    metadata, status = body["metadata"], body.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    if "Complete" in conditions:
-        state = JobState.SUCCEEDED
-    elif "Failed" in conditions:
-        state = JobState.FAILED
-    else:
-        state = JobState.PENDING
-    failed = conditions.get("Failed") or {}
-    return JobRecord(
-        component=(metadata.get("labels") or {}).get("component", ""),
-        name=metadata["name"],
-        state=state,
-        started=parse_time(status.get("startTime")),
-        finished=parse_time(status.get("completionTime")) or parse_time(failed.get("lastTransitionTime")),
-        failure_reason=failed.get("reason"),
-        deleting=bool(metadata.get("deletionTimestamp")),
-        uid=str(metadata.get("uid") or ""),
-        owner_uid=controller_uid(metadata),
-    )
 
 
 def pod_record(body: Mapping[str, Any]) -> PodRecord:
@@ -111,21 +81,21 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
         init_failure=init_failure,
         deleting=bool(metadata.get("deletionTimestamp")),
         owner_uid=controller_uid(metadata),
+        reason=status.get("reason"),
+        started=parse_time(status.get("startTime")),
     )
 
 
-def _outcome_from_pod(job: JobRecord, pod: PodRecord | None) -> tuple[JobState, datetime | None]:
-    """A stage's outcome as soon as its pod ended, not a second later when the Job controller (which
-    batches pod events) marks the Job: every stage Job runs one pod at a time, retries only disrupted
-    pods, and fails on any non-zero exit (backoffLimit 0, or a podFailurePolicy that says FailJob)."""
-    # A pod being deleted dies of its SIGTERM (exit 143): the Job says why (DeadlineExceeded, say).
-    if job.state is not JobState.PENDING or pod is None or pod.disrupted or pod.deleting:
-        return job.state, job.finished
-    if pod.phase == "Succeeded":
-        return JobState.SUCCEEDED, pod.finished
-    if pod.phase == "Failed" and (pod.exit_code not in (None, 0) or pod.init_failure):
-        return JobState.FAILED, pod.finished
-    return job.state, job.finished
+def _state(pod: PodRecord) -> JobState:
+    """A stage's outcome, from its pod (restartPolicy Never: a terminal phase is final). A disrupted
+    pod's end is no outcome: the reconcile decides whether the stage runs again (StageJob.disrupted)."""
+    if pod.disrupted or pod.phase not in ("Succeeded", "Failed"):
+        return JobState.PENDING
+    if pod.deleting and pod.phase == "Failed" and pod.reason != "DeadlineExceeded":
+        # Deleted by the operator (a stop, its own deadline) or by someone: killed, so no verdict of its
+        # own; the reconcile recorded why when it deleted it, or reads the pod's absence once it is gone.
+        return JobState.PENDING
+    return JobState.SUCCEEDED if pod.phase == "Succeeded" else JobState.FAILED
 
 
 def child_record(body: Mapping[str, Any]) -> ChildRecord:
@@ -142,53 +112,59 @@ def _moment(value: datetime | None) -> float:
     return value.timestamp() if value else 0.0
 
 
+def stage_job(pod: PodRecord, attempts: int = 1) -> StageJob:
+    """One stage as the reconcile sees it: its newest pod (`attempts`: how many pods it has had)."""
+    state = _state(pod)
+    return StageJob(
+        name=pod.name,
+        state=state,
+        started=pod.created,
+        finished=pod.finished if state is not JobState.PENDING else None,
+        failure_reason=pod.reason if state is JobState.FAILED else None,
+        exit_code=pod.exit_code,
+        termination_reason=pod.termination_reason,
+        termination_message=pod.termination_message,
+        waiting_reason=pod.waiting_reason,
+        deleting=pod.deleting,
+        init_failure=pod.init_failure,
+        disrupted=pod.disrupted,
+        running=pod.running,
+        attempts=attempts,
+    )
+
+
 def observed(
-    jobs: Iterable[JobRecord],
     pods: Iterable[PodRecord],
     children: Iterable[ChildRecord],
     workflow_uid: str | None = None,
 ) -> Observed:
-    """One Workflow's children as the reconcile sees them: a stage Job joined with its newest pod.
+    """One Workflow's children as the reconcile sees them: each stage by its newest pod.
 
     With `workflow_uid`, only what that Workflow controls counts: an object that merely carries its
     labels (made by someone else, or a name that was taken) is never adopted, read, patched or deleted,
-    and a stage's outcome is read only from a pod its own Job made."""
-    job_uids: set[str] = set()
+    and a stage's outcome is read only from a pod the Workflow made."""
     if workflow_uid is not None:
-        jobs = [j for j in jobs if j.owner_uid == workflow_uid]
         children = [c for c in children if c.owner_uid == workflow_uid]
-        job_uids = {j.uid for j in jobs}
     newest_pod: dict[str, PodRecord] = {}
+    attempts: dict[str, int] = {}
     running: set[str] = set()
+    owned: set[str] = set()
     for candidate in pods:
         if candidate.running:
             running.add(candidate.component)  # any look-alike only makes the next stage wait longer
-        if workflow_uid is not None and candidate.owner_uid not in job_uids:
+        if workflow_uid is not None and candidate.owner_uid != workflow_uid:
             continue
+        attempts[candidate.component] = attempts.get(candidate.component, 0) + 1
+        if not candidate.deleting:
+            owned.add(candidate.name)
         current = newest_pod.get(candidate.component)
         if current is None or _moment(candidate.created) >= _moment(current.created):
             newest_pod[candidate.component] = candidate
-    stage_jobs = {}
-    for job in jobs:
-        pod = newest_pod.get(job.component)
-        state, finished = _outcome_from_pod(job, pod)
-        stage_jobs[job.component] = StageJob(
-            name=job.name,
-            state=state,
-            started=job.started,
-            finished=finished,
-            failure_reason=job.failure_reason,
-            exit_code=pod.exit_code if pod else None,
-            termination_reason=pod.termination_reason if pod else None,
-            termination_message=pod.termination_message if pod else None,
-            waiting_reason=pod.waiting_reason if pod else None,
-            deleting=job.deleting,
-            init_failure=pod.init_failure if pod else None,
-        )
     children = list(children)
     return Observed(
-        jobs=stage_jobs,
+        jobs={component: stage_job(pod, attempts[component]) for component, pod in newest_pod.items()},
         others=frozenset((c.kind, c.name) for c in children),
         hashes={(c.kind, c.name): c.spec_hash for c in children if c.spec_hash},
         running_pods=frozenset(running),
+        stage_pods=frozenset(owned),
     )

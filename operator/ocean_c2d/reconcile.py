@@ -3,14 +3,19 @@ now) -> Plan. No I/O, no clock, no randomness: everything arrives as an argument
 a table-driven unit test, and reconciling the result of a reconcile plans nothing.
 
 A Workflow moves Queued -> Configuring -> RunningAlgorithm -> [Filtering] -> Publishing -> Finished, by
-the table in stages.py. Each stage is one Kubernetes Job, created only when the previous stage's outcome
-calls for it, and never created twice: a stage whose Job was recorded in status (or observed) is never
-started again. A Workflow that can never run as written ends InvalidSpec (`invalid`), not in a retry loop.
+the table in stages.py. Each stage is one pod the Workflow owns, created only when the previous stage's
+outcome calls for it, and never created twice: a stage whose pod was recorded in status (or observed) is
+never started again, but for the operator's own steps, whose pod is replaced (under a new name) when it
+was disrupted or deleted before it ended (StageDefinition.retries). The stage's time limit is the pod's
+activeDeadlineSeconds, which the kubelet enforces; the plan enforces it too, a little later
+(DEADLINE_GRACE_SECONDS), for a pod no kubelet runs (unschedulable, on a node that is gone).
+A Workflow that can never run as written ends InvalidSpec (`invalid`), not in a retry loop.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,13 +34,16 @@ from ocean_c2d.model import (
     TemplateInputs,
     Workflow,
 )
-from ocean_c2d.render import Templates
+from ocean_c2d.render import Templates, stage_pod_name
 from ocean_c2d.stages import FIRST_STAGE, STAGES, StageDefinition, Verdict, failure_detail, next_stage
 from ocean_c2d.status import Outcome, Stage, StageRecord, WorkflowStatus
 from ocean_c2d.times import format_duration, format_time, parse_time
 
 # Why a stage ended without its own verdict: its processes were killed rather than exiting by themselves.
-KILLED = ("Stopped", "DeadlineExceeded", "JobDeleted")
+KILLED = ("Stopped", "DeadlineExceeded", "PodDeleted")
+# How long after a stage's deadline the plan ends it itself: the kubelet, which counts from when it took the
+# pod, says so first when it runs the pod.
+DEADLINE_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -47,6 +55,7 @@ class _Draft:
     status: WorkflowStatus
     settings: PlanSettings
     events: list[Event] = field(default_factory=list)
+    wake_up: float | None = None  # seconds until a running stage's deadline
 
     def stage_record(self, stage: str) -> StageRecord:
         return self.status.setdefault("stages", {}).setdefault(stage, StageRecord())
@@ -146,7 +155,9 @@ def plan(
     draft.status["conditions"] = st.conditions(draft.status, True, workflow.generation, now)
     if draft.status.get("stage") == Stage.FINISHED.value:
         return _plan_finished(draft, observed, settings)
-    return _result(draft, base + desired_jobs, _ended_but_running(draft, observed))
+    return _result(
+        draft, base + desired_jobs, _ended_but_running(draft, observed), requeue_after=draft.wake_up
+    )
 
 
 def invalid(workflow: Workflow, message: str, settings: PlanSettings, now: datetime) -> Plan:
@@ -177,10 +188,10 @@ def _admit(draft: _Draft) -> None:
 
 
 def _ended_but_running(draft: _Draft, observed: Observed) -> tuple[tuple[str, str], ...]:
-    """Jobs of stages that are over (stopped) while they still run: end them."""
+    """Pods of stages that are over (stopped, past their deadline) while they still run: end them."""
     records = draft.status.get("stages", {})
     return tuple(
-        ("Job", job.name)
+        ("Pod", job.name)
         for stage_name, job in sorted(observed.jobs.items())
         if job.state is JobState.PENDING
         and not job.deleting
@@ -195,8 +206,8 @@ def _advance(
     templates: Templates,
     inputs: TemplateInputs,
 ) -> tuple[dict[str, Any], ...]:
-    """Walk the stages from the current one as far as the observed Jobs allow, in one pass, so a stage
-    that finished starts the next one in the same reconcile. Returns the Job to create, if any."""
+    """Walk the stages from the current one as far as the observed pods allow, in one pass, so a stage
+    that finished starts the next one in the same reconcile. Returns the pod to create, if any."""
     while (definition := STAGES.get(JOB_OF_STAGE.get(draft.status.get("stage") or "", ""))) is not None:
         wanted = _step(draft, definition, environment, observed, templates, inputs)
         if wanted is not None:
@@ -212,46 +223,46 @@ def _step(
     templates: Templates,
     inputs: TemplateInputs,
 ) -> tuple[dict[str, Any], ...] | None:
-    """One stage: the Job to create (or () to wait for the cluster), or None when the stage is over and
+    """One stage: the pod to create (or () to wait for the cluster), or None when the stage is over and
     the Workflow has moved on to the next one."""
     record = draft.stage_record(definition.name)
     job = observed.jobs.get(definition.name)
-    if job is None and not record.get("jobName"):
+    recorded = attempt_of(record.get("podName"), inputs.workflow.name, definition.name)
+    if not recorded and record.get("jobName"):
+        # Run as a Job by an operator from before stages ran as pods: its pod is not the Workflow's own, so
+        # the stage counts as one attempt whose pod is gone (the operator's own steps run again as pods).
+        recorded = 1
+    if job is None and not recorded:
         if draft.stopping:
             _stop_stage(draft, definition, environment)
             return None
-        # A pod of an earlier stage still runs (a stopped or timed-out algorithm being killed: a Job's
-        # deletion returns before its pod is gone). Its processes could still write to the volume the
-        # next stage reads: wait for the pod to end.
+        # A pod of an earlier stage still runs (a stopped or timed-out algorithm being killed: a pod's
+        # deletion returns before it is gone). Its processes could still write to the volume the next
+        # stage reads: wait for the pod to end.
         if observed.running_pods - {definition.name}:
             return ()
         _record_algorithm_end(draft)
         # Not created yet: create it. The shell writes this status only after the create succeeded.
-        # What the algorithm wrote (outputs/, logs/) leaves only when no filter blocked it; admin logs always.
-        judged = draft.status.get("filter")
-        blocked = judged is not None and judged.get("verdict") == "Block"
-        deadline = definition.deadline(draft.workflow, environment, draft.settings)
-        manifest = templates.render_job(
-            definition.name, inputs, deadline, publish_outputs=not blocked, judged=judged
-        )
-        record["jobName"] = manifest["metadata"]["name"]
         record["startedAt"] = format_time(draft.now)
-        return (manifest,)
-    if job is not None and not record.get("jobName"):  # created by an earlier attempt, status not written
-        record["jobName"] = job.name
-        record["startedAt"] = format_time(job.started or draft.now)
-    if job is None:  # recorded as created, gone now: deleted by someone. Never re-run a stage.
-        record["finishedAt"] = format_time(draft.now)
-        record["reason"] = "JobDeleted"
-        _conclude(
-            draft, definition, definition.failed(None, "its Job was deleted before it finished"), environment
-        )
-        return None
+        return (_stage_pod(draft, definition, environment, templates, inputs, 1),)
+    seen = attempt_of(job.name, inputs.workflow.name, definition.name) if job is not None else 0
+    if job is not None and seen > recorded:  # created by an earlier reconcile, its status not written
+        record["podName"] = job.name
+        record.setdefault("startedAt", format_time(job.started or draft.now))
+        if seen > 1:
+            record["attempts"] = seen
+        recorded = seen
+    if job is None or seen < recorded:  # recorded as created, gone now: deleted by someone
+        return _replace_or_fail(draft, definition, environment, templates, inputs, recorded, "PodDeleted")
     if job.state is JobState.PENDING:
-        if not draft.stopping:
-            return ()
-        _stop_stage(draft, definition, environment)
-        return None
+        if draft.stopping:
+            _stop_stage(draft, definition, environment)
+            return None
+        if job.disrupted:  # evicted, preempted, drained: its end is not the stage's outcome
+            if job.running:
+                return ()  # its processes may still write to the volume
+            return _replace_or_fail(draft, definition, environment, templates, inputs, recorded, "Disrupted")
+        return _until_deadline(draft, definition, environment, job)
     _record_end(record, job, draft.now)
     verdict = (
         definition.succeeded(job)
@@ -259,6 +270,105 @@ def _step(
         else definition.failed(job, failure_detail(job, definition.trusted_message))
     )
     _conclude(draft, definition, verdict, environment)
+    return None
+
+
+def attempt_of(pod: str | None, workflow: str, stage: str) -> int:
+    """Which attempt of `stage` the pod named `pod` is (render.stage_pod_name): 1, 2, ...; 0 for no pod."""
+    if not pod:
+        return 0
+    first = stage_pod_name(workflow, stage)
+    if pod == first:
+        return 1
+    number = pod.removeprefix(first + "-") if pod.startswith(first + "-") else ""
+    return int(number) if number.isdigit() and int(number) > 1 else 0
+
+
+def _deadline(draft: _Draft, definition: StageDefinition, environment: Environment) -> tuple[datetime, int]:
+    """When the stage's time runs out (it counts from its first pod's creation), and its length."""
+    seconds = definition.deadline(draft.workflow, environment, draft.settings)
+    started = parse_time(draft.stage_record(definition.name).get("startedAt")) or draft.now
+    return started + timedelta(seconds=seconds), seconds
+
+
+def _stage_pod(
+    draft: _Draft,
+    definition: StageDefinition,
+    environment: Environment,
+    templates: Templates,
+    inputs: TemplateInputs,
+    attempt: int,
+) -> dict[str, Any]:
+    """The pod of `attempt` of the stage, its name recorded; a replacement gets what is left of the time."""
+    # What the algorithm wrote (outputs/, logs/) leaves only when no filter blocked it; admin logs always.
+    judged = draft.status.get("filter")
+    blocked = judged is not None and judged.get("verdict") == "Block"
+    ends, seconds = _deadline(draft, definition, environment)
+    if attempt > 1:
+        seconds = max(1, int((ends - draft.now).total_seconds()))
+    _wake_at(draft, ends)
+    manifest = templates.render_pod(
+        definition.name, inputs, seconds, publish_outputs=not blocked, judged=judged, attempt=attempt
+    )
+    record = draft.stage_record(definition.name)
+    record["podName"] = manifest["metadata"]["name"]
+    if attempt > 1:
+        record["attempts"] = attempt
+    return manifest
+
+
+def _replace_or_fail(
+    draft: _Draft,
+    definition: StageDefinition,
+    environment: Environment,
+    templates: Templates,
+    inputs: TemplateInputs,
+    attempt: int,
+    reason: str,
+) -> tuple[dict[str, Any], ...] | None:
+    """The stage's pod ended without an outcome of its own (`reason`: Disrupted, PodDeleted): a new pod
+    while the stage has retries and time left and no stop came, else the stage failed."""
+    ends, _ = _deadline(draft, definition, environment)
+    if attempt <= definition.retries and not draft.stopping and draft.now < ends:
+        return (_stage_pod(draft, definition, environment, templates, inputs, attempt + 1),)
+    if draft.stopping:
+        _stop_stage(draft, definition, environment)
+        return None
+    record = draft.stage_record(definition.name)
+    record["finishedAt"] = format_time(draft.now)
+    record["reason"] = reason
+    why = "its pod was deleted before it finished" if reason == "PodDeleted" else "its pod was disrupted"
+    _conclude(draft, definition, definition.failed(None, why), environment)
+    return None
+
+
+def _wake_at(draft: _Draft, deadline: datetime) -> bool:
+    """Reconcile again when `deadline` (and its grace) has passed; False if it has already."""
+    remaining = (deadline - draft.now).total_seconds() + DEADLINE_GRACE_SECONDS
+    if remaining <= 0:
+        return False
+    draft.wake_up = remaining if draft.wake_up is None else min(draft.wake_up, remaining)
+    return True
+
+
+def _until_deadline(
+    draft: _Draft, definition: StageDefinition, environment: Environment, job: StageJob
+) -> tuple[dict[str, Any], ...] | None:
+    """A stage whose pod has not ended: wait, and wake up at its deadline; past it (and the grace the
+    kubelet gets to say so first), the stage timed out and its pod is ended (_ended_but_running)."""
+    ends, _ = _deadline(draft, definition, environment)
+    if _wake_at(draft, ends):
+        return ()
+    record = draft.stage_record(definition.name)
+    record["finishedAt"] = format_time(draft.now)
+    record["reason"] = "DeadlineExceeded"
+    timed_out = dataclasses.replace(job, failure_reason="DeadlineExceeded")
+    _conclude(
+        draft,
+        definition,
+        definition.failed(timed_out, failure_detail(timed_out, definition.trusted_message)),
+        environment,
+    )
     return None
 
 
@@ -297,7 +407,7 @@ def _stop_stage(draft: _Draft, definition: StageDefinition, environment: Environ
 
 def _record_algorithm_end(draft: _Draft) -> None:
     """`stages.algorithm.endedAt`: when its processes were over. An algorithm that exited by itself ended
-    when its Job finished; one that was stopped, timed out or deleted ended when its pod was seen gone,
+    when its pod finished; one that was stopped, timed out or deleted ended when its pod was seen gone,
     which is now (the next stage starts only then)."""
     record = draft.status.get("stages", {}).get("algorithm")
     if not record or not record.get("finishedAt") or "endedAt" in record:
@@ -346,12 +456,7 @@ def _plan_finished(draft: _Draft, observed: Observed, settings: PlanSettings) ->
     draft.status["conditions"] = st.conditions(draft.status, admitted, draft.workflow.generation, draft.now)
     unwanted: tuple[tuple[str, str], ...] = ()
     if settings.cleanup:
-        unwanted = tuple(
-            sorted(
-                {("Job", job.name) for job in observed.jobs.values() if not job.deleting}
-                | set(observed.others)
-            )
-        )
+        unwanted = tuple(sorted({("Pod", name) for name in observed.stage_pods} | set(observed.others)))
     delete_workflow = False
     wake_ups: list[float] = []
     finished_at = parse_time(draft.status.get("finishedAt"))

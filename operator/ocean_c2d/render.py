@@ -25,11 +25,11 @@ from ocean_c2d.stages import STAGES
 
 SPEC_HASH_ANNOTATION = "ocean-c2d/spec-hash"
 BASE_TEMPLATES = ("workflow-configmap", "job-secret", "data-pvc", "network-policy", "egress-policy")
-JOB_TEMPLATES = {name: definition.template for name, definition in STAGES.items()}
+POD_TEMPLATES = {name: definition.template for name, definition in STAGES.items()}
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "templates"
 _FAST_LOADER: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
 # The base children rendered, by what they are rendered from (base_key): a running Workflow is reconciled
-# on every event of its pods and Jobs, and rendering (jinja2, then YAML) its base children again each time
+# on every event of its pods, and rendering (jinja2, then YAML) its base children again each time
 # was a fifth of the operator's CPU. Bounded: the least recently used go first.
 BASE_CACHE_ENTRIES = 2048
 
@@ -148,6 +148,7 @@ class Templates:
     def __init__(self, directory: Path | None = None, builtin: Path = BUILTIN_DIR) -> None:
         loaders: list[jinja2.BaseLoader] = []
         if directory is not None:
+            _refuse_job_templates(directory)
             loaders.append(jinja2.FileSystemLoader(directory))
         loaders.append(jinja2.FileSystemLoader(builtin))
         self._env = jinja2.Environment(
@@ -162,7 +163,7 @@ class Templates:
         # JSON is valid YAML: every string a template inserts goes through `json`, so no value can break
         # the document's structure (a quote or a newline in an entrypoint, say).
         self._env.filters["json"] = _json
-        names = [f"{n}.yaml.j2" for n in (*BASE_TEMPLATES, *JOB_TEMPLATES.values())]
+        names = [f"{n}.yaml.j2" for n in (*BASE_TEMPLATES, *POD_TEMPLATES.values())]
         try:
             self._templates = {name.removesuffix(".yaml.j2"): self._env.get_template(name) for name in names}
         except jinja2.TemplateSyntaxError as error:
@@ -256,27 +257,52 @@ class Templates:
             self._base_cache.move_to_end(key)
         return copy.deepcopy(cached)
 
-    def render_job(
+    def render_pod(
         self,
         stage: str,
         inputs: TemplateInputs,
         deadline_seconds: int,
         publish_outputs: bool = True,
         judged: Mapping[str, Any] | None = None,
+        attempt: int = 1,
     ) -> dict[str, Any]:
-        """A stage's Job; `publish_outputs` False when the filter blocked (then only admin logs go up).
+        """A stage's pod; `publish_outputs` False when the filter blocked (then only admin logs go up).
         `judged` is status.filter: after a Pass, publish uploads only the files of the filter's manifest
-        (verified against its recorded hash, when the built-in filter recorded one)."""
+        (verified against its recorded hash, when the built-in filter recorded one). `attempt` > 1: the
+        pod that replaces a disrupted one, under a name of its own."""
         passed = judged is not None and judged.get("verdict") == "Pass"
         context = {
             **self.context(inputs),
             "stage": stage,
+            "pod_name": stage_pod_name(inputs.workflow.name, stage, attempt),
             "deadline": deadline_seconds,
             "publish_outputs": publish_outputs,
             "manifest_required": passed,
             "manifest_sha256": str((judged or {}).get("manifestSha256") or "") if passed else "",
         }
-        manifest = self.render(JOB_TEMPLATES[stage], context)
+        manifest = self.render(POD_TEMPLATES[stage], context)
         if manifest is None:
-            raise TemplateError(f"template {JOB_TEMPLATES[stage]}.yaml.j2 rendered nothing")
+            raise TemplateError(f"template {POD_TEMPLATES[stage]}.yaml.j2 rendered nothing")
+        if manifest.get("apiVersion") != "v1" or manifest.get("kind") != "Pod":
+            raise TemplateError(f"template {POD_TEMPLATES[stage]}.yaml.j2 must render a v1 Pod")
         return manifest
+
+
+def _refuse_job_templates(directory: Path) -> None:
+    """Stages ran as Jobs before they ran as pods (`<stage>-job.yaml.j2`): such a file would now be
+    ignored without a word, so the operator refuses to start and says what to rename."""
+    stale = sorted(
+        f"{stage}-job.yaml.j2" for stage in STAGES if (directory / f"{stage}-job.yaml.j2").exists()
+    )
+    if stale:
+        raise TemplateError(
+            f"TEMPLATES_DIR {directory} holds {', '.join(stale)}: stages run as pods now; rename each"
+            " to <stage>-pod.yaml.j2, render `kind: Pod` (the Job's pod template's spec as the pod's spec,"
+            " activeDeadlineSeconds in it) and extend builtin/<stage>-pod.yaml.j2"
+        )
+
+
+def stage_pod_name(workflow: str, stage: str, attempt: int = 1) -> str:
+    """`<workflow>-<stage>`, and `-<attempt>` after for a replacement: no two Workflows' names collide
+    (each ends in a stage name, or a stage name and a number)."""
+    return f"{workflow}-{stage}" if attempt <= 1 else f"{workflow}-{stage}-{attempt}"

@@ -78,7 +78,7 @@ def record_name(uid: str) -> str:
 
 
 def results_prefix(namespace: str, name: str, uid: str) -> str:
-    """The S3 key prefix of one Workflow's uploads, as the publish Job's RESULTS_PREFIX sets it, with
+    """The S3 key prefix of one Workflow's uploads, as the publish pod's RESULTS_PREFIX sets it, with
     the "/" that keeps `a/b/<uid>` from matching anything but that Workflow's keys."""
     return f"{namespace}/{name}/{uid}/"
 
@@ -97,7 +97,7 @@ def wanted_record(
     if not stores.s3_bucket and not stores.ipfs_prefix:
         return None
     publish = (status.get("stages") or {}).get(PUBLISH) or {}
-    if not publish.get("jobName") or status.get("resultsExpiredAt"):
+    if not (publish.get("podName") or publish.get("jobName")) or status.get("resultsExpiredAt"):
         return None  # publish never started (nothing uploaded), or its results are gone already
     base = ResultRecord(
         namespace=workflow.namespace,

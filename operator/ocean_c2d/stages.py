@@ -1,6 +1,6 @@
-"""The stage machine as one table (pure): for each stage, its Job template, its time limit, the stage that
-follows on success and on failure, and how its end is read. `reconcile.plan` walks this table; to follow a
-transition, find the stage here and read its `succeeded` or `failed` function.
+"""The stage machine as one table (pure): for each stage, its pod template, its time limit, its retries,
+the stage that follows on success and on failure, and how its end is read. `reconcile.plan` walks this
+table; to follow a transition, find the stage here and read its `succeeded` or `failed` function.
 
     Queued -> configure -> algorithm -> [filter] -> publish -> Finished
 
@@ -53,28 +53,32 @@ class Verdict:
 
 @dataclass(frozen=True)
 class StageDefinition:
-    name: str  # the Job's `component` label and its `status.stages` key
+    name: str  # its pod's `component` label and its `status.stages` key
     stage: Stage  # the status stage while it runs
     code: st.Code  # the status code while it runs
     template: str  # templates/<template>.yaml.j2
-    deadline: Callable[[Workflow, Environment, PlanSettings], int]  # its Job's activeDeadlineSeconds
+    deadline: Callable[[Workflow, Environment, PlanSettings], int]  # seconds, over all of its pods
     after_success: str | None  # the next stage when nothing has failed so far; None: Finished
     after_failure: str | None  # the next stage once something failed (here or before)
     succeeded: Callable[[StageJob], Verdict]
-    failed: Callable[[StageJob | None, str], Verdict]  # the Job (None: deleted) and what went wrong
+    failed: Callable[[StageJob | None, str], Verdict]  # its pod (None: deleted) and what went wrong
     wanted: Callable[[Environment, PlanSettings, Outcome], bool] = lambda *_: True  # or skipped
     # What a stop of this stage records besides the outcome (a stopped filter gave no Pass: a Block).
     stopped: Callable[[], WorkflowStatus] = WorkflowStatus
     # Whether its pod's termination message is the operator's own step speaking. The algorithm's is the
     # consumer's code: copied into status or an Event it would be a channel around filter and publish.
     trusted_message: bool = True
+    # How many times a pod that was disrupted (evicted, preempted, drained) or deleted before it ended is
+    # replaced by a new one: only the operator's own steps, which may run twice; third-party code never does.
+    retries: int = 0
 
 
 def failure_detail(job: StageJob | None, its_own_words: bool = True) -> str:
-    """What went wrong with a stage's pod, in a few words for `status.message`: the kubelet's and the Job
-    controller's words, and, when `its_own_words`, what the step said in its termination message."""
+    """What went wrong with a stage's pod, in a few words for `status.message`: the kubelet's (and the
+    operator's: DeadlineExceeded) words, and, when `its_own_words`, what the step said in its termination
+    message."""
     if job is None:
-        return "no Job"
+        return "no pod"
     parts = []
     if job.exit_code is not None:
         parts.append(f"exit code {job.exit_code}")
@@ -185,7 +189,8 @@ STAGES: dict[str, StageDefinition] = {
         name=CONFIGURE,
         stage=Stage.CONFIGURING,
         code=st.CONFIGURING_VOLUMES,
-        template="configure-job",
+        template="configure-pod",
+        retries=2,
         deadline=lambda _w, _e, settings: settings.configure_timeout,
         after_success=ALGORITHM,
         after_failure=PUBLISH,  # nothing to run: publish the logs of what happened
@@ -196,7 +201,7 @@ STAGES: dict[str, StageDefinition] = {
         name=ALGORITHM,
         stage=Stage.RUNNING_ALGORITHM,
         code=st.RUNNING_ALGORITHM,
-        template="algorithm-job",
+        template="algorithm-pod",
         deadline=_algorithm_deadline,
         after_success=FILTER,
         after_failure=FILTER,  # what a failed algorithm wrote is still judged before anything leaves
@@ -208,7 +213,7 @@ STAGES: dict[str, StageDefinition] = {
         name=FILTER,
         stage=Stage.FILTERING,
         code=st.FILTERING_RESULTS,
-        template="filter-job",
+        template="filter-pod",
         deadline=lambda _w, _e, settings: settings.filter_timeout,
         after_success=PUBLISH,
         after_failure=PUBLISH,  # publish then uploads the admin logs only
@@ -221,7 +226,8 @@ STAGES: dict[str, StageDefinition] = {
         name=PUBLISH,
         stage=Stage.PUBLISHING,
         code=st.PUBLISHING_RESULTS,
-        template="publish-job",
+        template="publish-pod",
+        retries=2,
         deadline=lambda _w, _e, settings: settings.publish_timeout,
         after_success=None,
         after_failure=None,

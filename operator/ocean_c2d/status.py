@@ -19,12 +19,14 @@ from ocean_c2d.times import format_time
 
 
 class StageRecord(TypedDict, total=False):
-    """`status.stages.<stage>`: one stage's Job, when it ran, and how it ended."""
+    """`status.stages.<stage>`: one stage's pod, when it ran, and how it ended."""
 
-    jobName: str
+    podName: str
+    attempts: int  # only when more than one pod ran it (a disrupted one replaced)
+    jobName: str  # deprecated: the stage's Job, on a Workflow that ran before stages ran as pods
     startedAt: str
     finishedAt: str
-    endedAt: str  # the algorithm only: when its processes were over (a stopped pod ends after its Job)
+    endedAt: str  # the algorithm only: when its processes were over (a stopped pod ends later)
     exitCode: int
     reason: str
 

@@ -123,7 +123,7 @@ def oldest_stage_starts(
             record = (workflow.status.get("stages") or {}).get(JOB_OF_STAGE[stage]) or {}
             since = parse_time(record.get("startedAt"))
         if since is None:
-            continue  # entered the stage; its Job (and its start) are being created right now
+            continue  # entered the stage; its pod (and its start) are being created right now
         key = (workflow.namespace, environment_label(workflow, known), stage.value)
         oldest[key] = min(oldest.get(key, since.timestamp()), since.timestamp())
     return oldest

@@ -19,10 +19,12 @@ them): a renamed handler cannot silently leave an index empty, and `bind` fails 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from ocean_c2d import observe, retention, telemetry
@@ -32,10 +34,9 @@ from ocean_c2d.status import Stage
 WORKFLOW_INDEX = "workflow_index"  # (namespace, name) -> its WorkflowEntry (WorkflowStore)
 WORKFLOWS_BY_ENVIRONMENT_INDEX = "workflow_by_environment_index"  # (namespace, environment) -> names
 ENVIRONMENT_INDEX = "environment_index"  # (namespace, name) -> the ComputeEnvironment's body
-JOB_INDEX = "job_index"  # (namespace, workflow) -> observe.JobRecord
 POD_INDEX = "pod_index"  # (namespace, workflow) -> observe.PodRecord
 RECORD_INDEX = "results_record_index"  # (namespace, name) -> a results record's ConfigMap (retention.py)
-# The children other than Jobs and pods (name and spec hash only): index name -> (apiVersion, plural).
+# The children other than the stage pods (name and spec hash only): index name -> (apiVersion, plural).
 CHILD_INDEXES: dict[str, tuple[str, str]] = {
     "configmap_index": ("v1", "configmaps"),
     "secret_index": ("v1", "secrets"),  # the record keeps the name and a hash, never the data
@@ -44,7 +45,7 @@ CHILD_INDEXES: dict[str, tuple[str, str]] = {
 }
 # The indexes kopf keeps (handlers.py declares each with `id=` one of them); the others are the informers'
 # stores (WorkflowStore, RecordStore), which the view holds from the start.
-KOPF_INDEXES = (ENVIRONMENT_INDEX, JOB_INDEX, POD_INDEX, *CHILD_INDEXES)
+KOPF_INDEXES = (ENVIRONMENT_INDEX, POD_INDEX, *CHILD_INDEXES)
 INDEXES = (WORKFLOW_INDEX, WORKFLOWS_BY_ENVIRONMENT_INDEX, RECORD_INDEX, *KOPF_INDEXES)
 # How long a child we created may stay unseen by the watches before the view forgets it (it was created
 # and deleted in between, and the watch never showed it).
@@ -243,7 +244,7 @@ class View:
         # Our own status writes not yet shown by the watch: the versions we wrote over, and what we wrote.
         self._written: dict[WorkflowKey, tuple[frozenset[str], WorkflowEntry]] = {}
         self._created: dict[
-            WorkflowKey, dict[Ref, tuple[float, observe.JobRecord | observe.ChildRecord]]
+            WorkflowKey, dict[Ref, tuple[float, observe.PodRecord | observe.ChildRecord]]
         ] = {}
         self._deleted: dict[WorkflowKey, set[Ref]] = {}
         # Each body parsed once per (uid, resourceVersion): a body at one version never changes, and
@@ -445,9 +446,9 @@ class View:
     def observed(self, namespace: str, workflow: str, uid: str | None = None) -> Observed:
         """What `workflow` has: with its `uid`, only the objects it controls (see observe.observed)."""
         key = (namespace, workflow)
-        jobs = self.values(JOB_INDEX, key)
+        pods = self.values(POD_INDEX, key)
         children = [c for index in CHILD_INDEXES for c in self.values(index, key)]
-        present = {("Job", j.name) for j in jobs} | {(c.kind, c.name) for c in children}
+        present = {("Pod", p.name) for p in pods} | {(c.kind, c.name) for c in children}
         created = self._created.get(key, {})
         expired = self._clock() - CREATED_OVERLAY_SECONDS
         for ref in [ref for ref, (at, _) in created.items() if ref in present or at < expired]:
@@ -455,17 +456,17 @@ class View:
         if not created:
             self._created.pop(key, None)
         for _, record in created.values():
-            if isinstance(record, observe.JobRecord):
-                jobs.append(record)
+            if isinstance(record, observe.PodRecord):
+                pods.append(record)
             else:
                 children.append(record)
         deleted = self._deleted.get(key, set())
         deleted &= present  # forget deletions the watch has shown
         if not deleted:
             self._deleted.pop(key, None)
-        jobs = [j if ("Job", j.name) not in deleted else _deleting(j) for j in jobs]
+        pods = [p if ("Pod", p.name) not in deleted else dataclasses.replace(p, deleting=True) for p in pods]
         children = [c for c in children if (c.kind, c.name) not in deleted]
-        return observe.observed(jobs, self.values(POD_INDEX, key), children, uid)
+        return observe.observed(pods, children, uid)
 
     def remember_children(
         self, namespace: str, workflow: str, created: Iterable[dict[str, Any]], deleted: Iterable[Ref]
@@ -474,7 +475,12 @@ class View:
         key = (namespace, workflow)
         for manifest in created:
             ref = (manifest["kind"], manifest["metadata"]["name"])
-            record = observe.job_record(manifest) if ref[0] == "Job" else observe.child_record(manifest)
+            record = (
+                # Newer than any pod the watch has shown: a replacement pod is the stage's newest.
+                dataclasses.replace(observe.pod_record(manifest), created=datetime.now(UTC))
+                if ref[0] == "Pod"
+                else observe.child_record(manifest)
+            )
             self._created.setdefault(key, {})[ref] = (self._clock(), record)
         deleted = set(deleted)
         if deleted:
@@ -547,9 +553,3 @@ def _version_of(entry: Any) -> str | None:
 def _body_of(entry: Any) -> dict[str, Any]:
     body: dict[str, Any] = entry.body() if isinstance(entry, FinishedWorkflow) else entry
     return body
-
-
-def _deleting(job: observe.JobRecord) -> observe.JobRecord:
-    return observe.JobRecord(
-        job.component, job.name, job.state, job.started, job.finished, job.failure_reason, deleting=True
-    )
