@@ -7,8 +7,8 @@ the same parallelism (the controller's `parallelism`: Workflows running at once)
 
 Prints numbers (and writes them as JSON with --json); asserts nothing. What is not the same, printed beside
 the numbers: no executor runs under kwok (Argo's init and wait containers would write task results and
-annotations), so Argo's real writes are understated; it creates pods, ocean-c2d creates Jobs (the Job
-controller's writes are part of ocean-c2d's cluster-wide cost); its Events are on by default.
+annotations), so Argo's real writes are understated; both create their pods themselves (ocean-c2d's stages
+were Jobs before issue 13); its Events are on by default.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ ArgoWorkflow = new_class("Workflow", "argoproj.io/v1alpha1", namespaced=True, pl
 CAVEATS = (
     "no executor runs under kwok (no task results, no pod annotations by the wait container): Argo's writes "
     "are understated",
-    "Argo creates pods itself; ocean-c2d creates Jobs, whose controller creates the pods",
+    "both create their stage pods themselves (no Job controller between either and its pods)",
     "Argo posts Events by default (counted among its writes)",
 )
 

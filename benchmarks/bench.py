@@ -7,13 +7,13 @@ bench-small` is CI's size. Prints numbers, asserts nothing.
     .venv/bin/python -m benchmarks.bench --scenarios S0,S2,S3 --workflows 100 --max-jobs 10
 
 Scenarios (README.md, "Benchmarks", says how to read them):
-- S0  the no-logic baseline (benchmarks/baseline.py, a subprocess): the same children and Jobs, the same
+- S0  the no-logic baseline (benchmarks/baseline.py, a subprocess): the same children and stage pods, the same
       kwok delays, the same concurrency, no Workflow object;
 - S2  a queued burst: `--workflows` Workflows created within 60 s, at each `--max-jobs`, 3 stages each;
 - S3  writes per Workflow by verb and resource and by client, from the API server's audit log (S0 and S2);
 - S4  `--idle-seconds` idle after each S2 run: the operator's requests (audit log);
 - S5  the operator's start-up time and RSS with `--finished` finished Workflows (0 / 1,000 / 10,000);
-- S6  SIGKILL with `--in-flight` Workflows in flight, restart: time until each progresses, duplicate Jobs,
+- S6  SIGKILL with `--in-flight` Workflows in flight, restart: time until each progresses, stages run twice,
       algorithm re-runs.
 """
 
@@ -46,7 +46,7 @@ from benchmarks.harness import (
     create_all,
     create_workflows,
     delete_namespace,
-    duplicate_job_creates,
+    duplicate_stage_runs,
     kwok_stage_delays,
     make_namespace,
     named_api,
@@ -233,7 +233,7 @@ async def s0(options: Options, api: kr8s.asyncio.Api, audit: AuditLog, max_jobs:
         "cpu_seconds": round(script["cpu_seconds"], 1),
         "cpu_seconds_per_1000": per_thousand(script["cpu_seconds"], workflows),
         "peak_rss_mb": round(script["peak_rss_bytes"] / MB, 1),
-        "duplicate_jobs": len(duplicate_job_creates(requests)),
+        "duplicate_stage_runs": len(duplicate_stage_runs(requests)),
         "load_average": load.summary(),
     }
 
@@ -315,7 +315,7 @@ async def s2(options: Options, api: kr8s.asyncio.Api, audit: AuditLog, max_jobs:
         "cpu_seconds_per_1000": per_thousand(cpu, workflows),
         "rss_mb": round(rss / MB, 1),
         "peak_rss_mb": round(peak / MB, 1),
-        "duplicate_jobs": len(duplicate_job_creates(requests)),
+        "duplicate_stage_runs": len(duplicate_stage_runs(requests)),
         "algorithm_reruns": pods.reruns(),
         "load_average": load.summary(),
         "idle": idle,
@@ -342,7 +342,7 @@ def finished_status(name: str, now: datetime) -> dict[str, Any]:
         "finishedAt": at,
         "duration": "3s",
         "stages": {
-            stage: {"jobName": f"{name}-{stage}-job", "startedAt": before, "finishedAt": at, "exitCode": 0}
+            stage: {"podName": f"{name}-{stage}", "startedAt": before, "finishedAt": at, "exitCode": 0}
             for stage in ("configure", "algorithm", "publish")
         },
         "results": [],
@@ -473,7 +473,7 @@ async def s6(options: Options, api: kr8s.asyncio.Api, audit: AuditLog) -> dict[s
         for watcher in watchers:
             watcher.cancel()
         await delete_namespace(api, namespace)
-    duplicates = duplicate_job_creates(requests)
+    duplicates = duplicate_stage_runs(requests)
     return {
         "workflows": count,
         "in_flight_at_kill": len(in_flight),
@@ -482,8 +482,8 @@ async def s6(options: Options, api: kr8s.asyncio.Api, audit: AuditLog) -> dict[s
         "progress_after_due_seconds": spread(reacted),
         "finished": len(tracker.finished),
         "outcomes": tracker.outcomes(),
-        "duplicate_jobs": len(duplicates),
-        "duplicate_job_names": sorted(duplicates)[:20],
+        "duplicate_stage_runs": len(duplicates),
+        "duplicate_stage_names": sorted(duplicates)[:20],
         "algorithm_reruns": pods.reruns(),
         "load_average": load.summary(),
     }

@@ -383,47 +383,70 @@ def received(request: Request) -> float:
     return datetime.fromisoformat(request.received).timestamp()
 
 
-def workflow_of_job(job: str) -> tuple[str, str] | None:
-    """("<workflow>", "<stage>") of a stage Job named "<workflow>-<stage>-job"."""
-    if not job.endswith("-job"):
-        return None
-    workflow, _, stage = job.removesuffix("-job").rpartition("-")
-    return (workflow, stage) if stage in STAGES else None
+def stage_of(name: str) -> tuple[str, str] | None:
+    """("<workflow>", "<stage>") of a stage pod ("<workflow>-<stage>", or "<workflow>-<stage>-<n>" for a
+    replacement), of a stage Job ("<workflow>-<stage>-job", the baseline's `--stage-kind job`) or of a
+    Job's pod ("<workflow>-<stage>-job-<suffix>")."""
+    parts = name.split("-")
+    if len(parts) >= 3 and parts[-2] == "job":
+        parts = parts[:-1]  # a Job's pod: its random suffix
+    if parts[-1] == "job" or parts[-1].isdigit():
+        parts = parts[:-1]  # a Job, or a replacement pod's attempt
+    if len(parts) >= 2 and parts[-1] in STAGES:
+        return "-".join(parts[:-1]), parts[-1]
+    return None
 
 
-def transitions(requests: list[Request], creator: str) -> list[float]:
-    """Seconds from a stage's pod turning Succeeded (kwok's last pod status write before the next Job
-    exists) to the next stage's Job being created (answered 201) by `creator`, both on the API server's
-    clock, for every transition the log holds."""
-    pod_status: dict[str, list[float]] = defaultdict(list)  # Job name -> kwok's status writes of its pods
-    job_created: dict[str, float] = {}
-    for request in requests:
-        if request.resource == "pods/status" and request.client == "kwok-controller" and request.is_write:
-            pod_status[request.name.rpartition("-")[0]].append(received(request))
-        elif (
-            request.resource == "jobs"
-            and request.verb == "create"
-            and request.code == 201
-            and client_of(request) == creator
-        ):
-            job_created.setdefault(request.name, received(request))
+# The stage objects a creator makes: the operator's (and the baseline's) stage pods, or stage Jobs, whose
+# pods the Job controller makes.
+STAGE_RESOURCES = ("pods", "jobs")
+JOB_CONTROLLER = "kube-controller-manager"
+
+
+def stage_creates(requests: Iterable[Request]) -> list[tuple[Request, tuple[str, str]]]:
+    """Every stage pod or Job created (answered 201) by the operator or a script: a pod the Job controller
+    made for a Job is that Job's, not a stage object of its own."""
     found = []
-    for job, created in job_created.items():
-        owner = workflow_of_job(job)
-        if owner is None or owner[1] == STAGES[0]:
+    for request in requests:
+        if request.resource not in STAGE_RESOURCES or request.verb != "create" or request.code != 201:
             continue
-        previous = f"{owner[0]}-{STAGES[STAGES.index(owner[1]) - 1]}-job"
-        before = [t for t in pod_status.get(previous, []) if t <= created]
-        if before:
-            found.append(created - max(before))
+        if request.resource == "pods" and client_of(request) == JOB_CONTROLLER:
+            continue
+        stage = stage_of(request.name)
+        if stage is not None:
+            found.append((request, stage))
     return found
 
 
-def duplicate_job_creates(requests: Iterable[Request]) -> dict[str, int]:
-    """Job names created (answered 201) more than once, with how often."""
-    counts = Counter(
-        r.name for r in requests if r.resource == "jobs" and r.verb == "create" and r.code == 201
-    )
+def transitions(requests: list[Request], creator: str) -> list[float]:
+    """Seconds from a stage's pod turning Succeeded (kwok's last pod status write before the next stage's
+    pod or Job exists) to the next stage's pod or Job being created (answered 201) by `creator`, both on
+    the API server's clock, for every transition the log holds."""
+    pod_status: dict[tuple[str, str], list[float]] = defaultdict(list)  # stage -> kwok's status writes
+    created: dict[tuple[str, str], float] = {}
+    for request in requests:
+        if request.resource == "pods/status" and request.client == "kwok-controller" and request.is_write:
+            of_pod = stage_of(request.name)
+            if of_pod is not None:
+                pod_status[of_pod].append(received(request))
+    for request, of_create in stage_creates(requests):
+        if client_of(request) == creator:
+            created.setdefault(of_create, received(request))
+    found = []
+    for (workflow, stage), at in created.items():
+        if stage == STAGES[0]:
+            continue
+        previous = (workflow, STAGES[STAGES.index(stage) - 1])
+        before = [t for t in pod_status.get(previous, []) if t <= at]
+        if before:
+            found.append(at - max(before))
+    return found
+
+
+def duplicate_stage_runs(requests: Iterable[Request]) -> dict[str, int]:
+    """Stages ("<workflow>-<stage>") whose pod or Job was created more than once, with how often: a stage
+    run twice (a replacement of a disrupted pod counts too, and the benchmarks disrupt none)."""
+    counts = Counter(f"{workflow}-{stage}" for _, (workflow, stage) in stage_creates(requests))
     return {name: count for name, count in counts.items() if count > 1}
 
 

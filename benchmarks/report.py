@@ -79,7 +79,7 @@ def markdown(results: dict[str, Any]) -> str:
             ("throughput, Workflows/min", "throughput_per_minute", "throughput"),
             ("created in, s (within 60 s)", "create_seconds", None),
             ("drain time, s", "drain_seconds", None),
-            ("pod Succeeded -> next Job created, p50/p95/p99/max ms", "transition_ms", None),
+            ("pod Succeeded -> next stage created, p50/p95/p99/max ms", "transition_ms", None),
             ("status writes per Workflow, p50/p95/p99/max", "status_writes_per_workflow", None),
             ("writes per Workflow, every client", "writes", "writes_per_workflow"),
             ("the controller's own writes per Workflow", "own", None),
@@ -87,7 +87,7 @@ def markdown(results: dict[str, Any]) -> str:
             ("operator writes over the minimum (without Events)", "minimum", None),
             ("controller CPU-s (per 1,000 Workflows)", "cpu_seconds", "cpu_seconds"),
             ("peak RSS, MB", "peak_rss_mb", "peak_rss"),
-            ("duplicate Jobs / algorithm re-runs", "duplicates", None),
+            ("stages run twice / algorithm re-runs", "duplicates", None),
             ("load average during the run", "load", None),
         ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -132,7 +132,8 @@ def markdown(results: dict[str, Any]) -> str:
             "- status change after the restart, p50/p95/p99/max: "
             f"{_spread(run['progress_after_restart_seconds'], 's')}; after the later of the restart and "
             f"its running stage's pod's end: {_spread(run.get('progress_after_due_seconds') or {}, 's')};",
-            f"- finished {run['finished']:,}: {run['outcomes']}; duplicate Jobs {run['duplicate_jobs']}; "
+            f"- finished {run['finished']:,}: {run['outcomes']}; "
+            f"stages run twice {run['duplicate_stage_runs']}; "
             f"algorithm re-runs {run['algorithm_reruns']}; load average {_load(run)}.",
             "",
         ]
@@ -171,7 +172,7 @@ def _cell(name: str, run: dict[str, Any], field: str, ratio_key: str | None) -> 
     if field == "cpu_seconds":
         return _with_ratio(run["cpu_seconds"], ratio) + f" ({_fmt(run['cpu_seconds_per_1000'])})"
     if field == "duplicates":
-        return f"{run['duplicate_jobs']} / {run.get('algorithm_reruns', NA)}"
+        return f"{run['duplicate_stage_runs']} / {run.get('algorithm_reruns', NA)}"
     if field == "load":
         return _load(run)
     return _with_ratio(run.get(field), ratio)
@@ -246,7 +247,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
             )
         axes[1].set_xticks(range(len(runs)), labels)
         axes[1].set_yscale("log")
-        axes[1].set_title("pod Succeeded -> next Job created, ms")
+        axes[1].set_title("pod Succeeded -> next stage created, ms")
         axes[1].legend()
         axes[2].bar(labels, [run["cpu_seconds"] for _, run in runs], color="tab:red")
         axes[2].set_title("controller CPU-s")

@@ -2,7 +2,7 @@
 with 100 Workflows at maxJobs 10 (S3's counts, S4 for 5 s), S5 with 100 finished Workflows, S6 with 20 in
 flight. It asserts only what holds at any speed: every Workflow finished Succeeded, the files exist and
 parse, the writes were counted from the audit log (the baseline's to the request, the operator's Jobs one
-per stage), no duplicate Job, no algorithm re-run, every in-flight Workflow progressed after the restart.
+per stage), no stage run twice, no algorithm re-run, every in-flight Workflow progressed after the restart.
 Never a timing: the numbers are printed (`-s`). About 3 to 4 minutes on a busy 2-core machine.
 """
 
@@ -52,10 +52,10 @@ async def test_the_benchmark_harness_runs_every_scenario_and_counts_writes_from_
     assert s0["writes"]["by_client"][BASELINE_AGENT] == s0["script_writes_per_workflow"] > 0
     assert s0["transition_ms"]["n"] == s2["transition_ms"]["n"] == 2 * WORKFLOWS
     operator = s2["writes"]["by_client_and_kind"][OPERATOR]
-    assert operator["create jobs"] == 3.0  # one Job per stage: none created twice
+    assert operator["create pods"] == 3.0  # one pod per stage: none created twice
     assert s2["status_writes_per_workflow"]["p50"] >= 1
     assert s2["minimum_writes_per_workflow"] > s0["child_writes_per_workflow"]
-    assert s0["duplicate_jobs"] == s2["duplicate_jobs"] == s2["algorithm_reruns"] == 0
+    assert s0["duplicate_stage_runs"] == s2["duplicate_stage_runs"] == s2["algorithm_reruns"] == 0
     assert s2["idle"] is not None
     assert s2["idle"]["seconds"] == 5
 
@@ -67,5 +67,5 @@ async def test_the_benchmark_harness_runs_every_scenario_and_counts_writes_from_
     assert s6["in_flight_at_kill"] > 0
     assert s6["progress_after_restart_seconds"]["n"] == s6["in_flight_at_kill"]
     assert s6["outcomes"] == {"Succeeded": IN_FLIGHT}
-    assert s6["duplicate_jobs"] == 0
+    assert s6["duplicate_stage_runs"] == 0
     assert s6["algorithm_reruns"] == 0

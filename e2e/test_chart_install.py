@@ -270,7 +270,7 @@ def labelled(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "metadata": metadata}
 
 
-def job(name: str, namespace: str, account: str | None, **pod: Any) -> dict[str, Any]:
+def stage_pod(name: str, namespace: str, account: str | None, **pod: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -280,12 +280,7 @@ def job(name: str, namespace: str, account: str | None, **pod: Any) -> dict[str,
     if account is not None:
         spec["serviceAccountName"] = account
     return labelled(
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"template": {"spec": spec}},
-        }
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
     )
 
 
@@ -359,9 +354,10 @@ async def test_the_admission_policy_limits_the_operator_to_its_own_objects_and_a
     all_namespaces: bool,
 ) -> None:
     """Issue 11 E20: RBAC lets the operator's ServiceAccount write every ConfigMap, Secret, PVC,
-    NetworkPolicy and Job of the watched namespaces (all of them, with "*"), and Jobs may name any
+    NetworkPolicy and pod of the watched namespaces (all of them, with "*"), and pods may name any
     account there. The chart's ValidatingAdmissionPolicy narrows writes to the operator's own objects
-    (managed-by label before and after) and Jobs to the chart's job accounts, without token or host access."""
+    (managed-by label before and after) and pods to the chart's job accounts, without token or host
+    access."""
     values = ["--set", "operator.replicas=0"]
     target = namespace
     if all_namespaces:
@@ -392,21 +388,21 @@ async def test_the_admission_policy_limits_the_operator_to_its_own_objects_and_a
         await policy_in_effect(helm_path, as_operator, config_map)
 
         # What the operator does is allowed...
-        for manifest in (labelled(config_map), job("ok", target, allowed)):
+        for manifest in (labelled(config_map), stage_pod("ok", target, allowed)):
             code, output = await kubectl_as(helm_path, as_operator, *dry_create, manifest=manifest)
             assert code == 0, output
         # ...and nothing else, though RBAC alone would allow all of it.
         refused = {
             "an unlabelled object": config_map,
-            "a Job of another account": job("other-account", target, denied_account),
-            "a Job of the namespace's default account": job("no-account", target, None),
-            "a Job with a token": job("token", target, allowed, automountServiceAccountToken=True),
-            "a Job with a host path": job(
+            "a pod of another account": stage_pod("other-account", target, denied_account),
+            "a pod of the namespace's default account": stage_pod("no-account", target, None),
+            "a pod with a token": stage_pod("token", target, allowed, automountServiceAccountToken=True),
+            "a pod with a host path": stage_pod(
                 "host", target, allowed, volumes=[{"name": "h", "hostPath": {"path": "/"}}]
             ),
         }
         if all_namespaces:
-            del refused["a Job of the namespace's default account"]  # "default" is the job account there
+            del refused["a pod of the namespace's default account"]  # "default" is the job account there
         for what, manifest in refused.items():
             code, output = await kubectl_as(helm_path, as_operator, *dry_create, manifest=manifest)
             assert code != 0, (what, output)
@@ -422,7 +418,7 @@ async def test_the_admission_policy_limits_the_operator_to_its_own_objects_and_a
             assert code != 0, (args, output)
             assert "ValidatingAdmissionPolicy" in output, (args, output)
         # RBAC did allow each of these: the denials above are the policy's.
-        for verb, resource in (("delete", "secrets"), ("patch", "configmaps"), ("create", "jobs")):
+        for verb, resource in (("delete", "secrets"), ("patch", "configmaps"), ("create", "pods")):
             answer = await run_command(
                 "kubectl", "auth", "can-i", verb, resource, "-n", target,
                 kubeconfig=str(as_operator), tools=helm_path, check=False,

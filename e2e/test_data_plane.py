@@ -57,10 +57,10 @@ def files() -> Iterator[FileServer]:
     server.close()
 
 
-def algorithm_script(job: dict[str, Any], volume: Path, fifo: Path) -> tuple[str, dict[str, str]]:
-    """The algorithm container's `sh -c` script and plain env values, from the rendered Job, with the
+def algorithm_script(pod: dict[str, Any], volume: Path, fifo: Path) -> tuple[str, dict[str, str]]:
+    """The algorithm container's `sh -c` script and plain env values, from the rendered pod, with the
     pod's mount points (/data/..., /tmp/.c2d-log) moved to the test's volume."""
-    container = job["spec"]["template"]["spec"]["containers"][0]
+    container = pod["spec"]["containers"][0]
     assert container["command"] == ["/bin/sh", "-c"]
     script: str = container["args"][0]
     script = script.replace("/tmp/.c2d-log", str(fifo)).replace("/data/", f"{volume}/")
@@ -105,7 +105,7 @@ async def test_configure_algorithm_filter_publish(
     volume = tmp_path / "data"
     volume.mkdir()
 
-    # 2. configure, with the env templates/configure-job.yaml.j2 sets (paths moved to the volume).
+    # 2. configure, with the env templates/configure-pod.yaml.j2 sets (paths moved to the volume).
     configure_env = {
         "WORKFLOW": str(workflow_json),
         "WORKFLOWID": name,
@@ -122,9 +122,9 @@ async def test_configure_algorithm_filter_publish(
     assert (volume / "inputs" / "0" / "data.csv").read_bytes() == DATA
     assert (volume / "transformations" / "algorithm").read_text() == RAW_CODE
 
-    # 3. The algorithm, as its pod runs it: the rendered Job's script and env, python = this interpreter.
-    job = templates.render_job("algorithm", inputs, 600)
-    script, pod_env = algorithm_script(job, volume, tmp_path / "c2d-log")
+    # 3. The algorithm, as its pod runs it: the rendered pod's script and env, python = this interpreter.
+    pod = templates.render_pod("algorithm", inputs, 600)
+    script, pod_env = algorithm_script(pod, volume, tmp_path / "c2d-log")
     assert json.loads(pod_env["DIDS"]) == []
     assert pod_env["TRANSFORMATION_DID"] == ""
     assert pod_env["C2D_ENTRYPOINT"] == "python $ALGO"

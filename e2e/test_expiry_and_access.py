@@ -57,11 +57,11 @@ async def test_a_workflow_of_a_namespace_not_listed_ends_environment_denied(
     assert (final["statusCode"], final["reason"]) == (90, "EnvironmentDenied")
     assert f"namespace {namespace!r}" in final["message"]
     assert "admittedAt" not in final
-    jobs = [
-        job
-        async for job in api.async_get("jobs", namespace=namespace, label_selector={"workflow": "outsider"})
+    pods = [
+        pod
+        async for pod in api.async_get("pods", namespace=namespace, label_selector={"workflow": "outsider"})
     ]
-    assert jobs == []  # nothing of it ever ran
+    assert pods == []  # nothing of it ever ran
 
 
 async def test_a_network_allowed_environment_without_access_admits_nobody(

@@ -4,7 +4,7 @@ Both get past the CRD schemas; what the operator renders from them does not:
 - a rawCode whose ConfigMap is too large (the workflow document holds it JSON-escaped, six bytes for
   each "é", twice: over the API server's 3 MiB request limit, 413, as well as the 1 MiB ConfigMap limit);
 - an environment whose ramGB (0.00001) renders as a memory quantity the API server cannot decode (400):
-  the algorithm Job cannot be created, while configure (fixed resources) ran.
+  the algorithm pod cannot be created, while configure (fixed resources) ran.
 Before, each was retried forever with backoff, holding the environment's slot: the Workflow queued behind
 never ran. Names sort in creation order (a-, b-): the queue breaks creation-time ties by name.
 """
@@ -47,7 +47,7 @@ async def test_a_config_map_too_large_ends_invalid_spec_and_the_next_in_the_queu
     assert f"Reconcile of {namespace}/a-poison failed" not in await operator.log_text()  # never retried
 
 
-async def test_an_algorithm_job_that_cannot_be_created_ends_invalid_spec_and_frees_the_slot(
+async def test_an_algorithm_pod_that_cannot_be_created_ends_invalid_spec_and_frees_the_slot(
     api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
 ) -> None:
     await create_environment(api, namespace, maxJobs=1, ramGB=0.00001)
@@ -57,10 +57,10 @@ async def test_an_algorithm_job_that_cannot_be_created_ends_invalid_spec_and_fre
 
     final = await wait_finished(poison, operator, timeout=60)
 
-    await ends_invalid(api, namespace, final, "Job a-poison-algorithm-job (400)")
+    await ends_invalid(api, namespace, final, "Pod a-poison-algorithm (400)")
     assert "quantities must match" in str(final["message"])  # the API server's own words
-    assert final["stages"]["configure"]["jobName"] == "a-poison-configure-job"  # configure ran
-    assert "algorithm" not in final["stages"]  # the status never names a Job that was not created
+    assert final["stages"]["configure"]["podName"] == "a-poison-configure"  # configure ran
+    assert "algorithm" not in final["stages"]  # the status never names a pod that was not created
     # The slot is free: the Workflow behind starts (and meets the same environment's problem).
     await wait_for(behind, lambda obj: status(obj).get("stage") not in (None, "Queued"), timeout=60)
     assert (await wait_finished(behind, operator, timeout=60))["reason"] == "InvalidSpec"

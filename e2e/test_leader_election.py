@@ -7,7 +7,7 @@ order the API server received them: a successful Lease write by a replica makes 
 on, and every other write must come from the holder of that moment.
 
 - one acts, the other stands by; SIGKILL the leader mid-run: the other takes over (after the lease
-  duration, 15 s) and finishes every Workflow; each Job is created once;
+  duration, 15 s) and finishes every Workflow; each stage pod is created once;
 - SIGSTOP the new leader (it cannot renew): the other takes over; SIGCONT it: it sends no write after
   the takeover and exits 1;
 - idle: the only writes are the leader's Lease renewals, one per retry period; on SIGTERM the leader
@@ -156,8 +156,8 @@ def terms(writes: list[Request]) -> tuple[list[tuple[str, str]], list[Request]]:
     return turns, outside
 
 
-def job_creates(writes: list[Request]) -> Counter[str]:
-    return Counter(r.name for r in writes if r.resource == "jobs" and r.verb == "create" and r.code == 201)
+def pod_creates(writes: list[Request]) -> Counter[str]:
+    return Counter(r.name for r in writes if r.resource == "pods" and r.verb == "create" and r.code == 201)
 
 
 def describe(requests: list[Request]) -> str:
@@ -182,7 +182,7 @@ async def test_one_replica_acts_and_the_other_takes_over_when_it_is_killed_or_pa
     assert await leader_gauge(first) == 1
     assert await leader_gauge(standby) == 0  # both serve /metrics
 
-    # Killed mid-run: every Workflow is past its first Job when the leader dies.
+    # Killed mid-run: every Workflow is past its first stage when the leader dies.
     names = [f"ha-{i}" for i in range(4)]
     workflows = [await create_workflow(api, namespace, n, sim={"algorithm.run-for": "10s"}) for n in names]
     for workflow in workflows:
@@ -230,7 +230,7 @@ async def test_one_replica_acts_and_the_other_takes_over_when_it_is_killed_or_pa
     after = [r for r in writes if r.user == user(namespace, b) and r.received >= takeover]
     assert not after, f"the old leader wrote after the takeover at {takeover}:\n{describe(after)}"
     # Every Workflow's Jobs, each created once: none duplicated by the takeovers.
-    creates = job_creates(writes)
+    creates = pod_creates(writes)
     assert len(creates) == 3 * (len(names) + len(more)), creates
     assert set(creates.values()) == {1}, creates
     acting = Counter(r.user.rsplit(":", 1)[-1] for r in writes if r.resource != "leases")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import kr8s.asyncio
 import pytest
-from kr8s.asyncio.objects import APIObject, Job
+from kr8s.asyncio.objects import APIObject, Pod
 
 from e2e.api_client import source_tree_env
 from e2e.operator_fixtures import (
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.simulated
 RESULTS = [{"filename": "result.csv", "filesize": 42, "url": "s3://bucket/job/result.csv", "type": "output"}]
 
 
-CHILD_KINDS = ("jobs", "configmaps", "secrets", "persistentvolumeclaims", "networkpolicies")
+CHILD_KINDS = ("pods", "configmaps", "secrets", "persistentvolumeclaims", "networkpolicies")
 
 
 async def child_objects(api: kr8s.asyncio.Api, namespace: str, workflow: str) -> list[APIObject]:
@@ -75,11 +75,11 @@ async def test_happy_path_ends_70_with_every_child_owned(
     assert final["results"] == RESULTS
     assert [final["stages"][s]["exitCode"] for s in ("configure", "algorithm", "publish")] == [0, 0, 0]
     owned = await children(api, namespace, "happy")
-    assert sorted(owned) == ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "Secret"]
-    assert sorted(j["metadata"]["name"] for j in owned["Job"]) == [
-        "happy-algorithm-job",
-        "happy-configure-job",
-        "happy-publish-job",
+    assert sorted(owned) == ["ConfigMap", "NetworkPolicy", "PersistentVolumeClaim", "Pod", "Secret"]
+    assert sorted(j["metadata"]["name"] for j in owned["Pod"]) == [
+        "happy-algorithm",
+        "happy-configure",
+        "happy-publish",
     ]
     for objects in owned.values():
         for obj in objects:
@@ -108,7 +108,7 @@ async def test_children_are_cleaned_up_after_the_end(
 
 
 @pytest.mark.parametrize(
-    ("sim", "code", "reason", "jobs"),
+    ("sim", "code", "reason", "pods"),
     [
         pytest.param({"algorithm.exit-code": "1"}, 41, "AlgorithmFailed", 3, id="algorithm-exit-1"),
         pytest.param({"configure.exit-code": "31"}, 31, "DataProvisioningFailed", 2, id="data-provisioning"),
@@ -124,7 +124,7 @@ async def test_failures_end_with_their_code_and_logs_are_still_published(
     sim: dict[str, str],
     code: int,
     reason: str,
-    jobs: int,
+    pods: int,
 ) -> None:
     await create_environment(api, namespace)
     operator = await start_operator(DEBUG_NO_CLEANUP="1")
@@ -134,7 +134,7 @@ async def test_failures_end_with_their_code_and_logs_are_still_published(
 
     assert (final["statusCode"], final["reason"]) == (code, reason)
     assert final["stages"]["publish"]["exitCode"] == 0  # the publish stage ran: logs are published
-    assert len((await children(api, namespace, "fails"))["Job"]) == jobs
+    assert len((await children(api, namespace, "fails"))["Pod"]) == pods
     conditions = {c["type"]: (c["status"], c["reason"]) for c in final["conditions"]}
     assert conditions["Succeeded"] == ("False", reason)
 
@@ -222,18 +222,18 @@ async def test_environment_runs_at_most_max_jobs_first_come_first_served(
         assert finished_ahead >= i - 1, f"{names[i]} started while {i - finished_ahead} ahead of it still ran"
 
 
-async def test_operator_killed_mid_algorithm_resumes_without_a_second_job(
+async def test_operator_killed_mid_algorithm_resumes_without_a_second_pod(
     api: kr8s.asyncio.Api, namespace: str, start_operator: StartOperator
 ) -> None:
     await create_environment(api, namespace)
-    algorithm_jobs: set[str] = set()
+    algorithm_pods: set[str] = set()
 
-    async def record_algorithm_jobs() -> None:
-        async for event, job in api.async_watch("jobs", namespace=namespace):
-            if event == "ADDED" and job.labels.get("component") == "algorithm":
-                algorithm_jobs.add(job.metadata.uid)
+    async def record_algorithm_pods() -> None:
+        async for event, pod in api.async_watch("pods", namespace=namespace):
+            if event == "ADDED" and pod.labels.get("component") == "algorithm":
+                algorithm_pods.add(pod.metadata.uid)
 
-    watcher = asyncio.create_task(record_algorithm_jobs())
+    watcher = asyncio.create_task(record_algorithm_pods())
     first = await start_operator()
     workflow = await create_workflow(api, namespace, "phoenix", sim={"algorithm.run-for": "8s"})
     await wait_for(workflow, lambda w: status(w).get("stage") == "RunningAlgorithm", timeout=60)
@@ -244,7 +244,7 @@ async def test_operator_killed_mid_algorithm_resumes_without_a_second_job(
     watcher.cancel()
 
     assert final["statusCode"] == 70
-    assert len(algorithm_jobs) == 1
+    assert len(algorithm_pods) == 1
     assert final["stages"]["algorithm"]["exitCode"] == 0
 
 
@@ -322,7 +322,7 @@ async def test_deleting_a_workflow_removes_its_children(
     await start_operator()
     workflow = await create_workflow(api, namespace, "doomed", sim={"algorithm.run-for": "300s"})
     await wait_for(workflow, lambda w: status(w).get("stage") == "RunningAlgorithm", timeout=60)
-    algorithm = await Job.get("doomed-algorithm-job", namespace=namespace, api=api)
+    algorithm = await Pod.get("doomed-algorithm", namespace=namespace, api=api)
 
     await workflow.delete()
 
@@ -422,8 +422,8 @@ async def test_a_filter_that_blocks_withholds_the_outputs(
 
     assert (final["statusCode"], final["reason"]) == (51, "ResultsBlocked")
     assert final["filter"] == verdict
-    publish = await Job.get("leaky-publish-job", namespace=namespace, api=api)
-    env = {e["name"]: e.get("value") for e in publish.raw["spec"]["template"]["spec"]["containers"][0]["env"]}
+    publish = await Pod.get("leaky-publish", namespace=namespace, api=api)
+    env = {e["name"]: e.get("value") for e in publish.raw["spec"]["containers"][0]["env"]}
     assert env["PUBLISH_OUTPUTS"] == "false"
     assert await operator.total("ocean_c2d_filter_verdicts_total", verdict="Block") == 1
     assert await operator.total("ocean_c2d_workflows_finished_total", outcome="ResultsBlocked") == 1
@@ -505,15 +505,15 @@ async def test_a_custom_filtering_container_runs_with_the_algorithm_contract(
     final = await wait_finished(workflow, operator)
 
     assert (final["statusCode"], final["filter"]) == (70, {"verdict": "Pass", "reasons": []})
-    job = await Job.get("screened-filter-job", namespace=namespace, api=api)
-    [container] = job.raw["spec"]["template"]["spec"]["containers"]
+    pod = await Pod.get("screened-filter", namespace=namespace, api=api)
+    [container] = pod.raw["spec"]["containers"]
     assert container["image"] == "registry.example/c2d-filter:2"
     assert "args" not in container  # the image's own entrypoint runs, as in the original
     env = {e["name"] for e in container["env"]}
     assert {"DIDS", "TRANSFORMATION_DID", "VOLUME", "LOGS", "INPUTS", "OUTPUTS", "secret"} <= env
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert "/data/adminlogs" not in mounts  # a third-party image never sees the admin logs
-    assert job.raw["spec"]["activeDeadlineSeconds"] == 1800
+    assert pod.raw["spec"]["activeDeadlineSeconds"] == 1800
 
 
 async def test_only_the_head_of_the_queue_carries_its_position_and_ocean_c2d_queue_answers_any(

@@ -1,6 +1,6 @@
 """A restarted operator with a history (issue 13, S5): 2,000 finished Workflows and three running ones.
 The operator is SIGKILLed while the three run their algorithm; the next one lists everything before its
-first reconcile, so it resumes the three without a second Job of any stage, reconciles every finished
+first reconcile, so it resumes the three without a second pod of any stage, reconciles every finished
 one without writing to it, and the three finish as they would have. Prints the time the second start
 took and its memory; asserts no timing (CI runtime: about a minute and a half, most of it creating the
 2,000 Workflows)."""
@@ -39,8 +39,8 @@ def rss_mb(operator: Operator) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
 
 
-def job_creates(requests: list[Request]) -> Counter[str]:
-    return Counter(r.name for r in requests if r.resource == "jobs" and r.verb == "create" and r.code == 201)
+def pod_creates(requests: list[Request]) -> Counter[str]:
+    return Counter(r.name for r in requests if r.resource == "pods" and r.verb == "create" and r.code == 201)
 
 
 class Live:
@@ -142,11 +142,13 @@ async def test_a_restart_with_thousands_finished_resumes_the_running_without_dup
     assert [final["statusCode"] for final in finals] == [70] * RUNNING
     assert reconciled >= FINISHED + RUNNING
     requests = list(audit.since(mark, where=in_namespace(namespace)))
-    creates = job_creates(requests)
-    assert {name: count for name, count in creates.items() if count > 1} == {}, "a Job created twice"
-    jobs = {record["jobName"] for final in finals for record in (final.get("stages") or {}).values()}
-    assert set(creates) == jobs  # configure, algorithm and publish of each, and nothing else
-    assert len(jobs) == 3 * RUNNING
+    creates = pod_creates(requests)
+    assert {name: count for name, count in creates.items() if count > 1} == {}, "a pod created twice"
+    pods = {record["podName"] for final in finals for record in (final.get("stages") or {}).values()}
+    # configure, algorithm and publish of each, one pod each (a second would be a stage run again), and
+    # nothing else
+    assert set(creates) == pods
+    assert len(pods) == 3 * RUNNING
     # A finished Workflow's reconcile changes nothing: no write to any of them, by either operator.
     finished = set(done)
     touched = sorted({r.name for r in requests if r.is_write and r.name in finished})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import kr8s.asyncio
-from kr8s.asyncio.objects import Job
+from kr8s.asyncio.objects import Pod
 
 from e2e.operator_fixtures import (
     OPERATOR_ADDRESS,
@@ -264,19 +264,19 @@ while True:
 """
 
 
-async def job_created_at(api: kr8s.asyncio.Api, namespace: str, name: str) -> float:
-    job = await Job.get(name, namespace=namespace, api=api)
-    return moment(job.raw["metadata"]["creationTimestamp"])
+async def pod_created_at(api: kr8s.asyncio.Api, namespace: str, name: str) -> float:
+    pod = await Pod.get(name, namespace=namespace, api=api)
+    return moment(pod.raw["metadata"]["creationTimestamp"])
 
 
 async def assert_dead_before_publish(
     api: kr8s.asyncio.Api, namespace: str, stack: RealStack, name: str, final: dict[str, Any], killed_at: str
 ) -> None:
     """The algorithm's processes were dead before publish started: the heartbeat publish uploaded is
-    older than the publish Job (creationTimestamp has whole seconds: hence the 1 s of slack), and the
+    older than the publish pod (creationTimestamp has whole seconds: hence the 1 s of slack), and the
     recorded end of the algorithm comes before the publish stage's start."""
     last_beat = float(results_by_name(stack, final)["heartbeat.txt"])
-    publish_created = await job_created_at(api, namespace, f"{name}-publish-job")
+    publish_created = await pod_created_at(api, namespace, f"{name}-publish")
     assert last_beat < publish_created + 1, (last_beat, publish_created)
     stages = final["stages"]
     assert "endedAt" in stages["algorithm"], stages
@@ -302,7 +302,8 @@ async def test_an_algorithm_past_its_max_duration_is_gone_before_publish_starts(
     )
 
     assert (final["statusCode"], final["reason"]) == (43, "AlgorithmTimedOut"), final
-    # The Job's deadline counts from its start; the Job controller then deletes the pod.
+    # The pod's deadline counts from when the kubelet took it (a little after its creation, startedAt);
+    # the kubelet then kills it.
     deadline = datetime.fromtimestamp(moment(final["stages"]["algorithm"]["startedAt"]) + 5, UTC)
     await assert_dead_before_publish(api, namespace, stack, name, final, format_time(deadline))
 

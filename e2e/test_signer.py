@@ -17,7 +17,7 @@ from typing import Any
 
 import kr8s.asyncio
 import pytest
-from kr8s.asyncio.objects import Job, Secret
+from kr8s.asyncio.objects import Pod, Secret
 
 from e2e.operator_fixtures import OPERATOR_ADDRESS, OPERATOR_KEY, Workflow, wait_finished
 from e2e.operator_handle import StartOperator
@@ -74,7 +74,7 @@ async def test_a_did_download_is_signed_by_the_operator_and_no_pod_holds_the_key
         start_operator,
         real_node,
         node_s3,
-        DEBUG_NO_CLEANUP="1",  # keep the configure Job to read its pod template
+        DEBUG_NO_CLEANUP="1",  # keep the configure pod to read its spec
         SIGNER_HOST=real_node.host_ip,
         SIGNER_PORT=str(port),
         SIGNER_URL=f"http://{real_node.host_ip}:{port}",
@@ -123,8 +123,8 @@ async def test_a_did_download_is_signed_by_the_operator_and_no_pod_holds_the_key
     assert results["digests.txt"].decode() == expected
 
     # The configure pod holds no key: no Secret volume, no key variable, nothing naming the key.
-    configure = await Job.get(f"{name}-configure-job", namespace=namespace, api=api)
-    pod = configure.raw["spec"]["template"]["spec"]
+    configure = await Pod.get(f"{name}-configure", namespace=namespace, api=api)
+    pod = configure.raw["spec"]
     assert not [v for v in pod.get("volumes", []) if "secret" in v or "projected" in v]
     [container] = pod["containers"]
     variables = {e["name"]: e for e in container["env"]}

@@ -1,7 +1,7 @@
 """The trust boundary on the cluster: nothing the algorithm wrote leaves without a recorded Pass.
 
 kwok plays the pods (the filter is made to run long with a sim annotation); what would leave is read off
-the publish Job the operator created: PUBLISH_OUTPUTS=false makes the publish step upload no output (its
+the publish pod the operator created: PUBLISH_OUTPUTS=false makes the publish step upload no output (its
 own tests, unit_tests/test_publish.py, hold it to that against a real S3 server).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import kr8s.asyncio
 import pytest
-from kr8s.asyncio.objects import Job, PersistentVolumeClaim, Secret
+from kr8s.asyncio.objects import PersistentVolumeClaim, Pod, Secret
 
 from e2e.operator_fixtures import create_environment, create_workflow, status, wait_finished
 from e2e.operator_handle import StartOperator
@@ -37,8 +37,8 @@ async def test_a_stop_during_filtering_publishes_no_output(
     assert (final["statusCode"], final["reason"]) == (72, "Stopped")
     assert final["filter"]["verdict"] == "Block"
     assert final["stages"]["filter"]["reason"] == "Stopped"
-    publish = await Job.get("judged-publish-job", namespace=namespace, api=api)
-    [container] = publish.raw["spec"]["template"]["spec"]["containers"]
+    publish = await Pod.get("judged-publish", namespace=namespace, api=api)
+    [container] = publish.raw["spec"]["containers"]
     assert {e["name"]: e.get("value") for e in container["env"]}["PUBLISH_OUTPUTS"] == "false"
 
 
@@ -78,4 +78,4 @@ async def test_a_name_taken_by_someone_elses_objects_ends_invalid_spec_and_leave
     assert not kept_claim.metadata.get("ownerReferences")  # never adopted (so never garbage-collected)
     assert not kept_claim.metadata.get("deletionTimestamp")
     assert kept_claim.raw["spec"]["resources"] == claim.raw["spec"]["resources"]
-    assert [j async for j in api.async_get("jobs", namespace=namespace)] == []
+    assert [p async for p in api.async_get("pods", namespace=namespace)] == []

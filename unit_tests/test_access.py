@@ -228,7 +228,7 @@ async def test_a_failed_isolation_check_sets_network_isolation_false_on_the_envi
     body["status"] = {
         "stage": "RunningAlgorithm",
         "admittedAt": "2026-01-01T11:00:01Z",
-        "stages": {"algorithm": {"jobName": "leaky-algorithm-job"}},
+        "stages": {"algorithm": {"podName": "leaky-algorithm"}},
     }
     cluster.add_workflow(body)
     workflow = Workflow.from_object(body)

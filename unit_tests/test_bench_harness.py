@@ -1,5 +1,5 @@
 """The benchmark harness's arithmetic (benchmarks/harness.py, benchmarks/report.py) on made-up audit
-lines: who wrote what, transition latency on the API server's clock, duplicate Jobs, and that a results
+lines: who wrote what, transition latency on the API server's clock, stages run twice, and that a results
 file renders to markdown. The harness itself runs against the cluster in e2e/test_bench_smoke.py."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from benchmarks import report
 from benchmarks.harness import (
     BASELINE_AGENT,
     OPERATOR,
-    duplicate_job_creates,
+    duplicate_stage_runs,
     kwok_stage_delays,
+    stage_of,
     transitions,
-    workflow_of_job,
     writes_by,
 )
 from e2e.audit import AuditLog, Request
@@ -31,48 +31,61 @@ def request(verb: str, resource: str, name: str, agent: str, at: str, code: int 
 
 KWOK = "kwok-controller/v0.8.0 (linux/amd64)"
 OPERATOR_AGENT = "kr8s/0.20.0"
+KCM = "kube-controller-manager/v1.35.4"
 
 
-def test_a_stage_job_name_gives_its_workflow_and_stage() -> None:
-    assert workflow_of_job("wf-00001-algorithm-job") == ("wf-00001", "algorithm")
-    assert workflow_of_job("wf-00001-configure") is None
-    assert workflow_of_job("wf-00001-other-job") is None
+def test_a_stage_pod_or_job_name_gives_its_workflow_and_stage() -> None:
+    assert stage_of("wf-00001-algorithm") == ("wf-00001", "algorithm")
+    assert stage_of("wf-00001-configure-2") == ("wf-00001", "configure")  # a replacement pod
+    assert stage_of("wf-00001-algorithm-job") == ("wf-00001", "algorithm")  # the baseline's Job
+    assert stage_of("wf-00001-publish-job-x1y2z") == ("wf-00001", "publish")  # that Job's pod
+    assert stage_of("wf-00001-other") is None
+    assert stage_of("wf-00001") is None
 
 
-def test_transitions_run_from_kwoks_last_pod_status_write_to_the_next_jobs_create() -> None:
+def test_transitions_run_from_kwoks_last_pod_status_write_to_the_next_stage_pods_create() -> None:
     log = [
-        request("create", "jobs", "a-configure-job", OPERATOR_AGENT, "00.000000"),
-        request("patch", "pods/status", "a-configure-job-x1y2z", KWOK, "00.100000", 200),  # Running
-        request("patch", "pods/status", "a-configure-job-x1y2z", KWOK, "01.100000", 200),  # Succeeded
-        request("create", "jobs", "a-algorithm-job", OPERATOR_AGENT, "01.150000"),
-        request("patch", "pods/status", "a-algorithm-job-q1w2e", KWOK, "03.000000", 200),
-        request("create", "jobs", "a-publish-job", OPERATOR_AGENT, "03.500000"),
-        request(
-            "create", "jobs", "b-algorithm-job", BASELINE_AGENT + "/1", "09.000000"
-        ),  # not the operator's
+        request("create", "pods", "a-configure", OPERATOR_AGENT, "00.000000"),
+        request("patch", "pods/status", "a-configure", KWOK, "00.100000", 200),  # Running
+        request("patch", "pods/status", "a-configure", KWOK, "01.100000", 200),  # Succeeded
+        request("create", "pods", "a-algorithm", OPERATOR_AGENT, "01.150000"),
+        request("patch", "pods/status", "a-algorithm", KWOK, "03.000000", 200),
+        request("create", "pods", "a-publish", OPERATOR_AGENT, "03.500000"),
+        request("create", "pods", "b-algorithm", BASELINE_AGENT + "/1", "09.000000"),  # not the operator's
     ]
     assert [round(t, 3) for t in transitions(log, OPERATOR)] == [0.05, 0.5]
     assert transitions(log, BASELINE_AGENT) == []  # b's configure pod never ran
 
 
-def test_writes_are_counted_per_workflow_by_client_and_duplicates_by_job_name() -> None:
+def test_transitions_of_stage_jobs_read_their_pods() -> None:
     log = [
-        request("create", "jobs", "a-configure-job", OPERATOR_AGENT, "00.000000"),
-        request(
-            "create", "jobs", "a-configure-job", OPERATOR_AGENT, "00.500000", 409
-        ),  # refused: no duplicate
+        request("create", "jobs", "a-configure-job", BASELINE_AGENT, "00.000000"),
+        request("create", "pods", "a-configure-job-x1y2z", KCM, "00.050000"),  # the Job's pod: no stage
+        request("patch", "pods/status", "a-configure-job-x1y2z", KWOK, "01.100000", 200),
+        request("create", "jobs", "a-algorithm-job", BASELINE_AGENT, "01.300000"),
+    ]
+    assert [round(t, 3) for t in transitions(log, BASELINE_AGENT)] == [0.2]
+    assert duplicate_stage_runs(log) == {}
+
+
+def test_writes_are_counted_per_workflow_by_client_and_stages_run_twice_by_stage() -> None:
+    log = [
+        request("create", "pods", "a-configure", OPERATOR_AGENT, "00.000000"),
+        request("create", "pods", "a-configure", OPERATOR_AGENT, "00.500000", 409),  # refused: no rerun
         request("patch", "workflows/status", "a", "kopf/1.37", "01.000000", 200),
         request("patch", "workflows/status", "a", "kopf/1.37", "02.000000", 200),
         request("get", "workflows", "a", "kopf/1.37", "02.000000", 200),
-        request("create", "pods", "", "kube-controller-manager/v1.35.4", "02.000000"),
+        request("create", "events", "", KCM, "02.000000"),
         request("create", "workflows", "a", "ocean-c2d-bench", "00.000000"),
     ]
     counted = writes_by(log, workflows=2)
     assert counted["by_client"] == {OPERATOR: 2.0, "kube-controller-manager": 0.5, "ocean-c2d-bench": 0.5}
-    assert counted["by_client_and_kind"][OPERATOR] == {"create jobs": 1.0, "patch workflows/status": 1.0}
+    assert counted["by_client_and_kind"][OPERATOR] == {"create pods": 1.0, "patch workflows/status": 1.0}
     assert counted["operator_status_writes"] == {"a": 2}
-    assert duplicate_job_creates(log) == {}
-    assert duplicate_job_creates([*log, log[0]]) == {"a-configure-job": 2}
+    assert duplicate_stage_runs(log) == {}
+    assert duplicate_stage_runs([*log, log[0]]) == {"a-configure": 2}
+    replaced = request("create", "pods", "a-configure-2", OPERATOR_AGENT, "03.000000")
+    assert duplicate_stage_runs([*log, replaced]) == {"a-configure": 2}
 
 
 def test_the_kwok_pod_stages_have_no_jitter() -> None:
@@ -98,7 +111,7 @@ def results() -> dict[str, Any]:
     common |= {"transition_ms": spread, "writes": writes, "cpu_seconds": 1.0, "cpu_seconds_per_1000": 500.0}
     common |= {
         "peak_rss_mb": 80.0,
-        "duplicate_jobs": 0,
+        "duplicate_stage_runs": 0,
         "load_average": {"mean": 1.0, "max": 2.0, "cores": 2},
     }
     s2 = common | {

@@ -283,7 +283,7 @@ def stack() -> Iterator[OceanStack]:
 
 
 def configure_env(root: Path, stack: OceanStack, signer_url: str, **extra: str) -> dict[str, str]:
-    """What the configure Job gives the pod (templates/configure-job.yaml.j2): no key, a signer URL and
+    """What the configure pod is given (templates/configure-pod.yaml.j2): no key, a signer URL and
     the Workflow's token."""
     document = {
         "jobId": NAME,

@@ -63,6 +63,7 @@ print_stages() { # kwok's own node Stages (read from the pinned kwok module) and
 
 write_kwok_config() {
   print_stages >"$state/kwok-config.yaml"
+  sha256sum <"$here/pod-stages.yaml" >"$state/pod-stages.sha256"
   if [ "$real_node" = 1 ]; then
     # The serving certificate (kwokctl's admin certificate) also names the real node's way to the API
     # server (the host end of its veth) and the kubernetes Service, which in-cluster clients dial.
@@ -104,6 +105,12 @@ has_real_node_flags() {
   grep -q manage-nodes-with-annotation-selector "$KWOK_WORKDIR/clusters/$name/kwok.yaml" 2>/dev/null
 }
 
+# kwok reads its Stages only when the cluster is created: one created with other pod Stages is recreated
+# (pod-stages.yaml's hash is written beside the config it went into).
+has_current_stages() {
+  [ "$(sha256sum <"$here/pod-stages.yaml")" = "$(cat "$state/pod-stages.sha256" 2>/dev/null)" ]
+}
+
 # A control plane created before the audit log existed is recreated (the benchmarks and e2e read it).
 has_audit_log() {
   grep -q audit-policy-file "$KWOK_WORKDIR/clusters/$name/kwok.yaml" 2>/dev/null
@@ -118,11 +125,11 @@ up() {
   [ "$real_node" = 0 ] || cluster_tools+=(kube-router)
   use_toolchain
   mkdir -p "$state"
-  if reachable && has_audit_log && { [ "$real_node" = 0 ] || has_real_node_flags; }; then
+  if reachable && has_audit_log && has_current_stages && { [ "$real_node" = 0 ] || has_real_node_flags; }; then
     log "control plane already running ($kubeconfig)"
   else
     start="$(now)"
-    if reachable; then log "the control plane runs without the real node's flags or the audit log: recreating it"; fi
+    if reachable; then log "the control plane runs without the real node's flags, the audit log or the current pod Stages: recreating it"; fi
     # A cluster whose processes are gone (the machine or session ended) is recreated from scratch.
     kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
     rm -f "$kubeconfig"

@@ -57,7 +57,7 @@ def setup_logging(settings: Settings) -> None:
 def builtin_templates() -> Path:
     """The templates shipped with the operator: the repository's templates/ or the image's copy."""
     for candidate in (BUILTIN_DIR, Path("/opt/ocean-c2d/templates")):
-        if (candidate / "algorithm-job.yaml.j2").exists():
+        if (candidate / "algorithm-pod.yaml.j2").exists():
             return candidate
     raise SystemExit("ocean-c2d: no built-in templates found; set TEMPLATES_DIR")
 

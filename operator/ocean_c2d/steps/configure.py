@@ -1,6 +1,6 @@
 """`ocean-c2d configure`: fill the job's data volume with its inputs, its algorithm and their DDOs.
 
-Environment (templates/configure-job.yaml.j2): WORKFLOW (the workflow document, workflow.json), VOLUME
+Environment (templates/configure-pod.yaml.j2): WORKFLOW (the workflow document, workflow.json), VOLUME
 (/data), INPUTS and TRANSFORMATIONS (default VOLUME/inputs and VOLUME/transformations),
 SIGNER_URL, SIGNER_TOKEN and WORKFLOW_NAMESPACE (downloads by DID are signed by the operator's signer:
 no operator key in this pod; see signer_client.py), DISK_LIMIT_BYTES (all downloads together; no limit

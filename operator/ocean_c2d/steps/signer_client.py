@@ -2,7 +2,7 @@
 it asks the operator to sign each provider download, proving its Workflow with the token of the
 Workflow's Secret.
 
-Environment (templates/configure-job.yaml.j2): SIGNER_URL (the operator's signer), SIGNER_TOKEN (by
+Environment (templates/configure-pod.yaml.j2): SIGNER_URL (the operator's signer), SIGNER_TOKEN (by
 secretKeyRef), WORKFLOW_NAMESPACE and WORKFLOWID (which Workflow this pod works for).
 
 The signer is reached with a client of its own: the operator's address is fixed by the operator, not by
