@@ -13,7 +13,7 @@ from typing import Any
 import kr8s.asyncio
 import pytest
 import yaml
-from kr8s.asyncio.objects import ConfigMap, Deployment, Namespace, Secret
+from kr8s.asyncio.objects import ConfigMap, Deployment, Namespace, Secret, ServiceAccount
 
 from e2e.operator_fixtures import (
     OPERATOR_KEY,
@@ -386,6 +386,11 @@ async def test_the_admission_policy_limits_the_operator_to_its_own_objects_and_a
         dry_create = ("create", "-f", "-", "--dry-run=server", "-o", "name")
         config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": target}}
         await policy_in_effect(helm_path, as_operator, config_map)
+        # A pod naming an account that does not exist is refused before the policy sees it (the
+        # ServiceAccount admission plugin): the denied account must exist for the refusal to be the policy's.
+        if all_namespaces:
+            denied = await ServiceAccount({"metadata": {"name": denied_account}}, namespace=target, api=api)
+            await denied.create()
 
         # What the operator does is allowed...
         for manifest in (labelled(config_map), stage_pod("ok", target, allowed)):
