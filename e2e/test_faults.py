@@ -177,19 +177,19 @@ async def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
     context = f"seed {seed}\n" + "\n".join(kills)
     outcomes = {name: final["statusCode"] for name, final in finals.items()}
     assert outcomes == {name: plan[name][1] for name in names}, context
-    stage_pods = {
+    recorded = {
         record["podName"]: name
         for name, final in finals.items()
         for record in (final.get("stages") or {}).values()
         if record.get("podName")
     }
-    assert Counter(stage_pods.values()) == {name: plan[name][2] for name in names}, context
+    assert Counter(recorded.values()) == {name: plan[name][2] for name in names}, context
     creates = pod_creates(requests)
     assert {n: c for n, c in creates.items() if c > 1} == {}, f"pods created more than once; {context}"
     # One pod per stage in all (nothing disrupts them: a second pod would be a stage run again), the
     # ones the statuses name, and each bound once.
-    assert set(creates) == set(stage_pods), context
-    assert sorted(pods_bound(requests)) == sorted(stage_pods), context
+    assert set(creates) == set(recorded), context
+    assert sorted(pods_bound(requests)) == sorted(recorded), context
     print(
         f"faults: seed {seed}: {KILLS} kills, {len(names)} Workflows, {len(creates)} pods created once each"
     )
@@ -254,16 +254,10 @@ async def api_ready(api: kr8s.asyncio.Api, timeout: float = 120) -> None:
                 await asyncio.sleep(1)
 
 
-async def pods_and_jobs(api: kr8s.asyncio.Api, namespace: str) -> str:
-    """What the cluster holds for the namespace's Jobs, to tell a failed restart's stuck layer: each Job's
-    counts and conditions, each pod's phase, Ready condition, container states and resourceVersion."""
+async def stage_pods(api: kr8s.asyncio.Api, namespace: str) -> str:
+    """What the cluster holds for the namespace's stage pods, to tell a failed restart's stuck layer: each
+    pod's phase, Ready condition, container states and resourceVersion."""
     lines = []
-    async for job in api.async_get("jobs", namespace=namespace):
-        raw = job if isinstance(job, dict) else job.raw
-        s = raw.get("status") or {}
-        conditions = [c["type"] for c in s.get("conditions") or [] if c.get("status") == "True"]
-        counts = f"active {s.get('active', 0)} succeeded {s.get('succeeded', 0)} failed {s.get('failed', 0)}"
-        lines.append(f"job {raw['metadata']['name']}: {counts} {conditions}")
     async for pod in api.async_get("pods", namespace=namespace):
         raw = pod if isinstance(pod, dict) else pod.raw
         s = raw.get("status") or {}
@@ -326,7 +320,7 @@ async def test_a_control_plane_restart_mid_run_loses_nothing_and_the_operator_sa
     async with background(back.follow(api, namespace, rewatch_after=15)):
         ended = await back.until_all(names, "Finished", timeout=180)
     assert ended, (
-        f"not finished after the restart: {back.stage}\n{await pods_and_jobs(api, namespace)}\n"
+        f"not finished after the restart: {back.stage}\n{await stage_pods(api, namespace)}\n"
         f"{await operator.log_tail()}"
     )
     finals = [await finished_through_restart(api, namespace, name, operator) for name in names]
