@@ -215,6 +215,36 @@ def _advance(
     return ()
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """One stage being planned: the draft it writes, its definition, and what renders its pod."""
+
+    draft: _Draft
+    definition: StageDefinition
+    environment: Environment
+    templates: Templates
+    inputs: TemplateInputs
+
+    @property
+    def record(self) -> StageRecord:
+        return self.draft.stage_record(self.definition.name)
+
+    def attempt_of(self, pod: str | None) -> int:
+        return attempt_of(pod, self.inputs.workflow.name, self.definition.name)
+
+    def deadline(self) -> datetime:
+        """When the stage's time runs out: it counts from its first pod's creation."""
+        seconds = self.definition.deadline(self.draft.workflow, self.environment, self.draft.settings)
+        started = parse_time(self.record.get("startedAt")) or self.draft.now
+        return started + timedelta(seconds=seconds)
+
+    def conclude(self, verdict: Verdict) -> None:
+        _conclude(self.draft, self.definition, verdict, self.environment)
+
+    def stop(self) -> None:
+        _stop_stage(self.draft, self.definition, self.environment)
+
+
 def _step(
     draft: _Draft,
     definition: StageDefinition,
@@ -225,16 +255,17 @@ def _step(
 ) -> tuple[dict[str, Any], ...] | None:
     """One stage: the pod to create (or () to wait for the cluster), or None when the stage is over and
     the Workflow has moved on to the next one."""
-    record = draft.stage_record(definition.name)
+    stage = _Stage(draft, definition, environment, templates, inputs)
+    record = stage.record
     job = observed.jobs.get(definition.name)
-    recorded = attempt_of(record.get("podName"), inputs.workflow.name, definition.name)
+    recorded = stage.attempt_of(record.get("podName"))
     if not recorded and record.get("jobName"):
         # Run as a Job by an operator from before stages ran as pods: its pod is not the Workflow's own, so
         # the stage counts as one attempt whose pod is gone (the operator's own steps run again as pods).
         recorded = 1
     if job is None and not recorded:
         if draft.stopping:
-            _stop_stage(draft, definition, environment)
+            stage.stop()
             return None
         # A pod of an earlier stage still runs (a stopped or timed-out algorithm being killed: a pod's
         # deletion returns before it is gone). Its processes could still write to the volume the next
@@ -244,8 +275,8 @@ def _step(
         _record_algorithm_end(draft)
         # Not created yet: create it. The shell writes this status only after the create succeeded.
         record["startedAt"] = format_time(draft.now)
-        return (_stage_pod(draft, definition, environment, templates, inputs, 1),)
-    seen = attempt_of(job.name, inputs.workflow.name, definition.name) if job is not None else 0
+        return (_stage_pod(stage, 1),)
+    seen = stage.attempt_of(job.name) if job is not None else 0
     if job is not None and seen > recorded:  # created by an earlier reconcile, its status not written
         record["podName"] = job.name
         record.setdefault("startedAt", format_time(job.started or draft.now))
@@ -253,23 +284,22 @@ def _step(
             record["attempts"] = seen
         recorded = seen
     if job is None or seen < recorded:  # recorded as created, gone now: deleted by someone
-        return _replace_or_fail(draft, definition, environment, templates, inputs, recorded, "PodDeleted")
+        return _replace_or_fail(stage, recorded, "PodDeleted")
     if job.state is JobState.PENDING:
         if draft.stopping:
-            _stop_stage(draft, definition, environment)
+            stage.stop()
             return None
         if job.disrupted:  # evicted, preempted, drained: its end is not the stage's outcome
             if job.running:
                 return ()  # its processes may still write to the volume
-            return _replace_or_fail(draft, definition, environment, templates, inputs, recorded, "Disrupted")
-        return _until_deadline(draft, definition, environment, job)
+            return _replace_or_fail(stage, recorded, "Disrupted")
+        return _until_deadline(stage, job)
     _record_end(record, job, draft.now)
-    verdict = (
+    stage.conclude(
         definition.succeeded(job)
         if job.state is JobState.SUCCEEDED
         else definition.failed(job, failure_detail(job, definition.trusted_message))
     )
-    _conclude(draft, definition, verdict, environment)
     return None
 
 
@@ -284,61 +314,39 @@ def attempt_of(pod: str | None, workflow: str, stage: str) -> int:
     return int(number) if number.isdigit() and int(number) > 1 else 0
 
 
-def _deadline(draft: _Draft, definition: StageDefinition, environment: Environment) -> tuple[datetime, int]:
-    """When the stage's time runs out (it counts from its first pod's creation), and its length."""
-    seconds = definition.deadline(draft.workflow, environment, draft.settings)
-    started = parse_time(draft.stage_record(definition.name).get("startedAt")) or draft.now
-    return started + timedelta(seconds=seconds), seconds
-
-
-def _stage_pod(
-    draft: _Draft,
-    definition: StageDefinition,
-    environment: Environment,
-    templates: Templates,
-    inputs: TemplateInputs,
-    attempt: int,
-) -> dict[str, Any]:
+def _stage_pod(stage: _Stage, attempt: int) -> dict[str, Any]:
     """The pod of `attempt` of the stage, its name recorded; a replacement gets what is left of the time."""
+    draft, definition = stage.draft, stage.definition
     # What the algorithm wrote (outputs/, logs/) leaves only when no filter blocked it; admin logs always.
     judged = draft.status.get("filter")
     blocked = judged is not None and judged.get("verdict") == "Block"
-    ends, seconds = _deadline(draft, definition, environment)
+    ends = stage.deadline()
+    seconds = definition.deadline(draft.workflow, stage.environment, draft.settings)
     if attempt > 1:
         seconds = max(1, int((ends - draft.now).total_seconds()))
     _wake_at(draft, ends)
-    manifest = templates.render_pod(
-        definition.name, inputs, seconds, publish_outputs=not blocked, judged=judged, attempt=attempt
+    manifest = stage.templates.render_pod(
+        definition.name, stage.inputs, seconds, publish_outputs=not blocked, judged=judged, attempt=attempt
     )
-    record = draft.stage_record(definition.name)
-    record["podName"] = manifest["metadata"]["name"]
+    stage.record["podName"] = manifest["metadata"]["name"]
     if attempt > 1:
-        record["attempts"] = attempt
+        stage.record["attempts"] = attempt
     return manifest
 
 
-def _replace_or_fail(
-    draft: _Draft,
-    definition: StageDefinition,
-    environment: Environment,
-    templates: Templates,
-    inputs: TemplateInputs,
-    attempt: int,
-    reason: str,
-) -> tuple[dict[str, Any], ...] | None:
+def _replace_or_fail(stage: _Stage, attempt: int, reason: str) -> tuple[dict[str, Any], ...] | None:
     """The stage's pod ended without an outcome of its own (`reason`: Disrupted, PodDeleted): a new pod
     while the stage has retries and time left and no stop came, else the stage failed."""
-    ends, _ = _deadline(draft, definition, environment)
-    if attempt <= definition.retries and not draft.stopping and draft.now < ends:
-        return (_stage_pod(draft, definition, environment, templates, inputs, attempt + 1),)
+    draft = stage.draft
+    if attempt <= stage.definition.retries and not draft.stopping and draft.now < stage.deadline():
+        return (_stage_pod(stage, attempt + 1),)
     if draft.stopping:
-        _stop_stage(draft, definition, environment)
+        stage.stop()
         return None
-    record = draft.stage_record(definition.name)
-    record["finishedAt"] = format_time(draft.now)
-    record["reason"] = reason
+    stage.record["finishedAt"] = format_time(draft.now)
+    stage.record["reason"] = reason
     why = "its pod was deleted before it finished" if reason == "PodDeleted" else "its pod was disrupted"
-    _conclude(draft, definition, definition.failed(None, why), environment)
+    stage.conclude(stage.definition.failed(None, why))
     return None
 
 
@@ -351,23 +359,16 @@ def _wake_at(draft: _Draft, deadline: datetime) -> bool:
     return True
 
 
-def _until_deadline(
-    draft: _Draft, definition: StageDefinition, environment: Environment, job: StageJob
-) -> tuple[dict[str, Any], ...] | None:
+def _until_deadline(stage: _Stage, job: StageJob) -> tuple[dict[str, Any], ...] | None:
     """A stage whose pod has not ended: wait, and wake up at its deadline; past it (and the grace the
     kubelet gets to say so first), the stage timed out and its pod is ended (_ended_but_running)."""
-    ends, _ = _deadline(draft, definition, environment)
-    if _wake_at(draft, ends):
+    if _wake_at(stage.draft, stage.deadline()):
         return ()
-    record = draft.stage_record(definition.name)
-    record["finishedAt"] = format_time(draft.now)
-    record["reason"] = "DeadlineExceeded"
+    stage.record["finishedAt"] = format_time(stage.draft.now)
+    stage.record["reason"] = "DeadlineExceeded"
     timed_out = dataclasses.replace(job, failure_reason="DeadlineExceeded")
-    _conclude(
-        draft,
-        definition,
-        definition.failed(timed_out, failure_detail(timed_out, definition.trusted_message)),
-        environment,
+    stage.conclude(
+        stage.definition.failed(timed_out, failure_detail(timed_out, stage.definition.trusted_message))
     )
     return None
 
