@@ -366,7 +366,6 @@ class StageJob:
     init_failure: str | None = None  # the init container that ended non-zero (e.g. the isolation check)
     disrupted: bool = False  # evicted, preempted, drained: its end is not the stage's outcome
     running: bool = True  # its containers may still run (the pod is not Succeeded or Failed)
-    attempts: int = 1  # how many pods this stage has had (a disrupted one is replaced)
 
 
 @dataclass(frozen=True)

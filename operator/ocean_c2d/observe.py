@@ -36,7 +36,6 @@ class PodRecord:
     deleting: bool = False  # deleted (a stop, a deadline): how it ends is not the stage's outcome
     owner_uid: str | None = None  # the uid of its controller: the Workflow that made it
     reason: str | None = None  # the pod's own status.reason: DeadlineExceeded (the kubelet's), Evicted
-    started: datetime | None = None  # status.startTime: when a kubelet took it
 
     @property
     def running(self) -> bool:
@@ -82,7 +81,6 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
         deleting=bool(metadata.get("deletionTimestamp")),
         owner_uid=controller_uid(metadata),
         reason=status.get("reason"),
-        started=parse_time(status.get("startTime")),
     )
 
 
@@ -112,8 +110,8 @@ def _moment(value: datetime | None) -> float:
     return value.timestamp() if value else 0.0
 
 
-def stage_job(pod: PodRecord, attempts: int = 1) -> StageJob:
-    """One stage as the reconcile sees it: its newest pod (`attempts`: how many pods it has had)."""
+def stage_job(pod: PodRecord) -> StageJob:
+    """One stage as the reconcile sees it: its newest pod (which attempt it is, its name says)."""
     state = _state(pod)
     return StageJob(
         name=pod.name,
@@ -129,7 +127,6 @@ def stage_job(pod: PodRecord, attempts: int = 1) -> StageJob:
         init_failure=pod.init_failure,
         disrupted=pod.disrupted,
         running=pod.running,
-        attempts=attempts,
     )
 
 
@@ -146,7 +143,6 @@ def observed(
     if workflow_uid is not None:
         children = [c for c in children if c.owner_uid == workflow_uid]
     newest_pod: dict[str, PodRecord] = {}
-    attempts: dict[str, int] = {}
     running: set[str] = set()
     owned: set[str] = set()
     for candidate in pods:
@@ -154,7 +150,6 @@ def observed(
             running.add(candidate.component)  # any look-alike only makes the next stage wait longer
         if workflow_uid is not None and candidate.owner_uid != workflow_uid:
             continue
-        attempts[candidate.component] = attempts.get(candidate.component, 0) + 1
         if not candidate.deleting:
             owned.add(candidate.name)
         current = newest_pod.get(candidate.component)
@@ -162,7 +157,7 @@ def observed(
             newest_pod[candidate.component] = candidate
     children = list(children)
     return Observed(
-        jobs={component: stage_job(pod, attempts[component]) for component, pod in newest_pod.items()},
+        jobs={component: stage_job(pod) for component, pod in newest_pod.items()},
         others=frozenset((c.kind, c.name) for c in children),
         hashes={(c.kind, c.name): c.spec_hash for c in children if c.spec_hash},
         running_pods=frozenset(running),
